@@ -1,0 +1,133 @@
+"""The one small interface every LP/MILP backend implements.
+
+Problems are built incrementally (variable blocks, then constraint blocks as sparse
+matrices) so that a repairer can add rows after a solve and re-solve warm, which is
+what constraint generation needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+# Status names shared by every backend.
+OPTIMAL = "optimal"
+INFEASIBLE = "infeasible"
+UNBOUNDED = "unbounded"
+TIME_LIMIT = "time_limit"
+ERROR = "error"
+
+
+@dataclass
+class SolverOptions:
+    """Options every backend understands; ``extra`` is passed to the backend verbatim."""
+
+    time_limit: float | None = None
+    threads: int | None = None
+    method: str = "auto"  # auto | simplex | ipm | pdlp (where the backend has it)
+    verbose: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time_limit": self.time_limit, "threads": self.threads, "method": self.method,
+                "verbose": self.verbose, **self.extra}
+
+
+@dataclass
+class SolveResult:
+    status: str
+    objective: float | None
+    x: np.ndarray | None
+    solve_time: float
+    solver: str
+    version: str
+    options: dict[str, Any]
+    iterations: int | None = None
+    message: str = ""
+
+    @property
+    def optimal(self) -> bool:
+        return self.status == OPTIMAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "objective": self.objective, "solve_time": self.solve_time,
+                "solver": self.solver, "version": self.version, "options": self.options,
+                "iterations": self.iterations, "message": self.message}
+
+
+class Backend(ABC):
+    """A live LP/MILP model: minimise ``c @ x`` s.t. ``lo <= A x <= hi``, ``lb <= x <= ub``."""
+
+    name: str = ""
+
+    def __init__(self, options: SolverOptions | None = None):
+        self.options = options or SolverOptions()
+        self.n_vars = 0
+        self.n_rows = 0
+        self.nnz = 0
+
+    def add_variables(self, n: int, lb=-np.inf, ub=np.inf, cost=0.0, integer=False) -> np.ndarray:
+        """Add ``n`` variables; returns their column indices."""
+        lb = _broadcast(lb, n)
+        ub = _broadcast(ub, n)
+        cost = _broadcast(cost, n)
+        start = self.n_vars
+        self._add_vars(lb, ub, cost, bool(integer))
+        self.n_vars += n
+        return np.arange(start, start + n)
+
+    def add_rows(self, A, lo=-np.inf, hi=np.inf) -> np.ndarray:
+        """Add rows ``lo <= A x <= hi``; ``A`` has at most ``n_vars`` columns. Returns row indices."""
+        A = sp.csr_matrix(A, dtype=np.float64)
+        m = A.shape[0]
+        if A.shape[1] > self.n_vars:
+            raise ValueError(f"constraint block has {A.shape[1]} columns but only {self.n_vars} variables exist")
+        if m == 0:
+            return np.arange(self.n_rows, self.n_rows)
+        A.sum_duplicates()
+        A.eliminate_zeros()
+        lo = _broadcast(lo, m)
+        hi = _broadcast(hi, m)
+        start = self.n_rows
+        self._add_rows(A, lo, hi)
+        self.n_rows += m
+        self.nnz += A.nnz
+        return np.arange(start, start + m)
+
+    @abstractmethod
+    def _add_vars(self, lb: np.ndarray, ub: np.ndarray, cost: np.ndarray, integer: bool) -> None: ...
+
+    @abstractmethod
+    def _add_rows(self, A: sp.csr_matrix, lo: np.ndarray, hi: np.ndarray) -> None: ...
+
+    def set_time_limit(self, seconds: float | None) -> None:
+        """Limit the next solves (constraint generation spends one budget over many rounds)."""
+        self.options.time_limit = seconds
+        self._apply_time_limit(seconds)
+
+    @abstractmethod
+    def _apply_time_limit(self, seconds: float | None) -> None: ...
+
+    @abstractmethod
+    def solve(self) -> SolveResult:
+        """Solve (warm from the previous solve where the backend can)."""
+
+    @property
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def size(self) -> dict[str, int]:
+        return {"variables": self.n_vars, "rows": self.n_rows, "nonzeros": self.nnz}
+
+
+def _broadcast(v, n: int) -> np.ndarray:
+    arr = np.asarray(v, dtype=np.float64)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"expected {n} values, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,91 @@
+"""HiGHS backend (the default: open source, ships as the ``highspy`` wheel)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from provrepair.errors import SolverUnavailableError
+
+from .base import ERROR, INFEASIBLE, OPTIMAL, TIME_LIMIT, UNBOUNDED, Backend, SolveResult, SolverOptions
+
+try:  # pragma: no cover - import guard
+    import highspy
+except ImportError:  # pragma: no cover
+    highspy = None
+
+_METHODS = {"auto": "choose", "simplex": "simplex", "ipm": "ipm", "pdlp": "pdlp"}
+
+
+class HighsBackend(Backend):
+    name = "highs"
+
+    def __init__(self, options: SolverOptions | None = None):
+        if highspy is None:
+            raise SolverUnavailableError("HiGHS is not installed: run `pip install highspy`")
+        super().__init__(options)
+        self._h = highspy.Highs()
+        h = self._h
+        o = self.options
+        h.setOptionValue("output_flag", bool(o.verbose))
+        if o.method not in _METHODS:
+            raise ValueError(f"unknown HiGHS method {o.method!r}; use one of {sorted(_METHODS)}")
+        h.setOptionValue("solver", _METHODS[o.method])
+        self._apply_time_limit(o.time_limit)
+        if o.threads is not None:
+            h.setOptionValue("threads", int(o.threads))
+        for key, value in o.extra.items():
+            h.setOptionValue(key, value)
+        self._integer = False
+
+    @property
+    def version(self) -> str:
+        return f"{self._h.versionMajor()}.{self._h.versionMinor()}.{self._h.versionPatch()}"
+
+    def _apply_time_limit(self, seconds):
+        self._h.setOptionValue("time_limit", float("inf") if seconds is None else float(seconds))
+
+    def _add_vars(self, lb, ub, cost, integer):
+        h = self._h
+        n = lb.size
+        start = h.getNumCol()
+        h.addVars(n, np.clip(lb, -highspy.kHighsInf, None), np.clip(ub, None, highspy.kHighsInf))
+        idx = np.arange(start, start + n, dtype=np.int32)
+        if np.any(cost):
+            h.changeColsCost(n, idx, cost)
+        if integer:
+            self._integer = True
+            h.changeColsIntegrality(n, idx, np.full(n, highspy.HighsVarType.kInteger))
+
+    def _add_rows(self, A: sp.csr_matrix, lo, hi):
+        inf = highspy.kHighsInf
+        self._h.addRows(A.shape[0], np.clip(lo, -inf, None), np.clip(hi, None, inf), A.nnz,
+                        A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
+
+    def solve(self) -> SolveResult:
+        h = self._h
+        t0 = time.perf_counter()
+        h.run()
+        elapsed = time.perf_counter() - t0
+        status = h.getModelStatus()
+        ms = highspy.HighsModelStatus
+        mapping = {
+            ms.kOptimal: OPTIMAL,
+            ms.kInfeasible: INFEASIBLE,
+            ms.kUnbounded: UNBOUNDED,
+            ms.kUnboundedOrInfeasible: INFEASIBLE,
+            ms.kTimeLimit: TIME_LIMIT,
+            ms.kIterationLimit: TIME_LIMIT,
+        }
+        name = mapping.get(status, ERROR)
+        info = h.getInfo()
+        x = obj = None
+        if name == OPTIMAL:
+            x = np.asarray(h.getSolution().col_value, dtype=np.float64)
+            obj = float(info.objective_function_value)
+        iterations = int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
+        return SolveResult(status=name, objective=obj, x=x, solve_time=elapsed, solver=self.name,
+                           version=self.version, options=self.options.to_dict(), iterations=iterations,
+                           message=h.modelStatusToString(status))
