@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +19,23 @@ try:  # pragma: no cover - import guard
 except ImportError:  # pragma: no cover
     highspy = None
 
+@contextmanager
+def _stdout_silenced(enabled: bool):
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 _METHODS = {"auto": "choose", "simplex": "simplex", "ipm": "ipm", "pdlp": "pdlp"}
 
 
@@ -26,9 +46,10 @@ class HighsBackend(Backend):
         if highspy is None:
             raise SolverUnavailableError("HiGHS is not installed: run `pip install highspy`")
         super().__init__(options)
-        self._h = highspy.Highs()
-        h = self._h
         o = self.options
+        with _stdout_silenced(not o.verbose):  # HiGHS prints a banner when constructed
+            self._h = highspy.Highs()
+        h = self._h
         h.setOptionValue("output_flag", bool(o.verbose))
         if o.method not in _METHODS:
             raise ValueError(f"unknown HiGHS method {o.method!r}; use one of {sorted(_METHODS)}")

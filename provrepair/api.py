@@ -1,0 +1,123 @@
+"""The Python API: load, repair, certify.
+
+``repair`` runs a repairer and then certifies its output with ``provrepair.certify``, which
+shares no code with the repairer; a result is called certified only when that check passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from .certify import PointCertificate, certify_points
+from .errors import InputError
+from .models import get_meta, load_model, normalize_model
+from .repair.aprnn import PointRepairOptions, repair_points
+from .specs import PointSpec
+
+# Outcome names, also used as CLI exit-code keys.
+CERTIFIED = "certified"
+NOT_CERTIFIED = "not_certified"
+INFEASIBLE = "infeasible"
+TIME_LIMIT = "time_limit"
+ERROR = "error"
+
+
+@dataclass
+class RepairResult:
+    status: str
+    model: nn.Sequential | None
+    certificate: PointCertificate | None
+    layer: int
+    message: str
+    lp: dict = field(default_factory=dict)  # size of the final LP, the full LP, rounds
+    solver: dict = field(default_factory=dict)  # name, version, status, options, objective
+    timings: dict = field(default_factory=dict)  # seconds: build, solve, check, certify, total
+    delta: dict = field(default_factory=dict)  # norms of the parameter change
+    options: dict = field(default_factory=dict)
+
+    @property
+    def certified(self) -> bool:
+        return self.status == CERTIFIED
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "certified": self.certified, "layer": self.layer, "message": self.message,
+                "certificate": self.certificate.to_dict() if self.certificate else None, "lp": self.lp,
+                "solver": self.solver, "timings": self.timings, "delta": self.delta, "options": self.options}
+
+
+def _as_network(model) -> nn.Sequential:
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, nn.Module):
+        if isinstance(model, nn.Sequential) and getattr(model, "provrepair_meta", None) is not None:
+            return model
+        return normalize_model(model)
+    raise InputError(f"expected a model path or a torch.nn.Module, got {type(model).__name__}")
+
+
+def _prepare(net: nn.Sequential, spec: PointSpec) -> tuple[PointSpec, int]:
+    meta = get_meta(net)
+    shape = meta.input_shape if meta is not None and meta.input_shape else tuple(spec.inputs.shape[1:])
+    spec = spec.with_shape(tuple(shape))
+    n_out = _num_outputs(net, shape)
+    spec.validate(tuple(shape), n_out)
+    return spec, n_out
+
+
+def _num_outputs(net: nn.Sequential, input_shape) -> int:
+    import torch
+    param = next(net.parameters())
+    with torch.no_grad():
+        return int(net(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype)).reshape(1, -1).shape[1])
+
+
+def certify(model, spec: PointSpec, *, margin: float = 0.0) -> PointCertificate:
+    """Check every point of ``spec`` on ``model`` exactly (float64 and float32)."""
+    net = _as_network(model)
+    spec, _ = _prepare(net, spec)
+    return certify_points(net, spec, margin=margin)
+
+
+def repair(model, spec: PointSpec, *, layer: int, options: PointRepairOptions | None = None,
+           progress: Callable[[str], None] | None = None, **option_kw) -> RepairResult:
+    """Repair ``model`` at affine ``layer`` so every point of ``spec`` meets its output spec.
+
+    Keyword options fill ``PointRepairOptions`` (delta_bound, margin, objective, solver, ...).
+    The input model is never modified.
+    """
+    if options is None:
+        options = PointRepairOptions(**option_kw)
+    elif option_kw:
+        options = dataclasses.replace(options, **option_kw)
+    t0 = time.perf_counter()
+    net = _as_network(model)
+    spec, n_out = _prepare(net, spec)
+    A, b, point_index = spec.output_constraints(n_out)
+    outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
+    certificate = None
+    t_cert = 0.0
+    if outcome.model is not None:
+        outcome.model.provrepair_meta = get_meta(net)
+        t1 = time.perf_counter()
+        certificate = certify_points(outcome.model, spec)
+        t_cert = time.perf_counter() - t1
+        status = CERTIFIED if certificate.certified else NOT_CERTIFIED
+        message = ("every repair point is certified" if certificate.certified else
+                   f"the LP repair did not certify: {certificate.n_points - certificate.n_passed} points fail the "
+                   "independent check (try a larger --margin)")
+    else:
+        status = {"infeasible": INFEASIBLE, "time_limit": TIME_LIMIT}.get(outcome.status, ERROR)
+        message = outcome.message
+    timings = {"build": outcome.build_time, "solve": outcome.solve_time, "check": outcome.check_time,
+               "certify": t_cert, "total": time.perf_counter() - t0}
+    lp = {"final": outcome.lp_size, "full": outcome.full_lp_size, "rounds": outcome.rounds}
+    solver = dict(outcome.solver, objective=outcome.objective)
+    return RepairResult(status=status, model=outcome.model, certificate=certificate, layer=outcome.layer,
+                        message=message, lp=lp, solver=solver, timings=timings, delta=outcome.delta,
+                        options=dataclasses.asdict(options))

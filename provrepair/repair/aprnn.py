@@ -1,0 +1,423 @@
+"""Provable point repair at one layer (APRNN-style LP), solved by constraint generation.
+
+The LP (DESIGN.md, "Provable point repair"): new weights and bias for affine layer ``k``, new
+biases for every later affine layer, every later ReLU held to its original pattern at each
+point, the output spec with margin ``eps``, deltas bounded by ``±B``, objective
+``‖δ‖∞ + ‖δ‖₁/|δ|``. Each point's layer-``k`` pre-activation is an auxiliary vector ``u_p``;
+deeper quantities are dense pulled-back rows over ``u_p`` and the later bias deltas.
+
+Almost all activation-pattern rows are slack at the optimum, so by default they are generated
+lazily: solve with the output rows (and the ReLU on ``u`` as variable bounds), evaluate every
+pattern exactly at the solution, add the violated rows, re-solve warm, repeat. When no pattern is
+violated the solution is feasible for the full LP and optimal for a relaxation of it, hence
+optimal for the full LP: the answer is the same as building every row up front.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import solvers
+
+from ..errors import InputError
+from .suffix import AFFINE, Rows, Suffix
+
+OBJECTIVES = ("linf+l1", "l1", "linf")
+STRATEGIES = ("generate", "full")
+
+
+@dataclass
+class PointRepairOptions:
+    delta_bound: float = 3.0  # B: every parameter delta lies in [-B, B]
+    margin: float = 1e-3  # eps: each output constraint holds with this slack in the LP
+    objective: str = "linf+l1"
+    neurons: Sequence[int] | None = None  # rows of W_k (output neurons/channels) allowed to change
+    later_biases: bool = True  # also change the biases of every later affine layer
+    solver: str = "highs"
+    method: str = "auto"  # LP algorithm of the first solve; later rounds re-solve warm
+    time_limit: float | None = None  # seconds, over all rounds
+    threads: int | None = None
+    solver_options: dict = field(default_factory=dict)  # passed to the backend verbatim
+    strategy: str = "generate"  # generate: pattern rows added lazily, re-solved warm; full: all up front
+    pattern_tol: float = 1e-7  # a pattern counts as kept while the pre-activation is off by less
+    max_rounds: int = 100
+
+    def validate(self) -> None:
+        if not self.delta_bound > 0:
+            raise InputError(f"delta bound must be positive, got {self.delta_bound}")
+        if not self.margin >= 0:
+            raise InputError(f"margin must be >= 0, got {self.margin}")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+@dataclass
+class PointRepairOutcome:
+    """What the LP repairer found. Certification is someone else's job (``provrepair.certify``)."""
+
+    status: str  # solvers status of the final LP: optimal, infeasible, time_limit, error
+    model: nn.Sequential | None
+    objective: float | None
+    layer: int  # affine index
+    lp_size: dict  # final LP: variables, rows, nonzeros
+    full_lp_size: dict  # variables and rows of the LP with every pattern row, for comparison
+    rounds: list[dict] = field(default_factory=list)
+    build_time: float = 0.0
+    solve_time: float = 0.0
+    check_time: float = 0.0
+    solver: dict = field(default_factory=dict)
+    delta: dict = field(default_factory=dict)  # norms of the parameter change
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("model")
+        return d
+
+
+def affine_modules(net: nn.Sequential) -> list[int]:
+    return [i for i, m in enumerate(net) if isinstance(m, AFFINE)]
+
+
+def module_of_layer(net: nn.Sequential, layer: int) -> int:
+    """Module index of affine layer ``layer`` (0 = first Linear/Conv2d; negatives count from the end)."""
+    aff = affine_modules(net)
+    if not aff:
+        raise InputError("the network has no Linear or Conv2d layer to repair")
+    if not -len(aff) <= layer < len(aff):
+        raise InputError(f"layer {layer} does not exist: the network has {len(aff)} affine layers "
+                         f"(valid: 0..{len(aff) - 1}, or negative from the end)")
+    return aff[layer]
+
+
+class _Layout:
+    """Column layout. Each parameter delta is split, δ = p - q with p, q in [0, B], so that the
+    L1 term needs no rows and an unchanged parameter sits at a bound (non-basic) in the simplex.
+    Columns: p = [ΔW, Δb_k, Δb_j (later)], then q (same order), then s (the L∞ bound), then u."""
+
+    def __init__(self, n_w: int, n_bk: int, later: dict[int, int], n_points: int, n_k: int):
+        self.n_w, self.n_bk = n_w, n_bk
+        self.bias_offset: dict[int, int] = {}
+        off = n_w + n_bk
+        for j, n in later.items():
+            self.bias_offset[j] = off
+            off += n
+        self.n_delta = off
+        self.q0 = off
+        self.s = 2 * off
+        self.u0 = self.s + 1
+        self.n_k = n_k
+        self.n_vars = self.u0 + n_points * n_k
+
+    def u_col(self, point: np.ndarray) -> np.ndarray:
+        """(E, n_k) column indices of u for each row's point."""
+        return self.u0 + point[:, None] * self.n_k + np.arange(self.n_k)[None, :]
+
+    def matrix(self, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
+        """CSR rows from per-row (cols, vals) of equal length, in which delta columns stand for
+        δ and are expanded to +p and -q; zero values are dropped."""
+        m = cols.shape[0]
+        is_delta = cols < self.n_delta
+        cols2 = np.concatenate([cols, np.where(is_delta, cols + self.q0, -1)], 1)
+        vals2 = np.concatenate([vals, -vals], 1)
+        keep = (cols2 >= 0) & (vals2 != 0)
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+        return sp.csr_matrix((vals2[keep], cols2[keep], indptr), shape=(m, self.n_vars))
+
+
+def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
+                  layer: int, options: PointRepairOptions | None = None,
+                  progress: Callable[[str], None] | None = None) -> PointRepairOutcome:
+    """Repair ``net`` at affine ``layer`` so that ``A[r] @ net(inputs[point_index[r]]) <= b[r] - margin``.
+
+    ``inputs`` has the model's input shape per point; rows (A, b, point_index) come from
+    ``PointSpec.output_constraints``. The input network is not modified.
+    """
+    opts = options or PointRepairOptions()
+    opts.validate()
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    k = module_of_layer(net, layer)
+    aff_index = affine_modules(net).index(k)
+    net64 = copy.deepcopy(net).double().eval()
+    for p in net64.parameters():
+        p.requires_grad_(False)
+    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float64)
+    n_points = x.shape[0]
+    with torch.no_grad():
+        h = net64[:k](x) if k > 0 else x
+    suffix = Suffix(net64, k, h)
+    layer_k = net64[k]
+    n_k = suffix.u0.shape[1]
+
+    # --- which rows of W_k change -------------------------------------------------------
+    n_rows_k = layer_k.weight.shape[0]
+    neurons = np.arange(n_rows_k) if opts.neurons is None else np.unique(np.asarray(opts.neurons, dtype=np.int64))
+    if neurons.size == 0 or neurons.min() < 0 or neurons.max() >= n_rows_k:
+        raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {layer}")
+    feats = _layer_inputs(layer_k, h)  # (N, positions, fan_in)
+    # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
+    live = np.flatnonzero(np.abs(feats).max(axis=(0, 1)) > 0)
+    n_w = neurons.size * live.size
+    later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
+    L = _Layout(n_w, neurons.size, later, n_points, n_k)
+    # The L1 term is normalised by every parameter that may change, dropped ones included, so
+    # the objective is the same as in the unreduced LP.
+    n_params = neurons.size * feats.shape[2] + neurons.size + sum(later.values())
+
+    def new_backend():
+        backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
+                                 method=opts.method, extra=dict(opts.solver_options))
+        _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params)
+        _add_objective_rows(backend, L, opts)
+        _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix, layer_k.weight.shape[0])
+        _add_affine_rows(backend, L, out, lo=-np.inf, hi=out_hi)  # the output spec: always needed
+        return backend
+
+    out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
+    out_hi = np.asarray(b, dtype=np.float64) - opts.margin - out.const
+
+    # Pattern catalogue: for each ReLU after k, original pre-activations (their signs are the pattern).
+    relus = suffix.pattern_relus
+    pre = {i: suffix.preactivation(i).numpy() for i in relus}
+
+    def add_patterns(backend, select: dict[int, np.ndarray]) -> None:
+        for i, sel in select.items():
+            pts, neu = np.nonzero(sel)
+            for lo_idx in range(0, pts.size, 20000):  # bounded memory for the one-hot functionals
+                p, n = pts[lo_idx:lo_idx + 20000], neu[lo_idx:lo_idx + 20000]
+                g = torch.zeros((p.size, pre[i].shape[1]), dtype=torch.float64)
+                g[torch.arange(p.size), torch.from_numpy(n)] = 1.0
+                rows = suffix.pullback(i, p, g)
+                act = pre[i][p, n] > 0
+                # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0
+                _add_affine_rows(backend, L, rows, lo=np.where(act, -rows.const, -np.inf),
+                                 hi=np.where(act, np.inf, -rows.const))
+
+    kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in pre.items()}
+    backend = new_backend()
+    base_size = backend.size()
+    add_patterns(backend, kept)
+    full_rows = base_size["rows"] + sum(v.size for v in pre.values())
+    build_time = time.perf_counter() - t_start
+    say(f"LP built: {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
+
+    rounds: list[dict] = []
+    solve_time = check_time = 0.0
+    result = None
+    deadline = None if opts.time_limit is None else t_start + opts.time_limit
+    candidate = None
+    converged = False
+    for rnd in range(opts.max_rounds):
+        if deadline is not None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            backend.set_time_limit(remaining)
+        result = backend.solve()
+        solve_time += result.solve_time
+        info = {"round": rnd, "status": result.status, "rows": backend.n_rows, "nonzeros": backend.nnz,
+                "pattern_rows": int(sum(v.sum() for v in kept.values())),
+                "solve_time": result.solve_time,
+                "objective": None if result.objective is None else result.objective / _objective_scale(opts, n_params)}
+        rounds.append(info)
+        if not result.optimal:
+            break
+        t0 = time.perf_counter()
+        candidate = _apply(net, k, neurons, live, later, L, result.x)
+        signed = _pattern_slack(suffix, candidate, pre)
+        violated = {i: (signed[i] < -opts.pattern_tol) & ~kept[i] for i in relus}
+        check_time += time.perf_counter() - t0
+        n_viol = sum(int(v.sum()) for v in violated.values())
+        info["violated_patterns"] = n_viol
+        say(f"round {rnd}: objective {result.objective:.6g}, {n_viol} activation patterns violated")
+        if n_viol == 0:
+            converged = True
+            break
+        t0 = time.perf_counter()
+        kept = {i: kept[i] | violated[i] for i in relus}
+        add_patterns(backend, violated)
+        build_time += time.perf_counter() - t0
+
+    status = "error" if result is None else result.status
+    if status == "optimal" and not converged:
+        status = "time_limit"
+    if status == "time_limit" and rounds and rounds[-1]["status"] == "optimal":
+        message = (f"constraint generation stopped after {len(rounds)} rounds with activation patterns still "
+                   "violated; raise --time-limit (or max_rounds)")
+    else:
+        message = {
+            "optimal": "optimal repair found",
+            "infeasible": f"no repair exists at layer {layer} within delta bound {opts.delta_bound} "
+                          "(try another layer, a larger --delta-bound, or a smaller margin)",
+            "time_limit": "the solver ran out of time; raise --time-limit or try another layer",
+        }.get(status, f"solver returned {status}")
+    model = candidate if status == "optimal" else None
+    objective = result.objective / _objective_scale(opts, n_params) if status == "optimal" else None
+    delta = _delta_norms(_deltas(L, result.x)) if status == "optimal" else {}
+    return PointRepairOutcome(
+        status=status, model=model, objective=objective,
+        layer=aff_index, lp_size=backend.size(),
+        full_lp_size={"variables": backend.n_vars, "rows": full_rows},
+        rounds=rounds, build_time=build_time, solve_time=solve_time, check_time=check_time,
+        solver={"name": backend.name, "version": backend.version, "status": status,
+                "options": backend.options.to_dict()},
+        delta=delta, message=message)
+
+
+def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, layer_k, n_params) -> None:
+    B = opts.delta_bound
+    n = L.n_delta
+    # The LP minimises n_params * (‖δ‖∞ + ‖δ‖₁ / n_params): the same optimum, but costs of one
+    # order of magnitude; with 1/n_params costs HiGHS's dual simplex took about 1.7x longer.
+    l1_cost = 1.0 if opts.objective in ("linf+l1", "l1") else 0.0
+    backend.add_variables(2 * n, 0.0, B, cost=l1_cost)  # p, q
+    linf = opts.objective in ("linf+l1", "linf")
+    backend.add_variables(1, 0.0, B if linf else 0.0, cost=float(n_params) if linf else 0.0)  # s
+    # u: free, except that a ReLU acting directly on u fixes its sign, and rows of W_k that may
+    # not change keep their original value.
+    u0 = suffix.u0.numpy()
+    lb = np.full((n_points, n_k), -np.inf)
+    ub = np.full((n_points, n_k), np.inf)
+    if suffix.relu_on_u is not None:
+        act = u0 > 0
+        lb[act] = 0.0
+        ub[~act] = 0.0
+    frozen = np.ones(layer_k.weight.shape[0], dtype=bool)
+    frozen[neurons] = False
+    if frozen.any():
+        per_unit = n_k // layer_k.weight.shape[0]
+        fz = np.repeat(frozen, per_unit)[None, :].repeat(n_points, 0)
+        lb[fz] = u0[fz]
+        ub[fz] = u0[fz]
+    backend.add_variables(n_points * n_k, lb.ravel(), ub.ravel())
+
+
+def _objective_scale(opts, n_params: int) -> float:
+    """LP objective / the DESIGN's objective (see _add_columns)."""
+    return float(n_params) if opts.objective in ("linf+l1", "l1") else 1.0
+
+
+def _add_objective_rows(backend, L: _Layout, opts) -> None:
+    """p_i + q_i - s <= 0: the L∞ epigraph (one row per parameter)."""
+    if opts.objective not in ("linf+l1", "linf"):
+        return
+    n = L.n_delta
+    d = np.arange(n)
+    cols = np.stack([d, d + L.q0, np.full(n, L.s)], 1)
+    vals = np.tile([1.0, 1.0, -1.0], (n, 1))
+    A = sp.csr_matrix((vals.ravel(), cols.ravel(), np.arange(0, 3 * n + 1, 3)), shape=(n, L.n_vars))
+    backend.add_rows(A, hi=0.0)
+
+
+def _layer_inputs(layer_k: nn.Module, h: torch.Tensor) -> np.ndarray:
+    """What each weight row of layer k multiplies, per point and output position: (N, positions, fan_in)."""
+    n_points = h.shape[0]
+    if isinstance(layer_k, nn.Linear):
+        return h.reshape(n_points, 1, -1).numpy()
+    conv: nn.Conv2d = layer_k
+    if conv.groups != 1:
+        raise InputError("repairing a grouped convolution is not supported; choose another layer")
+    pad = conv.padding if not isinstance(conv.padding, str) else _same_padding(conv)
+    cols = F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=pad, stride=conv.stride)
+    return cols.transpose(1, 2).numpy()
+
+
+def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix, n_out: int) -> None:
+    """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
+
+    Where a ReLU acts on u and the unit is off at p, u_p appears in no later row (the pattern
+    zeroes it), so the equality collapses to ``ΔW_k h_p + Δb_k <= -u0_p``: no u column needed.
+    """
+    n_points, positions, fan_in = feats.shape
+    u0 = suffix.u0.numpy()
+    n_sel = neurons.size
+    P, S, Q = np.meshgrid(np.arange(n_points), np.arange(n_sel), np.arange(positions), indexing="ij")
+    P, S, Q = P.ravel(), S.ravel(), Q.ravel()
+    m = P.size
+    flat = neurons[S] * positions + Q
+    rhs = u0[P, flat]
+    off = np.zeros(m, dtype=bool) if suffix.relu_on_u is None else ~(rhs > 0)
+    u_cols = L.u0 + P * L.n_k + flat
+    w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
+    cols = np.concatenate([u_cols[:, None], w_cols, L.n_w + S[:, None]], 1)
+    vals = np.concatenate([np.where(off, 0.0, 1.0)[:, None], -feats[P, Q, :], -np.ones((m, 1))], 1)
+    # on:  u - ΔW h - Δb = u0     off: -ΔW h - Δb >= u0  (i.e. ΔW h + Δb <= -u0)
+    backend.add_rows(L.matrix(cols, vals), lo=rhs, hi=np.where(off, np.inf, rhs))
+
+
+def _same_padding(conv: nn.Conv2d):
+    if conv.padding == "valid":
+        return 0
+    k = conv.kernel_size
+    d = conv.dilation
+    total = [d[i] * (k[i] - 1) for i in range(2)]
+    if any(t % 2 for t in total):
+        raise InputError("'same' padding with an even kernel is not supported at the repair layer")
+    return tuple(t // 2 for t in total)
+
+
+def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
+    """Add ``lo <= coef_u @ u_p + Σ coef_b @ Δb <= hi`` (the constant is already in lo/hi)."""
+    blocks_c = [L.u_col(rows.point)]
+    blocks_v = [rows.coef_u]
+    for j, cb in rows.coef_b.items():
+        if j not in L.bias_offset:
+            continue
+        off = L.bias_offset[j]
+        blocks_c.append(np.broadcast_to(off + np.arange(cb.shape[1]), cb.shape))
+        blocks_v.append(cb)
+    A = L.matrix(np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1))
+    backend.add_rows(A, lo=lo, hi=hi)
+
+
+def _deltas(L: _Layout, x: np.ndarray) -> np.ndarray:
+    return x[:L.n_delta] - x[L.q0:L.q0 + L.n_delta]
+
+
+def _apply(net: nn.Sequential, k: int, neurons: np.ndarray, live: np.ndarray, later: dict[int, int],
+           L: _Layout, x: np.ndarray) -> nn.Sequential:
+    """A copy of ``net`` with the LP's deltas added (computed in float64, stored in net's dtype)."""
+    out = copy.deepcopy(net)
+    x = _deltas(L, x)
+    with torch.no_grad():
+        lk = out[k]
+        W = lk.weight.detach().double().reshape(lk.weight.shape[0], -1)
+        dW = torch.zeros((neurons.size, W.shape[1]), dtype=torch.float64)
+        dW[:, torch.from_numpy(live)] = torch.from_numpy(x[:L.n_w].reshape(neurons.size, live.size))
+        W[torch.from_numpy(neurons)] += dW
+        lk.weight.copy_(W.reshape(lk.weight.shape).to(lk.weight.dtype))
+        bk = lk.bias.detach().double()
+        bk[torch.from_numpy(neurons)] += torch.from_numpy(x[L.n_w:L.n_w + L.n_bk])
+        lk.bias.copy_(bk.to(lk.bias.dtype))
+        for j, n in later.items():
+            off = L.bias_offset[j]
+            bj = out[j].bias
+            bj.copy_((bj.detach().double() + torch.from_numpy(x[off:off + n])).to(bj.dtype))
+    return out
+
+
+def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Slack of every activation-pattern row at the candidate, on the LP's own (pattern-fixed)
+    model: >= 0 where the pattern holds. With no negative slack the LP model and the network
+    coincide at every repair point."""
+    now = suffix.fixed_pattern_preactivations(copy.deepcopy(candidate).double().eval())
+    return {i: np.where(pre[i] > 0, now[i], -now[i]) for i in now}
+
+
+def _delta_norms(delta: np.ndarray) -> dict:
+    a = np.abs(delta)
+    return {"linf": float(a.max(initial=0.0)), "l1": float(a.sum()), "l0": int((a > 1e-9).sum()),
+            "count": int(delta.size)}
+
