@@ -16,7 +16,7 @@ from torch import nn
 
 from .certify import PointCertificate, certify_points
 from .errors import InputError
-from .models import get_meta, load_model, normalize_model
+from .models import get_meta, load_model, normalize_model, num_outputs, set_meta
 from .repair.aprnn import PointRepairOptions, repair_points
 from .specs import PointSpec
 
@@ -62,19 +62,10 @@ def _as_network(model) -> nn.Sequential:
 
 
 def _prepare(net: nn.Sequential, spec: PointSpec) -> tuple[PointSpec, int]:
-    meta = get_meta(net)
-    shape = meta.input_shape if meta is not None and meta.input_shape else tuple(spec.inputs.shape[1:])
-    spec = spec.with_shape(tuple(shape))
-    n_out = _num_outputs(net, shape)
-    spec.validate(tuple(shape), n_out)
-    return spec, n_out
-
-
-def _num_outputs(net: nn.Sequential, input_shape) -> int:
-    import torch
-    param = next(net.parameters())
-    with torch.no_grad():
-        return int(net(torch.zeros((1,) + tuple(input_shape), dtype=param.dtype)).reshape(1, -1).shape[1])
+    """The spec reshaped to the model's input and validated against it, and the output count."""
+    shape = get_meta(net).input_shape or tuple(spec.inputs.shape[1:])
+    n_out = num_outputs(net, tuple(shape))
+    return spec.validate(tuple(shape), n_out), n_out
 
 
 def certify(model, spec: PointSpec, *, margin: float = 0.0) -> PointCertificate:
@@ -103,7 +94,7 @@ def repair(model, spec: PointSpec, *, layer: int, options: PointRepairOptions | 
     certificate = None
     t_cert = 0.0
     if outcome.model is not None:
-        outcome.model.provrepair_meta = get_meta(net)
+        set_meta(outcome.model, get_meta(net))
         t1 = time.perf_counter()
         certificate = certify_points(outcome.model, spec)
         t_cert = time.perf_counter() - t1

@@ -19,6 +19,8 @@ def atomic_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ..
     """
     target = Path(path)
     for p in protect:
+        if p is None:
+            continue
         if Path(p).exists() and target.exists() and os.path.samefile(p, target):
             raise InputError(f"refusing to overwrite the input file {target}; choose another --out path")
     if target.exists() and target.is_dir():
@@ -27,6 +29,7 @@ def atomic_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ..
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -38,3 +41,9 @@ def atomic_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ..
 def write_text_atomic(path: str | os.PathLike, text: str, **kw) -> None:
     with atomic_path(path, **kw) as tmp:
         tmp.write_text(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -29,7 +29,8 @@ from torch import nn
 import solvers
 
 from ..errors import InputError
-from .suffix import AFFINE, Rows, Suffix
+from ..models import affine_index_to_module_index, affine_layers
+from .suffix import Rows, Suffix
 
 OBJECTIVES = ("linf+l1", "l1", "linf")
 STRATEGIES = ("generate", "full")
@@ -86,21 +87,6 @@ class PointRepairOutcome:
         return d
 
 
-def affine_modules(net: nn.Sequential) -> list[int]:
-    return [i for i, m in enumerate(net) if isinstance(m, AFFINE)]
-
-
-def module_of_layer(net: nn.Sequential, layer: int) -> int:
-    """Module index of affine layer ``layer`` (0 = first Linear/Conv2d; negatives count from the end)."""
-    aff = affine_modules(net)
-    if not aff:
-        raise InputError("the network has no Linear or Conv2d layer to repair")
-    if not -len(aff) <= layer < len(aff):
-        raise InputError(f"layer {layer} does not exist: the network has {len(aff)} affine layers "
-                         f"(valid: 0..{len(aff) - 1}, or negative from the end)")
-    return aff[layer]
-
-
 class _Layout:
     """Column layout. Each parameter delta is split, δ = p - q with p, q in [0, B], so that the
     L1 term needs no rows and an unchanged parameter sits at a bound (non-basic) in the simplex.
@@ -148,12 +134,12 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     opts.validate()
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
-    k = module_of_layer(net, layer)
-    aff_index = affine_modules(net).index(k)
+    k = affine_index_to_module_index(net, layer)
+    aff_index = affine_layers(net).index(k)
     net64 = copy.deepcopy(net).double().eval()
     for p in net64.parameters():
         p.requires_grad_(False)
-    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float64)
+    x = torch.tensor(np.array(inputs, dtype=np.float64))
     n_points = x.shape[0]
     with torch.no_grad():
         h = net64[:k](x) if k > 0 else x
@@ -218,11 +204,12 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     result = None
     deadline = None if opts.time_limit is None else t_start + opts.time_limit
     candidate = None
-    converged = False
+    converged = timed_out = False
     for rnd in range(opts.max_rounds):
         if deadline is not None:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
+                timed_out = True
                 break
             backend.set_time_limit(remaining)
         result = backend.solve()
@@ -241,7 +228,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         check_time += time.perf_counter() - t0
         n_viol = sum(int(v.sum()) for v in violated.values())
         info["violated_patterns"] = n_viol
-        say(f"round {rnd}: objective {result.objective:.6g}, {n_viol} activation patterns violated")
+        say(f"round {rnd}: objective {info['objective']:.6g}, {n_viol} activation patterns violated")
         if n_viol == 0:
             converged = True
             break
@@ -251,7 +238,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         build_time += time.perf_counter() - t0
 
     status = "error" if result is None else result.status
-    if status == "optimal" and not converged:
+    if timed_out or (status == "optimal" and not converged):
         status = "time_limit"
     if status == "time_limit" and rounds and rounds[-1]["status"] == "optimal":
         message = (f"constraint generation stopped after {len(rounds)} rounds with activation patterns still "
@@ -265,7 +252,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         }.get(status, f"solver returned {status}")
     model = candidate if status == "optimal" else None
     objective = result.objective / _objective_scale(opts, n_params) if status == "optimal" else None
-    delta = _delta_norms(_deltas(L, result.x)) if status == "optimal" else {}
+    delta = _delta_norms(_deltas(L, result.x), n_params) if status == "optimal" else {}
     return PointRepairOutcome(
         status=status, model=model, objective=objective,
         layer=aff_index, lp_size=backend.size(),
@@ -416,8 +403,9 @@ def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.n
     return {i: np.where(pre[i] > 0, now[i], -now[i]) for i in now}
 
 
-def _delta_norms(delta: np.ndarray) -> dict:
+def _delta_norms(delta: np.ndarray, n_params: int) -> dict:
+    """Norms of the change over every parameter the repair may touch (left-out ones are zero)."""
     a = np.abs(delta)
     return {"linf": float(a.max(initial=0.0)), "l1": float(a.sum()), "l0": int((a > 1e-9).sum()),
-            "count": int(delta.size)}
+            "count": int(n_params)}
 

@@ -1,0 +1,253 @@
+"""The ``provrepair`` command line.
+
+Exit codes: 0 certified (or, for ``info``, success); 1 the repair is infeasible or did not
+certify; 2 bad input (the message says what to do). Every file is written atomically, after all
+input was validated, and never over an input file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError, ProvRepairError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parse_where(items: Sequence[str] | None) -> dict | None:
+    if not items:
+        return None
+    where: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--where takes KEY=VALUE (e.g. --where group=0), got {item!r}")
+        try:
+            where[key] = int(value)
+        except ValueError:
+            raise InputError(f"--where {key}= needs an integer value, got {value!r}") from None
+    return where
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape takes comma-separated integers like 1,28,28, got {text!r}") from None
+    if any(v <= 0 for v in shape):
+        raise InputError(f"--input-shape values must be positive, got {text!r}")
+    return shape
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--points", required=True, metavar="FILE",
+                   help="repair set: .npz (inputs/points + labels, or A/b), .npy with --labels, or .json")
+    p.add_argument("--labels", metavar="FILE", help="labels for a .npy points file (.npy or text, one per line)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="keep the points whose integer field KEY equals VALUE (repeatable)")
+    p.add_argument("--limit", type=int, metavar="N", help="keep the first N points (after --where)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="network file: .pt/.pth, .onnx, .tf/.eran (ERAN), .nnet (ACAS Xu)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="input shape when the file does not say (conv nets)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="provrepair", description="Repair neural networks and prove the repair.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("repair", help="repair a network on a set of points (provable LP repair)")
+    _add_model_args(p)
+    _add_spec_args(p)
+    p.add_argument("--layer", type=int, required=True,
+                   help="affine layer to repair: 0 = first Linear/Conv2d, negative counts from the end")
+    p.add_argument("--solver", default="highs", choices=["highs", "gurobi"])
+    p.add_argument("--delta-bound", type=float, default=3.0, help="bound on every parameter change (default 3)")
+    p.add_argument("--margin", type=float, default=1e-3, help="required output margin in the LP (default 1e-3)")
+    p.add_argument("--objective", default="linf+l1", choices=["linf+l1", "l1", "linf"])
+    p.add_argument("--strategy", default="generate", choices=["generate", "full"],
+                   help="generate activation-pattern rows lazily (default) or build them all up front")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole LP repair")
+    p.add_argument("--threads", type=int, help="solver threads")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="repaired model; its suffix picks the format, and a .pt copy is always written too")
+    p.add_argument("--report", metavar="FILE", help="write the full result as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only the outcome")
+
+    p = sub.add_parser("certify", help="check a network on a set of points, exactly")
+    _add_model_args(p)
+    _add_spec_args(p)
+    p.add_argument("--report", metavar="FILE", help="write the certificate as JSON")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("info", help="layers, shapes and parameter counts of a network")
+    _add_model_args(p)
+
+    p = sub.add_parser("demo", help="repair a shipped MNIST model on its own mistakes and report")
+    p.add_argument("--out-dir", default="provrepair-demo", help="where the repaired model and report go")
+    p.add_argument("--points", type=int, default=50, help="misclassified test images to repair (default 50)")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("provrepair")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def _load(args):
+    from .models import load_model
+    return load_model(args.model, input_shape=_parse_shape(getattr(args, "input_shape", None)))
+
+
+def _load_spec(args):
+    from .specs import PointSpec
+    return PointSpec.load(args.points, labels=args.labels, where=_parse_where(args.where), limit=args.limit)
+
+
+def _write_json(path: str, payload: dict, protect: Sequence[str]) -> None:
+    from .fileio import write_text_atomic
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n", protect=tuple(protect))
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _check_outputs(paths: Sequence[str | None], inputs: Sequence[str | None]) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or collide."""
+    ins = {Path(p).resolve() for p in inputs if p}
+    seen = set()
+    for p in paths:
+        if not p:
+            continue
+        r = Path(p).resolve()
+        if r in ins:
+            raise InputError(f"{p} is an input file; choose another output path")
+        if r in seen:
+            raise InputError(f"{p} is named twice as an output; give each output its own path")
+        if r.is_dir():
+            raise InputError(f"{p} is a directory; give a file path")
+        seen.add(r)
+
+
+def _cmd_info(args) -> int:
+    from .models import get_meta, summary_text
+    net = _load(args)
+    meta = get_meta(net)
+    print(f"{args.model}: format {meta.format}, input shape {meta.input_shape}")
+    print(summary_text(net, meta.input_shape))
+    return EXIT_OK
+
+
+def _cmd_certify(args) -> int:
+    from .api import certify
+    _check_outputs([args.report], [args.model, args.points, args.labels])
+    net = _load(args)
+    spec = _load_spec(args)
+    cert = certify(net, spec)
+    print(cert.summary())
+    if args.report:
+        _write_json(args.report, cert.to_dict(), [args.model, args.points])
+    return EXIT_OK if cert.certified else EXIT_FAILED
+
+
+def _torch_copy_path(out: Path) -> Path | None:
+    return None if out.suffix in (".pt", ".pth") else out.with_suffix(".pt")
+
+
+def _cmd_repair(args) -> int:
+    from .api import repair
+    from .models import save_model
+    out = Path(args.out)
+    pt_copy = _torch_copy_path(out)
+    inputs = [args.model, args.points, args.labels]
+    _check_outputs([args.out, str(pt_copy) if pt_copy else None, args.report], inputs)
+    from .models import SUFFIXES
+    if out.suffix.lower() not in SUFFIXES:
+        raise InputError(f"--out {out}: unknown model suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    net = _load(args)
+    spec = _load_spec(args)
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = repair(net, spec, layer=args.layer, progress=say, delta_bound=args.delta_bound, margin=args.margin,
+                    objective=args.objective, solver=args.solver, time_limit=args.time_limit,
+                    threads=args.threads, strategy=args.strategy)
+    written = []
+    if result.model is not None and result.certified:
+        protect = tuple(p for p in inputs if p)
+        save_model(result.model, out, protect=protect)
+        written.append(str(out))
+        if pt_copy is not None:
+            save_model(result.model, pt_copy, protect=protect)
+            written.append(str(pt_copy))
+    if args.report:
+        payload = result.to_dict()
+        payload.update(model=args.model, points=args.points, written=written)
+        _write_json(args.report, payload, inputs)
+        written.append(args.report)
+    _print_result(result, written)
+    return EXIT_OK if result.certified else EXIT_FAILED
+
+
+def _print_result(result, written: Sequence[str]) -> None:
+    print(f"{result.status}: {result.message}")
+    if result.certificate is not None:
+        print(result.certificate.summary())
+    t = result.timings
+    lp = result.lp.get("final", {})
+    if lp:
+        print(f"layer {result.layer}; LP {lp.get('variables')} variables, {lp.get('rows')} rows, "
+              f"{lp.get('nonzeros')} nonzeros in {len(result.lp.get('rounds', []))} rounds; "
+              f"total {t.get('total', 0):.2f} s (solve {t.get('solve', 0):.2f} s)")
+    if result.delta:
+        print(f"parameter change: max {result.delta['linf']:.4g}, sum {result.delta['l1']:.4g}, "
+              f"{result.delta['l0']} of {result.delta['count']} changed")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(out_dir=args.out_dir, n_points=args.points, quiet=args.quiet)
+
+
+COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"provrepair: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return COMMANDS[args.command](args)
+    except ProvRepairError as exc:
+        print(f"provrepair: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("provrepair: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
