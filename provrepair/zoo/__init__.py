@@ -1,0 +1,59 @@
+"""A small zoo of pretrained networks shipped with the package.
+
+Each model is a pair of package files: ``<name>.pt`` (the canonical network, written by
+``provrepair.models.save_model``) and ``<name>.json`` (its card: architecture, training settings,
+clean test accuracy). They are produced by ``benchmarks/train_zoo.py``.
+
+>>> from provrepair.zoo import available, load_zoo, card
+>>> available()
+['mnist_mlp']
+>>> net = load_zoo("mnist_mlp")          # nn.Sequential, float32, eval mode, input shape (784,)
+>>> card("mnist_mlp")["test_accuracy"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import InputError
+
+__all__ = ["available", "card", "load_zoo", "zoo_path"]
+
+_DIR = Path(__file__).resolve().parent
+
+
+def available() -> list[str]:
+    """Names of the zoo models whose weights file ships with the package, sorted."""
+    return sorted(p.stem for p in _DIR.glob("*.pt") if p.is_file())
+
+
+def _check(name: str) -> str:
+    names = available()
+    if not isinstance(name, str) or name not in names:
+        listed = ", ".join(names) if names else "(none: the zoo files are missing; run benchmarks/train_zoo.py)"
+        raise InputError(f"unknown zoo model {name!r}; available: {listed}")
+    return name
+
+
+def zoo_path(name: str) -> Path:
+    """The path of the weights file of zoo model ``name``."""
+    return _DIR / f"{_check(name)}.pt"
+
+
+def load_zoo(name: str) -> nn.Sequential:
+    """Zoo model ``name`` as a canonical ``nn.Sequential`` (float32, eval mode, with metadata)."""
+    # local import: listing the zoo does not need the model loaders
+    from ..models import load_model
+
+    return load_model(zoo_path(name))
+
+
+def card(name: str) -> dict:
+    """The card of zoo model ``name`` (a fresh dict on every call)."""
+    path = _DIR / f"{_check(name)}.json"
+    if not path.is_file():
+        raise InputError(f"zoo model {name!r} has no card {path.name}; re-run benchmarks/train_zoo.py")
+    return json.loads(path.read_text())
