@@ -7,11 +7,32 @@
 >>> result.certified, result.timings["total"]
 """
 
-from .api import RepairResult, certify, repair
+import types as _types
+
+from . import certify as _certify_package
+from . import repair as _repair_package
+from .api import RepairResult
+from .api import certify as _certify
+from .api import repair as _repair
 from .errors import ProvRepairError
 from .models import load_model, save_model
 from .repair.aprnn import PointRepairOptions
 from .specs import PointSpec
+
+
+class _CallablePackage(_types.ModuleType):
+    """``provrepair.repair`` and ``provrepair.certify`` are both the API functions the product
+    promises and the subpackages the layout promises; calling the package calls the function."""
+
+    def __call__(self, *args, **kwargs):
+        return self.__call_target__(*args, **kwargs)
+
+
+for _pkg, _fn in ((_repair_package, _repair), (_certify_package, _certify)):
+    _pkg.__class__ = _CallablePackage
+    _pkg.__call_target__ = _fn
+repair = _repair_package
+certify = _certify_package
 
 __all__ = ["load_model", "save_model", "PointSpec", "PointRepairOptions", "repair", "certify", "RepairResult",
            "ProvRepairError"]

@@ -202,3 +202,27 @@ def test_gurobi_size_limit_becomes_a_clear_error():
         assert "--solver highs" in str(exc)
     else:
         pytest.skip(f"a full Gurobi licence is present (status {res.status})")
+
+
+@pytest.mark.shared
+def test_real_network_lazy_equals_full_and_certifies(bench_dir):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = provrepair.load_model(bench_dir / "mnist_relu_9_100.tf")
+    spec = PointSpec.load(bench_dir / "mnist_fog8_points.npz", where={"group": 0}, limit=8)
+    lazy = provrepair.repair(net, spec, layer=6)
+    full = provrepair.repair(net, spec, layer=6, strategy="full")
+    assert lazy.certified and full.certified
+    assert lazy.solver["objective"] == pytest.approx(full.solver["objective"], rel=1e-6)
+    assert lazy.lp["final"]["rows"] < full.lp["final"]["rows"]
+    assert len(lazy.lp["rounds"]) >= 2  # patterns were violated and generated
+    assert provrepair.certify(lazy.model, spec).certified
+
+
+def test_api_names_are_both_functions_and_packages():
+    import provrepair.certify.points as points_module
+    import provrepair.repair.aprnn as aprnn_module
+    assert callable(provrepair.repair) and callable(provrepair.certify)
+    assert points_module.certify_points is provrepair.certify.certify_points
+    assert aprnn_module.repair_points is provrepair.repair.aprnn.repair_points
