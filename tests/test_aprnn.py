@@ -13,7 +13,6 @@ import provrepair
 import solvers
 from provrepair.certify import certify_points
 from provrepair.errors import InputError, SolverLicenseError
-from provrepair.repair.aprnn import PointRepairOptions, repair_points
 from provrepair.specs import PointSpec
 
 EPS = 1e-3
@@ -51,6 +50,17 @@ def test_single_layer_optimum_matches_hand_solution():
     np.testing.assert_allclose(W, [[1 - q, 0.0], [q, 1.0]], atol=1e-6)
     np.testing.assert_allclose(b, [-q, q], atol=1e-6)
     assert res.delta["count"] == 6 and res.delta["l0"] == 4
+
+
+@pytest.mark.parametrize("objective,expected", [("linf", (1 + EPS) / 4), ("l1", (1 + EPS) / 6)])
+def test_other_objectives_on_the_hand_solved_network(objective, expected):
+    # L∞ alone: spread evenly over the 4 live parameters; L1 (mean over all 6): one parameter
+    # may carry everything.
+    net = nn.Sequential(_linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])).eval()
+    spec = PointSpec.from_arrays(np.array([[1.0, 0.0]]), labels=np.array([1]))
+    res = _repair(net, spec, layer=0, objective=objective)
+    assert res.certified
+    assert res.solver["objective"] == pytest.approx(expected, rel=1e-7)
 
 
 def test_hidden_layer_optimum_and_fixed_pattern():
