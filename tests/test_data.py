@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import time
 
@@ -30,7 +31,15 @@ def test_mnist_test_split():
     assert counts.size == 10 and np.all((counts >= 800) & (counts <= 1300))
     assert y[0] == 7  # MNIST's first test image is a 7
     assert 0.1 < x.mean() < 0.16  # MNIST's mean pixel is ~0.13
-    assert "pureml" not in sys.modules and "zarr" not in sys.modules
+
+
+@needs_pureml
+def test_mnist_loader_imports_neither_pureml_nor_zarr():
+    # In a fresh interpreter: zarr's own pytest plugin imports zarr into this one.
+    code = ("import sys; from provrepair.data import load_mnist; load_mnist('test'); "
+            "print('pureml' in sys.modules, 'zarr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
 
 
 @needs_pureml
