@@ -1,6 +1,6 @@
 """The ``provrepair`` command line.
 
-Exit codes: 0 certified (or, for ``info``, success); 1 the repair is infeasible or did not
+Exit codes: 0 certified (or, for ``info`` and ``data``, success); 1 the repair is infeasible or did not
 certify; 2 bad input (the message says what to do). Every file is written atomically, after all
 input was validated, and never over an input file.
 """
@@ -96,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="provrepair-demo", help="where the repaired model and report go")
     p.add_argument("--points", type=int, default=50, help="misclassified test images to repair (default 50)")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("data", help="datasets and their corrupted versions: build, list, contact sheet")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{build,sheet,list}")
+    d = data.add_parser("build", help="build (or reuse) cached corrupted copies of a dataset split")
+    d.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist or digits")
+    d.add_argument("--split", default="test", help="train, val, test (default) or train-full")
+    d.add_argument("--corruptions", default="all", metavar="all|NAME,NAME",
+                   help="'all' (default), corruption or group names, comma-separated")
+    d.add_argument("--severities", default="1-5", metavar="1-5|1,3,5", help="severity levels (default 1-5)")
+    d.add_argument("--seed", type=int, default=0, help="train/val split and corruption randomness (default 0)")
+    d.add_argument("--limit", type=int, metavar="N", help="corrupt only the first N images of the split")
+    d.add_argument("--cache-dir", metavar="DIR", help="cache folder (default $PROVREPAIR_CACHE or ~/.cache/provrepair)")
+    d.add_argument("--force", action="store_true", help="rebuild even the files already cached")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = data.add_parser("sheet", help="draw one image under every corruption and severity")
+    d.add_argument("--out", required=True, metavar="PATH", help="image file to write (e.g. sheet.png)")
+    d.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist or digits")
+    d.add_argument("--split", default="test", help="split the image comes from (default test)")
+    d.add_argument("--index", type=int, default=0, help="position of the image in the split (default 0)")
+    d = data.add_parser("list", help="datasets, splits and corruptions by group")
     return parser
 
 
@@ -228,7 +248,70 @@ def _cmd_demo(args) -> int:
     return run_demo(out_dir=args.out_dir, n_points=args.points, quiet=args.quiet)
 
 
-COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo}
+def _cmd_data_build(args) -> int:
+    from .data.build import build_corrupted
+    result = build_corrupted(args.dataset, args.split, args.corruptions, args.severities, seed=args.seed,
+                             limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet,
+                             force=args.force)
+    folders = sorted({str(path.parent) for path in result.values()})
+    n_sev = len({s for _, s in result})
+    print(f"{len(result)} corrupted sets of {args.dataset}/{args.split} ({len(result) // n_sev} corruptions x "
+          f"{n_sev} severities): built {len(result.built)}, reused {len(result.reused)} from the cache "
+          f"in {result.seconds:.1f} s")
+    for folder in folders:
+        print(f"files in {folder}/ (<corruption>-s<severity>-seed{args.seed}"
+              f"{f'-n{args.limit}' if args.limit else ''}.npz)")
+    return EXIT_OK
+
+
+def _cmd_data_sheet(args) -> int:
+    from .data.datasets import load_dataset
+    out = Path(args.out)
+    _check_outputs([args.out], [])
+    x, _ = load_dataset(args.dataset, args.split)
+    if not -x.shape[0] <= args.index < x.shape[0]:
+        raise InputError(f"--index {args.index} is out of range: {args.dataset}/{args.split} has "
+                         f"{x.shape[0]} images (0..{x.shape[0] - 1})")
+    from .data.contact_sheet import contact_sheet
+    contact_sheet(x[args.index], out)  # a PNG, written atomically
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_data_list(args) -> int:
+    from .data.build import corruption_groups, resolve_corruptions
+    from .data.datasets import DATASETS, SPLITS, dataset_info
+    print("datasets (splits: " + ", ".join(SPLITS) + "):")
+    for name in DATASETS:
+        info = dataset_info(name)
+        c, h, w = info["shape"]
+        sizes = ", ".join(f"{k} {v}" for k, v in info["sizes"].items())
+        note = "" if info["available"] else "  [not installed]"
+        print(f"  {name:<14} {c}x{h}x{w}, {info['classes']} classes; {sizes}{note}")
+        print(f"  {'':<14} {info['description']}")
+    from .data.corruptions import MAX_SIZE, MIN_SIZE
+    names = resolve_corruptions("all")
+    groups = corruption_groups()
+    print(f"corruptions ({len(names)}; severities 1-5; images of {MIN_SIZE}..{MAX_SIZE} px a side):")
+    grouped = set()
+    for group, members in groups.items():
+        print(f"  {group:<16} {', '.join(members)}")
+        grouped.update(members)
+    rest = [n for n in names if n not in grouped]
+    if rest:
+        print(f"  {'(other)':<16} {', '.join(rest)}")
+    return EXIT_OK
+
+
+DATA_COMMANDS = {"build": _cmd_data_build, "sheet": _cmd_data_sheet, "list": _cmd_data_list}
+
+
+def _cmd_data(args) -> int:
+    return DATA_COMMANDS[args.data_command](args)
+
+
+COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
+            "data": _cmd_data}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
