@@ -2,11 +2,18 @@
 
 Each model is a pair of package files: ``<name>.pt`` (the canonical network, written by
 ``provrepair.models.save_model``) and ``<name>.json`` (its card: architecture, training settings,
-clean test accuracy). They are produced by ``benchmarks/train_zoo.py``.
+clean test accuracy, accuracy under the corruptions at severity 3). They are produced by
+``benchmarks/train_zoo.py``.
+
+Models: ``mnist_mlp`` (MNIST, 784-100-100-10), ``mnist_cnn`` (MNIST) and ``fashion_cnn``
+(Fashion-MNIST), the two CNNs with input shape ``(1, 28, 28)``. The CNNs were trained with
+BatchNorm2d after each convolution; the files keep those layers, and ``load_zoo`` folds each into
+the convolution before it (the canonical network has no BatchNorm). ``load_zoo(name,
+fold_batchnorm=False)`` returns the network as trained, BatchNorm included.
 
 >>> from provrepair.zoo import available, load_zoo, card
 >>> available()
-['mnist_mlp']
+['fashion_cnn', 'mnist_cnn', 'mnist_mlp']
 >>> net = load_zoo("mnist_mlp")          # nn.Sequential, float32, eval mode, input shape (784,)
 >>> card("mnist_mlp")["test_accuracy"]   # doctest: +SKIP
 """
@@ -43,12 +50,25 @@ def zoo_path(name: str) -> Path:
     return _DIR / f"{_check(name)}.pt"
 
 
-def load_zoo(name: str) -> nn.Sequential:
-    """Zoo model ``name`` as a canonical ``nn.Sequential`` (float32, eval mode, with metadata)."""
+def load_zoo(name: str, *, fold_batchnorm: bool = True) -> nn.Sequential:
+    """Zoo model ``name`` as a canonical ``nn.Sequential`` (float32, eval mode, with metadata).
+
+    With ``fold_batchnorm=False`` the network comes back exactly as it was trained and saved
+    (BatchNorm layers kept, eval mode, with metadata) instead of in canonical form; it computes the
+    same function up to float32 rounding.
+    """
     # local import: listing the zoo does not need the model loaders
     from ..models import load_model
 
-    return load_model(zoo_path(name))
+    path = zoo_path(name)
+    if fold_batchnorm:
+        return load_model(path)
+    from ..models.meta import META_ATTR, set_meta
+    from ..models.torch_io import load_torch, pt_meta
+
+    net = load_torch(path)
+    set_meta(net, pt_meta(getattr(net, META_ATTR, None), path))
+    return net.eval()
 
 
 def card(name: str) -> dict:
