@@ -56,6 +56,9 @@ class HighsBackend(Backend):
         h.setOptionValue("solver", _METHODS[o.method])
         self._apply_time_limit(o.time_limit)
         if o.threads is not None:
+            # HiGHS runs one scheduler per process; a different thread count in a later solve
+            # is refused ("solver returned error") unless the scheduler is reset first.
+            highspy.Highs.resetGlobalScheduler(True)
             h.setOptionValue("threads", int(o.threads))
         for key, value in o.extra.items():
             h.setOptionValue(key, value)

@@ -236,3 +236,11 @@ def test_api_names_are_both_functions_and_packages():
     assert callable(provrepair.repair) and callable(provrepair.certify)
     assert points_module.certify_points is provrepair.certify.certify_points
     assert aprnn_module.repair_points is provrepair.repair.aprnn.repair_points
+
+
+def test_thread_count_can_change_between_solves_in_one_process():
+    net = _random_mlp(0)
+    spec = _wrong_points(net, 4, 1, 6)
+    assert _repair(net, spec, layer=2).certified
+    assert _repair(net, spec, layer=2, threads=1).certified
+    assert _repair(net, spec, layer=2, threads=2).certified
