@@ -40,6 +40,7 @@ class RepairResult:
     timings: dict = field(default_factory=dict)  # seconds: build, solve, check, certify, total
     delta: dict = field(default_factory=dict)  # norms of the parameter change
     options: dict = field(default_factory=dict)
+    layer_selection: dict | None = None  # with layer="auto": heuristic, ranking, layers tried
 
     @property
     def certified(self) -> bool:
@@ -48,7 +49,8 @@ class RepairResult:
     def to_dict(self) -> dict:
         return {"status": self.status, "certified": self.certified, "layer": self.layer, "message": self.message,
                 "certificate": self.certificate.to_dict() if self.certificate else None, "lp": self.lp,
-                "solver": self.solver, "timings": self.timings, "delta": self.delta, "options": self.options}
+                "solver": self.solver, "timings": self.timings, "delta": self.delta, "options": self.options,
+                "layer_selection": self.layer_selection}
 
 
 def _as_network(model) -> nn.Sequential:
@@ -75,10 +77,13 @@ def certify(model, spec: PointSpec, *, margin: float = 0.0) -> PointCertificate:
     return certify_points(net, spec, margin=margin)
 
 
-def repair(model, spec: PointSpec, *, layer: int, options: PointRepairOptions | None = None,
-           progress: Callable[[str], None] | None = None, **option_kw) -> RepairResult:
+def repair(model, spec: PointSpec, *, layer: int | str, options: PointRepairOptions | None = None,
+           progress: Callable[[str], None] | None = None, heuristic: str | None = None,
+           **option_kw) -> RepairResult:
     """Repair ``model`` at affine ``layer`` so every point of ``spec`` meets its output spec.
 
+    ``layer="auto"`` ranks the candidate layers with ``heuristic`` (default: the one the
+    layer-selection benchmark found best) and tries them in order until one certifies.
     Keyword options fill ``PointRepairOptions`` (delta_bound, margin, objective, solver, ...).
     The input model is never modified.
     """
@@ -86,9 +91,36 @@ def repair(model, spec: PointSpec, *, layer: int, options: PointRepairOptions | 
         options = PointRepairOptions(**option_kw)
     elif option_kw:
         options = dataclasses.replace(options, **option_kw)
-    t0 = time.perf_counter()
     net = _as_network(model)
     spec, n_out = _prepare(net, spec)
+    if layer != "auto":
+        if not isinstance(layer, int):
+            raise InputError(f"layer must be an affine layer index or 'auto', got {layer!r}")
+        return _repair_at(net, spec, n_out, layer, options, progress)
+    from heuristics.select import DEFAULT_HEURISTIC, rank_layers
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    heuristic = heuristic or DEFAULT_HEURISTIC
+    ranking = rank_layers(net, spec, heuristic=heuristic)
+    say(f"layer auto ({heuristic}): trying layers {ranking} in this order")
+    tried = []
+    result = None
+    for k in ranking:
+        result = _repair_at(net, spec, n_out, k, options, progress)
+        tried.append({"layer": k, "status": result.status, "seconds": result.timings["total"]})
+        if result.certified:
+            break
+        say(f"layer {k}: {result.status}; falling back to the next candidate")
+    result.layer_selection = {"heuristic": heuristic, "ranking": ranking, "tried": tried,
+                              "chosen": result.layer if result.certified else None,
+                              "seconds": time.perf_counter() - t0}
+    result.timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def _repair_at(net: nn.Sequential, spec: PointSpec, n_out: int, layer: int, options: PointRepairOptions,
+               progress) -> RepairResult:
+    t0 = time.perf_counter()
     A, b, point_index = spec.output_constraints(n_out)
     outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
     certificate = None

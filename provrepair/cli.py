@@ -46,6 +46,15 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+def _layer_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", required=True, metavar="FILE",
                    help="repair set: .npz (inputs/points + labels, or A/b), .npy with --labels, or .json")
@@ -68,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repair", help="repair a network on a set of points (provable LP repair)")
     _add_model_args(p)
     _add_spec_args(p)
-    p.add_argument("--layer", type=int, required=True,
-                   help="affine layer to repair: 0 = first Linear/Conv2d, negative counts from the end")
+    p.add_argument("--layer", type=_layer_arg, required=True,
+                   help="affine layer to repair (0 = first Linear/Conv2d, negative counts from the end), "
+                        "or 'auto' to rank the layers and fall back on infeasibility")
+    p.add_argument("--heuristic", help="layer ranking for --layer auto (default: the benchmark's best)")
     p.add_argument("--solver", default="highs", choices=["highs", "gurobi"])
     p.add_argument("--delta-bound", type=float, default=3.0, help="bound on every parameter change (default 3)")
     p.add_argument("--margin", type=float, default=1e-3, help="required output margin in the LP (default 1e-3)")
@@ -88,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--report", metavar="FILE", help="write the certificate as JSON")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("layers", help="rank the repair layers with every heuristic, side by side")
+    _add_model_args(p)
+    _add_spec_args(p)
+    p.add_argument("--pairs", metavar="FILE", help=".npy of the original inputs paired with the points (for 'change')")
+
+    p = sub.add_parser("analyze", help="repair-set analysis: diversity, concentration, size, predicted LP size")
+    _add_spec_args(p)
+    p.add_argument("--model", help="also predict the LP size per layer and feature-space spread")
+    p.add_argument("--input-shape", metavar="C,H,W", help="input shape when the model file does not say")
+    p.add_argument("--report", metavar="FILE", help="write the analysis as JSON")
 
     p = sub.add_parser("info", help="layers, shapes and parameter counts of a network")
     _add_model_args(p)
@@ -206,7 +228,7 @@ def _cmd_repair(args) -> int:
     net = _load(args)
     spec = _load_spec(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = repair(net, spec, layer=args.layer, progress=say, delta_bound=args.delta_bound, margin=args.margin,
+    result = repair(net, spec, layer=args.layer, heuristic=args.heuristic, progress=say, delta_bound=args.delta_bound, margin=args.margin,
                     objective=args.objective, solver=args.solver, time_limit=args.time_limit,
                     threads=args.threads, strategy=args.strategy)
     written = []
@@ -228,6 +250,10 @@ def _cmd_repair(args) -> int:
 
 def _print_result(result, written: Sequence[str]) -> None:
     print(f"{result.status}: {result.message}")
+    sel = result.layer_selection
+    if sel:
+        tried = ", ".join(f"{t['layer']} ({t['status']})" for t in sel["tried"])
+        print(f"layer auto with the {sel['heuristic']!r} heuristic: ranking {sel['ranking']}; tried {tried}")
     if result.certificate is not None:
         print(result.certificate.summary())
     t = result.timings
@@ -241,6 +267,48 @@ def _print_result(result, written: Sequence[str]) -> None:
               f"{result.delta['l0']} of {result.delta['count']} changed")
     for path in written:
         print(f"wrote {path}")
+
+
+def _cmd_layers(args) -> int:
+    import numpy as np
+
+    from heuristics.scorers import score_all
+    from heuristics.select import DEFAULT_HEURISTIC, candidate_layers
+
+    from .api import _prepare
+    from .models import affine_layers
+    net = _load(args)
+    spec, _ = _prepare(net, _load_spec(args))
+    pairs = None
+    if args.pairs:
+        pairs = np.load(args.pairs).astype(np.float64).reshape(spec.inputs.shape)
+    labels = spec.labels if spec.labels is not None and np.all(spec.labels >= 0) else None
+    scores = score_all(net, spec.inputs, labels=labels, pairs=pairs)
+    n = len(affine_layers(net))
+    cands = candidate_layers(net, spec)
+    from heuristics.scorers import rank
+    print(f"candidate layers (predicted LP small enough): {cands}; default heuristic: {DEFAULT_HEURISTIC}")
+    print(f"{'heuristic':<14} {'ranking (best first)':<28} " + " ".join(f"{k:>9}" for k in range(n)))
+    for name, sc in scores.items():
+        order = rank(sc, cands)
+        print(f"{name:<14} {str(order):<28} " + " ".join(f"{v:9.3g}" for v in sc))
+    return EXIT_OK
+
+
+def _cmd_analyze(args) -> int:
+    from heuristics.analysis import analyze, format_analysis
+    _check_outputs([args.report], [args.model, args.points, args.labels])
+    spec = _load_spec(args)
+    net = None
+    if args.model:
+        from .api import _prepare
+        net = _load(args)
+        spec, _ = _prepare(net, spec)
+    report = analyze(spec, net)
+    print(format_analysis(report))
+    if args.report:
+        _write_json(args.report, report, [args.points, args.model])
+    return EXIT_OK
 
 
 def _cmd_demo(args) -> int:
@@ -311,6 +379,7 @@ def _cmd_data(args) -> int:
 
 
 COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
+            "layers": _cmd_layers, "analyze": _cmd_analyze,
             "data": _cmd_data}
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from heuristics.select import DEFAULT_HEURISTIC
 from provrepair.cli import main
 from provrepair.models import load_model, save_model
 
@@ -134,4 +135,41 @@ def test_info_lists_layers(files, capsys):
 def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["repair"])
+    assert exc.value.code == 2
+
+
+def test_layers_prints_every_heuristic_ranking(files, capsys):
+    _, model, points, *_ = files
+    code, stdout, _ = _run(capsys, "layers", model, "--points", points)
+    assert code == 0
+    for name in ("activation", "variance", "gradient", "similarity", "penultimate", "first_dense"):
+        assert name in stdout
+    assert "candidate layers" in stdout
+
+
+def test_analyze_reports_and_writes_json(files, capsys):
+    tmp, model, points, *_ = files
+    report = tmp / "analysis.json"
+    code, stdout, _ = _run(capsys, "analyze", "--points", points, "--model", model, "--report", report)
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["size"]["points"] == 6 and data["diversity"]["classes"] >= 1
+    assert len(data["layers"]) == 3 and all(row["variables"] > 0 for row in data["layers"])
+
+
+def test_repair_layer_auto_reports_the_choice(files, capsys):
+    tmp, model, points, *_ = files
+    report = tmp / "r.json"
+    code, stdout, _ = _run(capsys, "repair", model, "--points", points, "--layer", "auto", "--out", tmp / "o.pt",
+                           "--report", report, "--quiet")
+    sel = json.loads(report.read_text())["layer_selection"]
+    assert sel["heuristic"] == DEFAULT_HEURISTIC and sel["ranking"]
+    assert "layer auto" in stdout
+    assert code == (0 if sel["chosen"] is not None else 1)
+
+
+def test_bad_layer_word_exits_2(files, capsys):
+    _, model, points, *_ = files
+    with pytest.raises(SystemExit) as exc:
+        main(["repair", str(model), "--points", str(points), "--layer", "best", "--out", "x.pt"])
     assert exc.value.code == 2
