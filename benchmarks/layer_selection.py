@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     print(f"brute force, 2 workers: {timings['brute_force_2_workers']:.1f} s "
           f"({timings['parallel_speedup']:.2f}x)", flush=True)
 
-    per_heuristic = {name: {"tasks": 0, "best_pick": 0, "within": 0, "infeasible_first": 0, "regret": [],
+    per_heuristic = {name: {"tasks": 0, "solvable": 0, "best_pick": 0, "within": 0, "infeasible_first": 0, "regret": [],
                             "seconds": 0.0, "brute_seconds": 0.0, "failed": 0} for name in SCORERS}
     rows = []
     for t, outcomes in zip(tasks, serial):
@@ -175,6 +175,7 @@ def main(argv=None) -> int:
             h["seconds"] += seconds
             h["infeasible_first"] += int(not by_layer[order[0]].usable)
             entry = {"ranking": order, "pick": pick.layer if pick else None, "seconds": seconds}
+            h["solvable"] += int(best is not None)
             if best is None:
                 pass
             elif pick is None:
@@ -191,10 +192,10 @@ def main(argv=None) -> int:
               + " ".join(f"{n}:{e['pick']}" for n, e in row["heuristics"].items()), flush=True)
 
     summary = {}
-    solvable = sum(1 for r in rows if r["best_layer"] is not None)
     for name, h in per_heuristic.items():
         if not h["tasks"]:
             continue
+        solvable = h["solvable"]  # tasks this heuristic could run on that have a certified layer
         summary[name] = {
             "tasks": h["tasks"], "solvable_tasks": solvable,
             "picks_brute_force_best": h["best_pick"] / max(solvable, 1),
