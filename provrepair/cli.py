@@ -272,7 +272,7 @@ def _print_result(result, written: Sequence[str]) -> None:
 def _cmd_layers(args) -> int:
     import numpy as np
 
-    from heuristics.scorers import score_all
+    from heuristics.scorers import rank, score_all
     from heuristics.select import DEFAULT_HEURISTIC, candidate_layers
 
     from .api import _prepare
@@ -286,7 +286,6 @@ def _cmd_layers(args) -> int:
     scores = score_all(net, spec.inputs, labels=labels, pairs=pairs)
     n = len(affine_layers(net))
     cands = candidate_layers(net, spec)
-    from heuristics.scorers import rank
     print(f"candidate layers (predicted LP small enough): {cands}; default heuristic: {DEFAULT_HEURISTIC}")
     print(f"{'heuristic':<14} {'ranking (best first)':<28} " + " ".join(f"{k:>9}" for k in range(n)))
     for name, sc in scores.items():
