@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from provrepair.errors import InputError
 from provrepair.specs import PointSpec
+
+from .scorers import representations
 
 __all__ = [
     "RANK_RTOL_FACTOR",
@@ -106,22 +107,6 @@ def _relu_follows(net: nn.Sequential, i: int) -> bool:
     return i + 1 < len(net) and isinstance(net[i + 1], nn.ReLU)
 
 
-def _features(net: nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    """Per affine layer, the (N, ...) output of that layer (after its ReLU if one follows)."""
-    from provrepair.models import affine_layers
-    net64 = _net64(net)
-    take = {i + 1 if _relu_follows(net64, i) else i for i in affine_layers(net64)}
-    feats: dict[int, list[np.ndarray]] = {i: [] for i in take}
-    with torch.no_grad():
-        for start in range(0, x.shape[0], _CHUNK):
-            h = torch.as_tensor(x[start:start + _CHUNK], dtype=torch.float64)
-            for i, m in enumerate(net64):
-                h = m(h)
-                if i in feats:
-                    feats[i].append(h.reshape(h.shape[0], -1).numpy())
-    return [np.concatenate(feats[i]) for i in sorted(take)]
-
-
 def analyze_points(spec: PointSpec, net: nn.Module | None = None) -> dict[str, Any]:
     """Size, diversity and concentration of a point repair set.
 
@@ -151,7 +136,7 @@ def analyze_points(spec: PointSpec, net: nn.Module | None = None) -> dict[str, A
             "balance": _balance(labels) if has_labels else None,
             "spread_input": _spread(x),
             "spread_feature": None if net is None else [
-                _spread(f) for f in _features(net, np.array(spec.inputs, dtype=np.float64))],
+                _spread(f) for f in representations(_net64(net), spec.inputs)],
         },
         "concentration": {"affine_dimension": dim, "points_to_span": dim + 1},
     }
@@ -160,23 +145,6 @@ def analyze_points(spec: PointSpec, net: nn.Module | None = None) -> dict[str, A
 # --------------------------------------------------------------------------------------------------
 # LP size of the first round of point repair
 # --------------------------------------------------------------------------------------------------
-
-def _conv_padding(conv: nn.Conv2d):
-    if not isinstance(conv.padding, str):
-        return conv.padding
-    if conv.padding == "valid":
-        return 0
-    return tuple(conv.dilation[i] * (conv.kernel_size[i] - 1) // 2 for i in range(2))
-
-
-def _patches(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """What each weight row of ``layer`` multiplies: (n, positions, fan_in)."""
-    if isinstance(layer, nn.Linear):
-        return h.reshape(h.shape[0], 1, -1)
-    cols = F.unfold(h, layer.kernel_size, dilation=layer.dilation, padding=_conv_padding(layer),
-                    stride=layer.stride)
-    return cols.transpose(1, 2)
-
 
 def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, int]:
     """Predicted size of the FIRST-round LP of provable point repair at affine layer ``layer``.
@@ -203,14 +171,15 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
     masked later products are dropped by the builder): checked 5-20 % above the real count on small
     MLP and conv nets.
     """
-    from provrepair.models import affine_layers
+    from provrepair.models import (
+        affine_index_to_module_index,
+        affine_layers,
+        layer_inputs,
+    )
     affine = affine_layers(net)
-    if not -len(affine) <= layer < len(affine):
-        raise InputError(f"affine layer {layer} does not exist: the network has {len(affine)} affine layers "
-                         f"(numbered 0 to {len(affine) - 1})")
-    layer = layer % len(affine)
+    mi = affine_index_to_module_index(net, layer)
+    layer = affine.index(mi)
     net64 = _net64(net)
-    mi = affine[layer]
     layer_k = net64[mi]
     if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
         raise InputError(f"affine layer {layer} is a grouped convolution, which point repair does not support")
@@ -228,7 +197,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
         for start in range(0, n_points, _CHUNK):
             h = torch.as_tensor(x[start:start + _CHUNK], dtype=torch.float64)
             h = net64[:mi](h) if mi > 0 else h
-            nz = _patches(layer_k, h) != 0
+            nz = layer_inputs(layer_k, h) != 0
             live_chunk = nz.any(dim=0).any(dim=0)
             live_mask = live_chunk if live_mask is None else live_mask | live_chunk
             patch_nnz += int(nz.sum())

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 
 @dataclass
 class CandidateOutcome:
@@ -34,16 +32,12 @@ class CandidateOutcome:
         return asdict(self)
 
 
-def _accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-    with torch.no_grad():
-        return float((net(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy() == y).mean())
-
-
 def evaluate_candidate(repair_fn: Callable[..., Any], net, spec, layer: int, validation: tuple | None,
                        options: dict) -> CandidateOutcome:
     """Repair at one layer and measure the validation drawdown (runs in a worker process)."""
     import torch
+
+    from provrepair.evaluate.metrics import accuracy
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
@@ -54,7 +48,7 @@ def evaluate_candidate(repair_fn: Callable[..., Any], net, spec, layer: int, val
     drawdown = None
     if result.model is not None and validation is not None:
         x, y = validation
-        drawdown = 100.0 * (_accuracy(net, x, y) - _accuracy(result.model, x, y))
+        drawdown = 100.0 * (accuracy(net, x, y) - accuracy(result.model, x, y))
     return CandidateOutcome(layer, result.status, drawdown, seconds, lp=result.lp.get("final", {}),
                             objective=result.solver.get("objective"), message=result.message)
 

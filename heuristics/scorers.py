@@ -119,7 +119,7 @@ def _run(net: nn.Module, x: torch.Tensor, keep: Sequence[int]) -> dict[int, torc
     return found
 
 
-def _representations(net: nn.Module, inputs) -> list[np.ndarray]:
+def representations(net: nn.Module, inputs) -> list[np.ndarray]:
     """Per affine layer, an (N, units) float64 array of its representation."""
     x = _as_tensor(net, inputs)
     pos = _rep_positions(net)
@@ -134,12 +134,12 @@ def _representations(net: nn.Module, inputs) -> list[np.ndarray]:
 
 def activation_magnitude(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
     """Mean absolute value of each layer's representation over the repair set."""
-    return np.array([float(np.abs(r).mean()) for r in _representations(net, inputs)])
+    return np.array([float(np.abs(r).mean()) for r in representations(net, inputs)])
 
 
 def activation_variance(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
     """Mean over units of the variance (ddof 0) across the repair points."""
-    return np.array([float(r.var(axis=0).mean()) for r in _representations(net, inputs)])
+    return np.array([float(r.var(axis=0).mean()) for r in representations(net, inputs)])
 
 
 def gradient_norm(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
@@ -193,7 +193,7 @@ def change(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
         raise InputError(f"the original inputs have shape {b.shape} but the repair points have shape "
                          f"{a.shape}; give one original per repair point, in the same order")
     out = []
-    for new, old in zip(_representations(net, a), _representations(net, b)):
+    for new, old in zip(representations(net, a), representations(net, b)):
         diff = np.linalg.norm(new - old, axis=1)
         out.append(float(np.mean(diff / (np.linalg.norm(old, axis=1) + CHANGE_EPS))))
     return np.array(out)
@@ -202,7 +202,7 @@ def change(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
 def feature_similarity(net, inputs, *, labels=None, pairs=None) -> np.ndarray:
     """Mean cosine similarity over distinct pairs of repair points, per layer."""
     out = []
-    for r in _representations(net, inputs):
+    for r in representations(net, inputs):
         n = r.shape[0]
         if n < 2:
             out.append(1.0)

@@ -6,6 +6,7 @@ from .canonical import check_input_shape, normalize_model
 from .io import SUFFIXES, load_model, save_model
 from .layers import AFFINE_TYPES, SUPPORTED_TEXT, SUPPORTED_TYPES, Normalize
 from .meta import ModelMeta, get_meta, set_meta
+from .patches import layer_inputs
 from .summary import (
     affine_index_to_module_index,
     affine_layers,
@@ -30,6 +31,7 @@ __all__ = [
     "describe",
     "fold_batchnorm",
     "get_meta",
+    "layer_inputs",
     "load_model",
     "normalize_model",
     "num_outputs",

@@ -27,13 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import solvers
 
 from ..errors import InputError
-from ..models import affine_index_to_module_index, affine_layers
+from ..models import affine_index_to_module_index, affine_layers, layer_inputs
 from .suffix import Rows, Suffix
 
 OBJECTIVES = ("linf+l1", "l1", "linf")
@@ -159,7 +158,9 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     neurons = np.arange(n_rows_k) if opts.neurons is None else np.unique(np.asarray(opts.neurons, dtype=np.int64))
     if neurons.size == 0 or neurons.min() < 0 or neurons.max() >= n_rows_k:
         raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {layer}")
-    feats = _layer_inputs(layer_k, h)  # (N, positions, fan_in)
+    if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
+        raise InputError("repairing a grouped convolution is not supported; choose another layer")
+    feats = layer_inputs(layer_k, h).numpy()  # (N, positions, fan_in)
     # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
     live = np.flatnonzero(np.abs(feats).max(axis=(0, 1)) > 0)
     n_w = neurons.size * live.size
@@ -312,19 +313,6 @@ def _add_objective_rows(backend, L: _Layout, opts) -> None:
     backend.add_rows(A, hi=0.0)
 
 
-def _layer_inputs(layer_k: nn.Module, h: torch.Tensor) -> np.ndarray:
-    """What each weight row of layer k multiplies, per point and output position: (N, positions, fan_in)."""
-    n_points = h.shape[0]
-    if isinstance(layer_k, nn.Linear):
-        return h.reshape(n_points, 1, -1).numpy()
-    conv: nn.Conv2d = layer_k
-    if conv.groups != 1:
-        raise InputError("repairing a grouped convolution is not supported; choose another layer")
-    pad = conv.padding if not isinstance(conv.padding, str) else _same_padding(conv)
-    cols = F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=pad, stride=conv.stride)
-    return cols.transpose(1, 2).numpy()
-
-
 def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix) -> None:
     """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
 
@@ -348,17 +336,6 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     scale = _row_scale(vals)
     backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=rhs * scale,
                      hi=np.where(off, np.inf, rhs) * scale)
-
-
-def _same_padding(conv: nn.Conv2d):
-    if conv.padding == "valid":
-        return 0
-    k = conv.kernel_size
-    d = conv.dilation
-    total = [d[i] * (k[i] - 1) for i in range(2)]
-    if any(t % 2 for t in total):
-        raise InputError("'same' padding with an even kernel is not supported at the repair layer")
-    return tuple(t // 2 for t in total)
 
 
 def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
