@@ -1,5 +1,19 @@
 """Repair sets (what the repaired network must do): points, and later polytopes and boxes."""
 
 from .points import PointSpec, validate_point_spec
+from .regions import Box, HPolytope, OutputProperty, Region, RegionSpec, VPolytope
+from .vnnlib import format_vnnlib, read_vnnlib, write_vnnlib
 
-__all__ = ["PointSpec", "validate_point_spec"]
+__all__ = [
+    "Box",
+    "HPolytope",
+    "OutputProperty",
+    "PointSpec",
+    "Region",
+    "RegionSpec",
+    "VPolytope",
+    "format_vnnlib",
+    "read_vnnlib",
+    "validate_point_spec",
+    "write_vnnlib",
+]
