@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from provrepair.errors import InputError
 
-from .base import ERROR, INFEASIBLE, OPTIMAL, TIME_LIMIT, UNBOUNDED, Backend, SolveResult, SolverOptions
+from .base import (
+    ERROR,
+    FEASIBLE,
+    INFEASIBLE,
+    OPTIMAL,
+    TIME_LIMIT,
+    UNBOUNDED,
+    Backend,
+    SolveResult,
+    SolverOptions,
+)
 
 SOLVERS = ("highs", "gurobi")
 
@@ -34,5 +44,17 @@ def available() -> list[str]:
     return [n for n, mod in (("highs", "highspy"), ("gurobi", "gurobipy")) if importlib.util.find_spec(mod)]
 
 
-__all__ = ["create", "available", "Backend", "SolveResult", "SolverOptions", "SOLVERS",
-           "OPTIMAL", "INFEASIBLE", "UNBOUNDED", "TIME_LIMIT", "ERROR"]
+__all__ = [
+    "ERROR",
+    "FEASIBLE",
+    "INFEASIBLE",
+    "OPTIMAL",
+    "SOLVERS",
+    "TIME_LIMIT",
+    "UNBOUNDED",
+    "Backend",
+    "SolveResult",
+    "SolverOptions",
+    "available",
+    "create",
+]

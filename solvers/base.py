@@ -19,6 +19,7 @@ OPTIMAL = "optimal"
 INFEASIBLE = "infeasible"
 UNBOUNDED = "unbounded"
 TIME_LIMIT = "time_limit"
+FEASIBLE = "feasible"  # a MILP stopped at its solution limit: a feasible point, optimality not proven
 ERROR = "error"
 
 
@@ -30,11 +31,12 @@ class SolverOptions:
     threads: int | None = None
     method: str = "auto"  # auto | simplex | ipm | pdlp (where the backend has it)
     verbose: bool = False
+    solution_limit: int | None = None  # MILP: stop after this many improving solutions
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"time_limit": self.time_limit, "threads": self.threads, "method": self.method,
-                "verbose": self.verbose, **self.extra}
+                "verbose": self.verbose, "solution_limit": self.solution_limit, **self.extra}
 
 
 @dataclass

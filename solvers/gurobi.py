@@ -10,7 +10,17 @@ import scipy.sparse as sp
 
 from provrepair.errors import SolverError, SolverLicenseError, SolverUnavailableError
 
-from .base import ERROR, INFEASIBLE, OPTIMAL, TIME_LIMIT, UNBOUNDED, Backend, SolveResult, SolverOptions
+from .base import (
+    ERROR,
+    FEASIBLE,
+    INFEASIBLE,
+    OPTIMAL,
+    TIME_LIMIT,
+    UNBOUNDED,
+    Backend,
+    SolveResult,
+    SolverOptions,
+)
 
 try:  # pragma: no cover - import guard
     import gurobipy as gp
@@ -43,6 +53,8 @@ class GurobiBackend(Backend):
         self._apply_time_limit(o.time_limit)
         if o.threads is not None:
             m.Params.Threads = int(o.threads)
+        if o.solution_limit is not None:
+            m.Params.SolutionLimit = int(o.solution_limit)
         for key, value in o.extra.items():
             m.setParam(key, value)
         self._vars: list = []
@@ -89,10 +101,10 @@ class GurobiBackend(Backend):
         elapsed = time.perf_counter() - t0
         S = gp.GRB.Status
         mapping = {S.OPTIMAL: OPTIMAL, S.INFEASIBLE: INFEASIBLE, S.INF_OR_UNBD: INFEASIBLE,
-                   S.UNBOUNDED: UNBOUNDED, S.TIME_LIMIT: TIME_LIMIT}
+                   S.UNBOUNDED: UNBOUNDED, S.TIME_LIMIT: TIME_LIMIT, S.SOLUTION_LIMIT: FEASIBLE}
         name = mapping.get(m.Status, ERROR)
         x = obj = None
-        if name == OPTIMAL:
+        if name in (OPTIMAL, FEASIBLE):
             x = np.concatenate([block.X for block in self._vars]) if self._vars else np.zeros(0)
             obj = float(m.ObjVal)
         return SolveResult(status=name, objective=obj, x=x, solve_time=elapsed, solver=self.name,

@@ -12,7 +12,17 @@ import scipy.sparse as sp
 
 from provrepair.errors import SolverUnavailableError
 
-from .base import ERROR, INFEASIBLE, OPTIMAL, TIME_LIMIT, UNBOUNDED, Backend, SolveResult, SolverOptions
+from .base import (
+    ERROR,
+    FEASIBLE,
+    INFEASIBLE,
+    OPTIMAL,
+    TIME_LIMIT,
+    UNBOUNDED,
+    Backend,
+    SolveResult,
+    SolverOptions,
+)
 
 try:  # pragma: no cover - import guard
     import highspy
@@ -60,6 +70,8 @@ class HighsBackend(Backend):
             # is refused ("solver returned error") unless the scheduler is reset first.
             highspy.Highs.resetGlobalScheduler(True)
             h.setOptionValue("threads", int(o.threads))
+        if o.solution_limit is not None:
+            h.setOptionValue("mip_max_improving_sols", int(o.solution_limit))
         for key, value in o.extra.items():
             h.setOptionValue(key, value)
         self._integer = False
@@ -102,11 +114,12 @@ class HighsBackend(Backend):
             ms.kUnboundedOrInfeasible: INFEASIBLE,
             ms.kTimeLimit: TIME_LIMIT,
             ms.kIterationLimit: TIME_LIMIT,
+            ms.kSolutionLimit: FEASIBLE,
         }
         name = mapping.get(status, ERROR)
         info = h.getInfo()
         x = obj = None
-        if name == OPTIMAL:
+        if name in (OPTIMAL, FEASIBLE):
             x = np.asarray(h.getSolution().col_value, dtype=np.float64)
             obj = float(info.objective_function_value)
         iterations = int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
