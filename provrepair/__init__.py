@@ -17,7 +17,7 @@ from .api import repair as _repair
 from .errors import ProvRepairError
 from .models import load_model, save_model
 from .repair.aprnn import PointRepairOptions
-from .specs import PointSpec
+from .specs import OutputProperty, PointSpec, RegionSpec
 
 
 class _CallablePackage(_types.ModuleType):
@@ -34,5 +34,5 @@ for _pkg, _fn in ((_repair_package, _repair), (_certify_package, _certify)):
 repair = _repair_package
 certify = _certify_package
 
-__all__ = ["load_model", "save_model", "PointSpec", "PointRepairOptions", "repair", "certify", "RepairResult",
+__all__ = ["load_model", "save_model", "PointSpec", "RegionSpec", "OutputProperty", "PointRepairOptions", "repair", "certify", "RepairResult",
            "ProvRepairError"]

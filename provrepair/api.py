@@ -15,10 +15,11 @@ from typing import Callable
 from torch import nn
 
 from .certify import PointCertificate, certify_points
+from .certify.regions import RegionCertificate, certify_regions
 from .errors import InputError
 from .models import get_meta, load_model, normalize_model, num_outputs, set_meta
 from .repair.aprnn import PointRepairOptions, repair_points
-from .specs import PointSpec
+from .specs import PointSpec, RegionSpec
 
 # Outcome names, also used as CLI exit-code keys.
 CERTIFIED = "certified"
@@ -70,11 +71,39 @@ def _prepare(net: nn.Sequential, spec: PointSpec) -> tuple[PointSpec, int]:
     return spec.validate(tuple(shape), n_out), n_out
 
 
-def certify(model, spec: PointSpec, *, margin: float = 0.0) -> PointCertificate:
-    """Check every point of ``spec`` on ``model`` exactly (float64 and float32)."""
+def certify(model, spec: PointSpec | RegionSpec, *, margin: float = 0.0, method: str = "auto",
+            timeout: float | None = None, solver: str = "highs", threads: int | None = None, device=None,
+            progress: Callable[[str], None] | None = None) -> PointCertificate | RegionCertificate:
+    """Certify ``model`` on ``spec``.
+
+    Points are checked exactly (float64 and float32; ``margin`` applies). Regions (boxes,
+    polytopes, VNN-LIB properties) get a verdict each: certified, violated with a re-validated
+    counterexample, or unknown with the reason; ``method`` is ibp, crown, milp or auto (the cheapest
+    that decides) and ``timeout`` the complete check's budget per region in seconds.
+    """
     net = _as_network(model)
+    if isinstance(spec, RegionSpec):
+        shape = get_meta(net).input_shape or spec.input_shape
+        n_out = num_outputs(net, tuple(shape))
+        spec = spec.validate(tuple(shape), n_out)
+        return certify_regions(net, spec, method=method, timeout=timeout, solver=solver, threads=threads,
+                               device=_device(device), progress=progress)
+    if not isinstance(spec, PointSpec):
+        raise InputError(f"expected a PointSpec or a RegionSpec, got {type(spec).__name__}")
     spec, _ = _prepare(net, spec)
     return certify_points(net, spec, margin=margin)
+
+
+def _device(device):
+    """``auto`` is the GPU when one is present; None is the CPU."""
+    if device in (None, "cpu"):
+        return None
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
 
 
 def repair(model, spec: PointSpec, *, layer: int | str, options: PointRepairOptions | None = None,

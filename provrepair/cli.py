@@ -55,9 +55,17 @@ def _layer_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--points", required=True, metavar="FILE",
-                   help="repair set: .npz (inputs/points + labels, or A/b), .npy with --labels, or .json")
+def _add_spec_args(p: argparse.ArgumentParser, regions: bool = False) -> None:
+    points_help = "repair set: .npz (inputs/points + labels, or A/b), .npy with --labels, or .json"
+    if regions:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--points", metavar="FILE", help=points_help)
+        g.add_argument("--vnnlib", metavar="FILE", help="input regions and unsafe outputs as a VNN-LIB property")
+        g.add_argument("--box", metavar="FILE", help="boxes with labels or output constraints (.json/.npz)")
+        g.add_argument("--polytope", metavar="FILE",
+                       help="V-polytopes (vertex lists) with labels or output constraints (.json/.npz)")
+    else:
+        p.add_argument("--points", required=True, metavar="FILE", help=points_help)
     p.add_argument("--labels", metavar="FILE", help="labels for a .npy points file (.npy or text, one per line)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="keep the points whose integer field KEY equals VALUE (repeatable)")
@@ -94,9 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the outcome")
 
-    p = sub.add_parser("certify", help="check a network on a set of points, exactly")
+    p = sub.add_parser("certify", help="check a network on points (exactly) or on input regions (bounds, MILP)")
     _add_model_args(p)
-    _add_spec_args(p)
+    _add_spec_args(p, regions=True)
+    p.add_argument("--method", default="auto", choices=["ibp", "crown", "milp", "auto"],
+                   help="regions: ibp/crown bounds only (sound, may say unknown), milp = complete check, "
+                        "auto = the cheapest that decides (default)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="regions: complete-check budget per region")
+    p.add_argument("--solver", default="highs", choices=["highs", "gurobi"], help="regions: MILP solver")
+    p.add_argument("--threads", type=int, help="regions: solver threads")
+    p.add_argument("--device", default="cpu", help="regions: torch device for bound propagation (cpu, cuda, auto)")
     p.add_argument("--report", metavar="FILE", help="write the certificate as JSON")
     p.add_argument("--quiet", action="store_true")
 
@@ -201,14 +216,38 @@ def _cmd_info(args) -> int:
 
 def _cmd_certify(args) -> int:
     from .api import certify
-    _check_outputs([args.report], [args.model, args.points, args.labels])
+    region_file = args.vnnlib or args.box or args.polytope
+    inputs = [args.model, args.points, args.labels, region_file]
+    _check_outputs([args.report], inputs)
     net = _load(args)
-    spec = _load_spec(args)
-    cert = certify(net, spec)
-    print(cert.summary())
+    if region_file is None:
+        cert = certify(net, _load_spec(args))
+        print(cert.summary())
+    else:
+        from .specs import RegionSpec
+        kind = "vnnlib" if args.vnnlib else "box" if args.box else "polytope"
+        spec = RegionSpec.load(region_file, kind=kind)
+        say = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr))
+        cert = certify(net, spec, method=args.method, timeout=args.timeout, solver=args.solver,
+                       threads=args.threads, device=args.device, progress=say)
+        _print_regions(cert, quiet=args.quiet)
     if args.report:
-        _write_json(args.report, cert.to_dict(), [args.model, args.points])
+        _write_json(args.report, cert.to_dict(), [p for p in inputs if p])
     return EXIT_OK if cert.certified else EXIT_FAILED
+
+
+def _print_regions(cert, *, quiet: bool, show: int = 20) -> None:
+    if not quiet:
+        for v in cert.verdicts[:show]:
+            how = f" by {v.method}" if v.method else ""
+            print(f"region {v.index}: {v.status}{how} ({v.seconds:.2f} s): {v.reason}")
+            if v.counterexample is not None:
+                x = v.counterexample.reshape(-1)
+                shown = ", ".join(f"{t:.6g}" for t in x[:8]) + (", ..." if x.size > 8 else "")
+                print(f"  counterexample x = [{shown}] reaches unsafe disjunct {v.disjunct}")
+        if len(cert.verdicts) > show:
+            print(f"... {len(cert.verdicts) - show} more regions (see --report)")
+    print(cert.summary())
 
 
 def _torch_copy_path(out: Path) -> Path | None:

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import InputError, SpecError
 from ..specs.points import PointSpec
 
-__all__ = ["PointCertificate", "certify_points", "DEFAULT_BATCH_SIZE"]
+__all__ = ["DEFAULT_BATCH_SIZE", "PointCertificate", "certify_points"]
 
 #: Points evaluated per forward pass.
 DEFAULT_BATCH_SIZE = 512
@@ -90,7 +90,7 @@ class PointCertificate:
         return text
 
 
-def _forward(net: nn.Module, x: np.ndarray, dtype: torch.dtype, batch_size: int) -> np.ndarray:
+def forward_outputs(net: nn.Module, x: np.ndarray, dtype: torch.dtype, batch_size: int) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
@@ -106,7 +106,7 @@ def _forward(net: nn.Module, x: np.ndarray, dtype: torch.dtype, batch_size: int)
     return np.concatenate(outs, axis=0)
 
 
-def _copy_as(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+def network_copy(net: nn.Module, dtype: torch.dtype) -> nn.Module:
     twin = copy.deepcopy(net)
     twin = twin.to(dtype)
     twin.eval()
@@ -159,7 +159,7 @@ def certify_points(
     n = spec.n_points
 
     x64 = spec.inputs
-    y64 = _forward(_copy_as(net, torch.float64), x64, torch.float64, batch_size)
+    y64 = forward_outputs(network_copy(net, torch.float64), x64, torch.float64, batch_size)
     n_outputs = y64.shape[1]
     spec = spec.validate(input_shape, n_outputs)
     A, b, rows_point = spec.output_constraints(n_outputs)
@@ -170,7 +170,7 @@ def certify_points(
     failed = np.flatnonzero(~passed)
 
     x32 = x64.astype(np.float32)
-    y32 = _forward(_copy_as(net, torch.float32), x32, torch.float32, batch_size)
+    y32 = forward_outputs(network_copy(net, torch.float32), x32, torch.float32, batch_size)
     # float32 outputs are exactly representable in float64; A is usually +-1 so the slack is exact
     slack32 = _row_slack(A, b, rows_point, y32)
     margins32 = _point_min(slack32, rows_point, n)

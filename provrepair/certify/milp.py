@@ -1,0 +1,241 @@
+"""Complete check of one region against one unsafe output set, as a mixed-integer program.
+
+The network is encoded on the region exactly: every affine map is composed into the linear
+expression of the next nonlinear layer's input; a ReLU that the bounds show stable is the identity
+or zero, an unstable one gets a continuous output ``z`` and a binary ``a`` with big-M rows taken
+from its sound bounds ``l < 0 < u``::
+
+    z >= x,  z <= u a,  z <= x - l (1 - a),  0 <= z <= u
+
+and a MaxPool window whose maximiser the bounds cannot fix gets one binary per candidate input.
+The unsafe set ``G y <= h`` is reachable iff the program with ``G y - h <= t, t <= 0`` is feasible;
+the solver stops at its first solution (minimising ``t`` pushes it into the unsafe set's interior),
+and the solution is re-validated by a plain float64 forward pass of the network before it is
+reported as a counterexample. Infeasible means certified; anything else is ``unknown``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+import solvers
+from solvers import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
+
+from ..errors import SolverError
+from .bounds import (
+    DTYPE,
+    BoundPropagator,
+    InputSet,
+    _Affine,
+    _Elementwise,
+    _Linear,
+    _MaxPool,
+    _ReLU,
+    _Reshape,
+)
+from .points import forward_outputs, network_copy
+
+__all__ = ["CERTIFIED", "UNKNOWN", "VIOLATED", "MilpOutcome", "affine_matrix", "complete_check"]
+
+CERTIFIED, VIOLATED, UNKNOWN = "certified", "violated", "unknown"
+
+#: Rows of an affine map's identity pushed through its transpose at once when building its matrix.
+_MATRIX_CHUNK = 2048
+
+
+@dataclass
+class MilpOutcome:
+    status: str  # certified | violated | unknown
+    counterexample: np.ndarray | None = None  # an input of the region (model input shape)
+    output: np.ndarray | None = None  # the network's float64 output there
+    reason: str = ""
+    seconds: float = 0.0
+    size: dict = field(default_factory=dict)  # variables, binaries, rows, nonzeros
+    solver: dict = field(default_factory=dict)
+
+
+def affine_matrix(op: _Affine, in_shape, out_shape, device) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The map of ``op`` on flattened tensors as ``(L, c)`` with ``y = L x + c``."""
+    n_in = int(np.prod(in_shape))
+    n_out = int(np.prod(out_shape))
+    c = op.apply(torch.zeros((1, *in_shape), dtype=DTYPE, device=device)).reshape(-1).cpu().numpy()
+    if isinstance(op, _Linear):
+        return sp.csr_matrix(op.w.cpu().numpy()), c
+    if isinstance(op, _Reshape):
+        return sp.identity(n_in, format="csr"), c
+    if isinstance(op, _Elementwise):
+        return sp.diags(op.scale.reshape(-1).cpu().numpy(), format="csr"), c
+    blocks = []
+    for start in range(0, n_out, _MATRIX_CHUNK):
+        rows = torch.arange(start, min(n_out, start + _MATRIX_CHUNK), device=device)
+        eye = torch.zeros((rows.numel(), n_out), dtype=DTYPE, device=device)
+        eye[torch.arange(rows.numel(), device=device), rows] = 1.0
+        blocks.append(sp.csr_matrix(op.back(eye.reshape(-1, *out_shape)).reshape(rows.numel(), n_in).cpu().numpy()))
+    return sp.vstack(blocks, format="csr"), c
+
+
+def _widen(M: sp.csr_matrix, n_cols: int) -> sp.csr_matrix:
+    return sp.csr_matrix((M.data, M.indices, M.indptr), shape=(M.shape[0], n_cols))
+
+
+class _Encoding:
+    """The network on one region, built into a solver backend as expressions ``M v + c``."""
+
+    def __init__(self, prop: BoundPropagator, inp: InputSet, pre: dict, backend, h_rows=None):
+        self.b = backend
+        self.binaries = 0
+        device = prop.device
+        if inp.vertices is not None:  # x = V^T lambda, lambda in the simplex
+            V = inp.vertices[0].reshape(inp.vertices.shape[1], -1).cpu().numpy()
+            lam = backend.add_variables(V.shape[0], lb=0.0, ub=1.0)
+            backend.add_rows(sp.csr_matrix(np.ones((1, lam.size))), lo=1.0, hi=1.0)
+            M, c = sp.csr_matrix(V.T), np.zeros(V.shape[1])
+        else:
+            lo = inp.lower[0].reshape(-1).cpu().numpy()
+            hi = inp.upper[0].reshape(-1).cpu().numpy()
+            x = backend.add_variables(lo.size, lb=lo, ub=hi)
+            M, c = sp.identity(x.size, format="csr"), np.zeros(x.size)
+            if h_rows is not None:
+                A, rhs = h_rows
+                backend.add_rows(sp.csr_matrix(A), hi=rhs)
+        self.input_expr = (M.copy(), c.copy())
+        for i, op in enumerate(prop.ops):
+            if isinstance(op, _Affine):
+                L, bias = affine_matrix(op, prop.shapes[i], prop.shapes[i + 1], device)
+                M, c = sp.csr_matrix(L @ _widen(M, backend.n_vars)), L @ c + bias
+            elif isinstance(op, _ReLU):
+                lo, hi = (t[0].reshape(-1).cpu().numpy() for t in pre[i])
+                M, c = self._relu(_widen(M, backend.n_vars), c, lo, hi)
+            elif isinstance(op, _MaxPool):
+                lo, hi = (t[0].cpu().numpy() for t in pre[i])
+                M, c = self._maxpool(op, _widen(M, backend.n_vars), c, lo, hi)
+            else:  # pragma: no cover - BoundPropagator only compiles the types above
+                raise SolverError(f"module {i} cannot be encoded")
+        self.output = (_widen(M, backend.n_vars), c)
+
+    def _relu(self, M, c, lo, hi):
+        active, unstable = lo >= 0, (lo < 0) & (hi > 0)
+        keep = sp.diags(active.astype(np.float64), format="csr")
+        idx = np.flatnonzero(unstable)
+        M_out, c_out = keep @ M, np.where(active, c, 0.0)
+        if idx.size == 0:
+            return M_out, c_out
+        k = idx.size
+        z = self.b.add_variables(k, lb=0.0, ub=hi[idx])
+        a = self.b.add_variables(k, lb=0.0, ub=1.0, integer=True)
+        self.binaries += k
+        n = self.b.n_vars
+        Mu = _widen(M[idx], n)
+        Z = sp.csr_matrix((np.ones(k), (np.arange(k), z)), shape=(k, n))
+        Aa = sp.csr_matrix((np.ones(k), (np.arange(k), a)), shape=(k, n))
+        l, u = lo[idx], hi[idx]
+        self.b.add_rows(Z - Mu, lo=c[idx])  # z >= x
+        self.b.add_rows(Z - sp.diags(u) @ Aa, hi=0.0)  # z <= u a
+        self.b.add_rows(Z - Mu - sp.diags(l) @ Aa, hi=c[idx] - l)  # z <= x - l (1 - a)
+        M_out = _widen(M_out, n) + sp.csr_matrix((np.ones(k), (idx, z)), shape=(M.shape[0], n))
+        return sp.csr_matrix(M_out), c_out
+
+    def _maxpool(self, op: _MaxPool, M, c, lo, hi):
+        """One output per window: the dominant input's expression, or a new variable with binaries."""
+        C = lo.shape[0]
+        hw = op.hw
+        index = op.index.cpu().numpy()  # (K, L), hw = padding
+        n_windows = index.shape[1]
+        lo_f, hi_f = lo.reshape(C, hw), hi.reshape(C, hw)
+        rows_M, out_c = [], np.zeros(C * n_windows)
+        for ch in range(C):
+            for w in range(n_windows):
+                cand = index[:, w][index[:, w] < hw]
+                best = cand[np.argmax(lo_f[ch, cand])]
+                cand = cand[hi_f[ch, cand] >= lo_f[ch, best]]  # the others can never be the maximum
+                out = ch * n_windows + w
+                if cand.size == 1:
+                    rows_M.append(M[ch * hw + cand[0]])
+                    out_c[out] = c[ch * hw + cand[0]]
+                    continue
+                src = ch * hw + cand
+                umax = hi_f[ch, cand].max()
+                z = self.b.add_variables(1, lb=lo_f[ch, cand].max(), ub=umax)[0]
+                a = self.b.add_variables(cand.size, lb=0.0, ub=1.0, integer=True)
+                self.binaries += cand.size
+                n = self.b.n_vars
+                Mc = _widen(M[src], n)
+                k = cand.size
+                Z = sp.csr_matrix((np.ones(k), (np.arange(k), np.full(k, z))), shape=(k, n))
+                Aa = sp.csr_matrix((np.ones(k), (np.arange(k), a)), shape=(k, n))
+                big = umax - lo_f[ch, cand]
+                self.b.add_rows(Z - Mc, lo=c[src])  # z >= x_k
+                self.b.add_rows(Z - Mc + sp.diags(big) @ Aa, hi=c[src] + big)  # z <= x_k when a_k = 1
+                self.b.add_rows(sp.csr_matrix((np.ones(k), (np.zeros(k), a)), shape=(1, n)), lo=1.0, hi=1.0)
+                rows_M.append(sp.csr_matrix(([1.0], ([0], [z])), shape=(1, n)))
+        n = self.b.n_vars
+        return sp.vstack([_widen(r, n) for r in rows_M], format="csr"), out_c
+
+    def input_value(self, v: np.ndarray) -> np.ndarray:
+        M, c = self.input_expr
+        return _widen(M, v.size) @ v + c
+
+
+def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, input_shape):
+    """Clip a solver point into the region and test it with a plain forward pass."""
+    if inp.vertices is None:
+        x = np.clip(x, inp.lower[0].reshape(-1).cpu().numpy(), inp.upper[0].reshape(-1).cpu().numpy())
+        if h_rows is not None and np.any(h_rows[0] @ x > h_rows[1]):
+            return None, None
+    y = forward_outputs(net64, x.reshape(1, *input_shape), torch.float64, 1)[0]
+    if np.all(G @ y <= h):
+        return x.reshape(input_shape), y
+    return None, y
+
+
+def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet, pre: dict, G, h, *,
+                   h_rows=None, solver: str = "highs", time_limit: float | None = None,
+                   threads: int | None = None, net64: nn.Module | None = None) -> MilpOutcome:
+    """Decide whether any input of the (single) region ``inp`` reaches ``G y <= h``.
+
+    ``pre`` are sound bounds of every ReLU/MaxPool input on this region (``NetworkBounds.pre``
+    sliced to it); ``h_rows = (A, b)`` adds ``A x <= b`` to a box (an H-polytope).
+    """
+    t0 = time.perf_counter()
+    G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+    h = np.atleast_1d(np.asarray(h, dtype=np.float64))
+    net64 = net64 if net64 is not None else network_copy(net, torch.float64)
+    outcome = MilpOutcome(status=UNKNOWN)
+    for attempt in (1, None):  # first solution; then, if it fails re-validation, the deepest one
+        backend = solvers.create(solver, time_limit=time_limit, threads=threads, solution_limit=attempt)
+        enc = _Encoding(prop, inp, pre, backend, h_rows)
+        My, cy = enc.output
+        t = backend.add_variables(1, lb=-np.inf, ub=0.0, cost=1.0)[0]
+        n = backend.n_vars
+        T = sp.csr_matrix((np.ones(G.shape[0]), (np.arange(G.shape[0]), np.full(G.shape[0], t))), shape=(G.shape[0], n))
+        backend.add_rows(sp.csr_matrix(G) @ _widen(My, n) - T, hi=h - G @ cy)
+        outcome.size = dict(backend.size(), binaries=enc.binaries)
+        res = backend.solve()
+        outcome.solver = {"name": backend.name, "version": backend.version, "status": res.status}
+        if time_limit is not None:
+            time_limit = max(1e-3, time_limit - res.solve_time)
+        if res.status == INFEASIBLE:
+            outcome.status, outcome.reason = CERTIFIED, "the MILP is infeasible: no input reaches the unsafe set"
+            break
+        if res.status in (OPTIMAL, FEASIBLE) and res.x is not None:
+            x, y = _validate(net64, enc.input_value(res.x), inp, h_rows, G, h,
+                             prop.input_shape)
+            if x is not None:
+                outcome.status, outcome.counterexample, outcome.output = VIOLATED, x, y
+                outcome.reason = "counterexample found by the MILP and re-validated by a forward pass"
+                break
+            outcome.reason = ("the MILP's solution did not re-validate in a forward pass (it lies on the "
+                              "boundary of the unsafe set within the solver's tolerance)")
+            if attempt is None:
+                break
+            continue
+        outcome.reason = {TIME_LIMIT: "time limit reached"}.get(res.status, f"solver status {res.status}")
+        break
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
