@@ -17,8 +17,9 @@ from torch import nn
 from .certify import PointCertificate, certify_points
 from .certify.regions import RegionCertificate, certify_regions
 from .errors import InputError
-from .models import get_meta, load_model, normalize_model, num_outputs, set_meta
+from .models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
 from .repair.aprnn import PointRepairOptions, repair_points
+from .repair.polytope import PolytopeRepairOptions, repair_polytopes
 from .specs import PointSpec, RegionSpec
 
 # Outcome names, also used as CLI exit-code keys.
@@ -33,7 +34,7 @@ ERROR = "error"
 class RepairResult:
     status: str
     model: nn.Sequential | None
-    certificate: PointCertificate | None
+    certificate: PointCertificate | RegionCertificate | None
     layer: int
     message: str
     lp: dict = field(default_factory=dict)  # size of the final LP, the full LP, rounds
@@ -106,7 +107,7 @@ def _device(device):
     return device
 
 
-def repair(model, spec: PointSpec, *, layer: int | str, options: PointRepairOptions | None = None,
+def repair(model, spec: PointSpec | RegionSpec, *, layer: int | str, options: PointRepairOptions | None = None,
            progress: Callable[[str], None] | None = None, heuristic: str | None = None,
            **option_kw) -> RepairResult:
     """Repair ``model`` at affine ``layer`` so every point of ``spec`` meets its output spec.
@@ -116,6 +117,8 @@ def repair(model, spec: PointSpec, *, layer: int | str, options: PointRepairOpti
     Keyword options fill ``PointRepairOptions`` (delta_bound, margin, objective, solver, ...).
     The input model is never modified.
     """
+    if isinstance(spec, RegionSpec):
+        return _repair_regions(model, spec, layer=layer, options=options, progress=progress, **option_kw)
     if options is None:
         options = PointRepairOptions(**option_kw)
     elif option_kw:
@@ -144,6 +147,66 @@ def repair(model, spec: PointSpec, *, layer: int | str, options: PointRepairOpti
                               "chosen": result.layer if result.certified else None,
                               "seconds": time.perf_counter() - t0}
     result.timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: PolytopeRepairOptions | None,
+                    progress, certify_method: str = "auto", certify_timeout: float | None = None,
+                    **option_kw) -> RepairResult:
+    """Polytope/box repair, then certification of every region by the certification engine.
+
+    ``layer="auto"`` tries the affine layers from the last one back and keeps the first whose
+    repair certifies (a later layer needs more shift LPs but changes less of the network)."""
+    if options is None:
+        options = PolytopeRepairOptions(**option_kw)
+    elif option_kw:
+        options = dataclasses.replace(options, **option_kw)
+    net = _as_network(model)
+    shape = get_meta(net).input_shape or spec.input_shape
+    spec = spec.validate(tuple(shape), num_outputs(net, tuple(shape)))
+    n_aff = len(affine_layers(net))
+    if layer == "auto":
+        ranking = list(range(n_aff - 1, -1, -1))
+    elif isinstance(layer, int) and not isinstance(layer, bool):
+        ranking = [layer]
+    else:
+        raise InputError(f"layer must be an affine layer index or 'auto', got {layer!r}")
+    t_start = time.perf_counter()
+    tried, result = [], None
+    for k in ranking:
+        t0 = time.perf_counter()
+        out = repair_polytopes(net, spec.regions, spec.properties, k, options, progress=progress)
+        t_repair = time.perf_counter() - t0
+        certificate = None
+        t_cert = 0.0
+        if out.model is not None:
+            set_meta(out.model, get_meta(net))
+            t1 = time.perf_counter()
+            certificate = certify_regions(out.model, spec, method=certify_method, timeout=certify_timeout,
+                                          solver=options.solver, threads=options.threads)
+            t_cert = time.perf_counter() - t1
+            c = certificate.counts
+            status = CERTIFIED if certificate.certified else NOT_CERTIFIED
+            message = ("every region is certified by the certification engine" if certificate.certified else
+                       f"the repair did not certify: {c['violated']} regions violated, {c['unknown']} unknown "
+                       "(try a larger --margin)")
+        else:
+            status = {"infeasible": INFEASIBLE, "time_limit": TIME_LIMIT}.get(out.status, ERROR)
+            message = out.message
+        size = {s["stage"] + str(s["layer"]): s.get("size") for s in out.stages if s.get("size")}
+        result = RepairResult(status=status, model=out.model, certificate=certificate, layer=out.layer,
+                              message=message, lp={"stages": out.stages, "final": size, "vertices": out.vertices},
+                              solver=out.solver, timings={"repair": t_repair, "certify": t_cert,
+                                                          "total": time.perf_counter() - t0},
+                              delta=out.delta, options=dataclasses.asdict(options))
+        tried.append({"layer": k, "status": status, "seconds": result.timings["total"]})
+        if result.certified:
+            break
+    if layer == "auto":
+        result.layer_selection = {"heuristic": "last-first", "ranking": ranking, "tried": tried,
+                                  "chosen": result.layer if result.certified else None,
+                                  "seconds": time.perf_counter() - t_start}
+        result.timings["total"] = time.perf_counter() - t_start
     return result
 
 

@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("repair", help="repair a network on a set of points (provable LP repair)")
+    p = sub.add_parser("repair", help="repair a network on points, boxes or polytopes (provable LP/MILP repair)")
     _add_model_args(p)
-    _add_spec_args(p)
+    _add_spec_args(p, regions=True)
     p.add_argument("--layer", type=_layer_arg, required=True,
                    help="affine layer to repair (0 = first Linear/Conv2d, negative counts from the end), "
                         "or 'auto' to rank the layers and fall back on infeasibility")
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="linf+l1", choices=["linf+l1", "l1", "linf"])
     p.add_argument("--strategy", default="generate", choices=["generate", "full"],
                    help="generate activation-pattern rows lazily (default) or build them all up front")
+    p.add_argument("--shift-start", type=int, default=0,
+                   help="regions: first affine layer the shift LPs may change (default 0)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole LP repair")
     p.add_argument("--threads", type=int, help="solver threads")
     p.add_argument("--out", required=True, metavar="PATH",
@@ -259,17 +261,26 @@ def _cmd_repair(args) -> int:
     from .models import save_model
     out = Path(args.out)
     pt_copy = _torch_copy_path(out)
-    inputs = [args.model, args.points, args.labels]
+    region_file = args.vnnlib or args.box or args.polytope
+    inputs = [args.model, args.points, args.labels, region_file]
     _check_outputs([args.out, str(pt_copy) if pt_copy else None, args.report], inputs)
     from .models import SUFFIXES
     if out.suffix.lower() not in SUFFIXES:
         raise InputError(f"--out {out}: unknown model suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}")
     net = _load(args)
-    spec = _load_spec(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = repair(net, spec, layer=args.layer, heuristic=args.heuristic, progress=say, delta_bound=args.delta_bound, margin=args.margin,
-                    objective=args.objective, solver=args.solver, time_limit=args.time_limit,
-                    threads=args.threads, strategy=args.strategy)
+    common = dict(progress=say, delta_bound=args.delta_bound, margin=args.margin, objective=args.objective,
+                  solver=args.solver, time_limit=args.time_limit, threads=args.threads, strategy=args.strategy)
+    if region_file is None:
+        result = repair(net, _load_spec(args), layer=args.layer, heuristic=args.heuristic, **common)
+    else:
+        from .specs import RegionSpec
+        kind = "vnnlib" if args.vnnlib else "box" if args.box else "polytope"
+        if args.heuristic:
+            raise InputError("--heuristic ranks layers for point repair; for regions, --layer auto tries the "
+                             "layers from the last one back")
+        result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer,
+                        shift_start=args.shift_start, **common)
     written = []
     if result.model is not None and result.certified:
         protect = tuple(p for p in inputs if p)
@@ -280,7 +291,7 @@ def _cmd_repair(args) -> int:
             written.append(str(pt_copy))
     if args.report:
         payload = result.to_dict()
-        payload.update(model=args.model, points=args.points, written=written)
+        payload.update(model=args.model, points=args.points, regions=region_file, written=written)
         _write_json(args.report, payload, inputs)
         written.append(args.report)
     _print_result(result, written)
@@ -297,7 +308,12 @@ def _print_result(result, written: Sequence[str]) -> None:
         print(result.certificate.summary())
     t = result.timings
     lp = result.lp.get("final", {})
-    if lp:
+    for stage in result.lp.get("stages", []):
+        size = stage.get("size") or {}
+        print(f"  {stage['stage']} LP at layer {stage['layer']}: {stage['status']}"
+              + (f", {size.get('variables')} variables, {size.get('rows')} rows" if size else "")
+              + f" ({stage.get('seconds', 0):.2f} s)")
+    if lp and "stages" not in result.lp:
         print(f"layer {result.layer}; LP {lp.get('variables')} variables, {lp.get('rows')} rows, "
               f"{lp.get('nonzeros')} nonzeros in {len(result.lp.get('rounds', []))} rounds; "
               f"total {t.get('total', 0):.2f} s (solve {t.get('solve', 0):.2f} s)")

@@ -130,11 +130,17 @@ class _Layout:
 
 def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
                   layer: int, options: PointRepairOptions | None = None,
-                  progress: Callable[[str], None] | None = None) -> PointRepairOutcome:
+                  progress: Callable[[str], None] | None = None, *, patterns: dict | None = None,
+                  disjunctions: Sequence[np.ndarray] | None = None) -> PointRepairOutcome:
     """Repair ``net`` at affine ``layer`` so that ``A[r] @ net(inputs[point_index[r]]) <= b[r] - margin``.
 
     ``inputs`` has the model's input shape per point; rows (A, b, point_index) come from
     ``PointSpec.output_constraints``. The input network is not modified.
+
+    ``patterns`` holds ReLUs after the layer to given signs per point instead of the points' own
+    (see ``Suffix``). ``disjunctions`` are groups of row indices of which at least one row must
+    hold: each grouped row gets a binary and a big-M that the delta bound justifies, which makes
+    the LP a MILP.
     """
     opts = options or PointRepairOptions()
     opts.validate()
@@ -149,7 +155,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     n_points = x.shape[0]
     with torch.no_grad():
         h = net64[:k](x) if k > 0 else x
-    suffix = Suffix(net64, k, h)
+    suffix = Suffix(net64, k, h, patterns)
     layer_k = net64[k]
     n_k = suffix.u0.shape[1]
 
@@ -177,13 +183,20 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale)
     _add_objective_rows(backend, L, opts)
     _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix)
-    out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
-    _add_affine_rows(backend, L, out, lo=-np.inf, hi=np.asarray(b, dtype=np.float64) - opts.margin - out.const)
+    if len(point_index):  # the polytope repair's shift LPs have pattern rows only
+        out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
+        rhs = np.asarray(b, dtype=np.float64) - opts.margin - out.const
+        grouped = np.zeros(len(rhs), dtype=bool)
+        if disjunctions:
+            grouped[np.concatenate([np.asarray(g, dtype=np.int64) for g in disjunctions])] = True
+            _add_disjunctive_rows(backend, L, out, rhs, disjunctions, feats, suffix.u0.numpy(), opts.delta_bound)
+        hard = np.flatnonzero(~grouped)
+        _add_affine_rows(backend, L, _select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
     base_rows = backend.n_rows
 
-    # Pattern catalogue: for each ReLU after k, original pre-activations (their signs are the pattern).
+    # Pattern catalogue: for each ReLU after k, the signs each point is held to.
     relus = suffix.pattern_relus
-    pre = {i: suffix.preactivation(i).numpy() for i in relus}
+    pre = {i: suffix.pattern(i) for i in relus}
 
     def add_patterns(backend, select: dict[int, np.ndarray]) -> None:
         for i, sel in select.items():
@@ -193,10 +206,10 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
                 g = torch.zeros((p.size, pre[i].shape[1]), dtype=torch.float64)
                 g[torch.arange(p.size), torch.from_numpy(n)] = 1.0
                 rows = suffix.pullback(i, p, g)
-                act = pre[i][p, n] > 0
-                # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0
-                _add_affine_rows(backend, L, rows, lo=np.where(act, -rows.const, -np.inf),
-                                 hi=np.where(act, np.inf, -rows.const))
+                sign = pre[i][p, n]
+                # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0,  held at zero: z = 0
+                _add_affine_rows(backend, L, rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
+                                 hi=np.where(sign > 0, np.inf, -rows.const))
 
     kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in pre.items()}
     add_patterns(backend, kept)
@@ -281,9 +294,9 @@ def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, laye
     lb = np.full((n_points, n_k), -np.inf)
     ub = np.full((n_points, n_k), np.inf)
     if suffix.relu_on_u is not None:
-        act = u0 > 0
-        lb[act] = 0.0
-        ub[~act] = 0.0
+        sign = suffix.pattern(suffix.relu_on_u)
+        lb[sign >= 0] = 0.0
+        ub[sign <= 0] = 0.0
     frozen = np.ones(layer_k.weight.shape[0], dtype=bool)
     frozen[neurons] = False
     if frozen.any():
@@ -327,7 +340,7 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     m = P.size
     flat = neurons[S] * positions + Q
     rhs = u0[P, flat]
-    off = np.zeros(m, dtype=bool) if suffix.relu_on_u is None else ~(rhs > 0)
+    off = np.zeros(m, dtype=bool) if suffix.relu_on_u is None else suffix.pattern(suffix.relu_on_u)[P, flat] < 0
     u_cols = L.u0 + P * L.n_k + flat
     w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
     cols = np.concatenate([u_cols[:, None], w_cols, L.n_w + S[:, None]], 1)
@@ -340,6 +353,50 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
 
 def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
     """Add ``lo <= coef_u @ u_p + Σ coef_b @ Δb <= hi`` (the constant is already in lo/hi)."""
+    cols, vals = _row_cols(L, rows)
+    scale = _row_scale(vals)
+    backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=lo * scale, hi=hi * scale)
+
+
+def _select_rows(rows: Rows, idx: np.ndarray) -> Rows:
+    return Rows(point=rows.point[idx], coef_u=rows.coef_u[idx], coef_b={j: c[idx] for j, c in rows.coef_b.items()},
+                const=rows.const[idx])
+
+
+def _add_disjunctive_rows(backend, L: _Layout, rows: Rows, rhs: np.ndarray, groups, feats: np.ndarray,
+                          u0: np.ndarray, B: float) -> None:
+    """``row_r <= rhs_r + M_r (1 - z_r)`` with binary ``z_r`` and ``sum_{r in g} z_r >= 1`` per group.
+
+    ``M_r`` bounds how far row r can exceed rhs_r: each u moves at most B (|h|_1 + 1) from u0 (its
+    weights and bias move by at most B) and each later bias delta at most B.
+    """
+    idx = np.concatenate([np.asarray(g, dtype=np.int64) for g in groups])
+    sub = _select_rows(rows, idx)
+    reach = B * (np.abs(feats).sum(2).max(1) + 1.0)  # per point
+    top = (sub.coef_u * u0[sub.point]).sum(1) + np.abs(sub.coef_u).sum(1) * reach[sub.point]
+    for j, cb in sub.coef_b.items():
+        if j in L.bias_offset:
+            top += np.abs(cb).sum(1) * B
+    # the row's left side is at most top over the whole delta box
+    big = np.maximum(top - rhs[idx], 0.0) + 1.0
+    z = backend.add_variables(idx.size, 0.0, 1.0, integer=True)
+    part = L.matrix(*_row_cols(L, sub))
+    n = backend.n_vars
+    part = sp.csr_matrix((part.data, part.indices, part.indptr), shape=(idx.size, n))
+    Z = sp.csr_matrix((big, (np.arange(idx.size), z)), shape=(idx.size, n))
+    scale = 1.0 / np.maximum(1.0, np.abs(part).max(axis=1).toarray().ravel())
+    backend.add_rows(sp.diags(scale) @ (part + Z), hi=(rhs[idx] + big) * scale)
+    start = 0
+    owner_rows, owner_cols = [], []
+    for g_i, g in enumerate(groups):
+        owner_rows.extend([g_i] * len(g))
+        owner_cols.extend(z[start:start + len(g)])
+        start += len(g)
+    S = sp.csr_matrix((np.ones(len(owner_cols)), (owner_rows, owner_cols)), shape=(len(groups), n))
+    backend.add_rows(S, lo=1.0)
+
+
+def _row_cols(L: _Layout, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     blocks_c = [L.u_col(rows.point)]
     blocks_v = [rows.coef_u]
     for j, cb in rows.coef_b.items():
@@ -348,9 +405,7 @@ def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
         off = L.bias_offset[j]
         blocks_c.append(np.broadcast_to(off + np.arange(cb.shape[1]), cb.shape))
         blocks_v.append(cb)
-    cols, vals = np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1)
-    scale = _row_scale(vals)
-    backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=lo * scale, hi=hi * scale)
+    return np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1)
 
 
 def _row_scale(vals: np.ndarray) -> np.ndarray:
@@ -390,7 +445,7 @@ def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.n
     model: >= 0 where the pattern holds. With no negative slack the LP model and the network
     coincide at every repair point."""
     now = suffix.fixed_pattern_preactivations(copy.deepcopy(candidate).double().eval())
-    return {i: np.where(pre[i] > 0, now[i], -now[i]) for i in now}
+    return {i: np.where(pre[i] > 0, now[i], np.where(pre[i] < 0, -now[i], -np.abs(now[i]))) for i in now}
 
 
 def _delta_norms(delta: np.ndarray, n_params: int) -> dict:

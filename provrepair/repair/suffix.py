@@ -37,15 +37,29 @@ class Suffix:
     ``net`` must already be float64 and in eval mode; ``k`` is the module index of the repair layer.
     """
 
-    def __init__(self, net: nn.Sequential, k: int, h: torch.Tensor):
+    def __init__(self, net: nn.Sequential, k: int, h: torch.Tensor, patterns: dict | None = None):
+        """``patterns`` (ReLU module index -> (N, *shape) signs: +1 active, -1 inactive, 0 held at
+        zero) replaces the points' own patterns where given: the polytope repair holds every
+        vertex of a polytope to one pattern. Activations are those of the pattern-fixed model."""
         self.net = net
         self.k = k
         self.modules = list(net)
+        self.sign: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             acts = {k: h}
             x = h
             for i in range(k, len(self.modules)):
-                x = self.modules[i](x)
+                m = self.modules[i]
+                if i > k and isinstance(m, nn.ReLU):
+                    given = None if patterns is None else patterns.get(i)
+                    if given is None:
+                        sign = torch.where(x > 0, 1, -1).to(torch.int8)
+                    else:
+                        sign = torch.as_tensor(np.asarray(given), dtype=torch.int8).reshape(x.shape)
+                    self.sign[i] = sign
+                    x = torch.where(sign > 0, x, torch.zeros_like(x))
+                else:
+                    x = m(x)
                 acts[i + 1] = x  # acts[i] is the input of module i
         self.acts = acts
         self.u0 = acts[k + 1].reshape(h.shape[0], -1)
@@ -64,6 +78,10 @@ class Suffix:
             if isinstance(self.modules[i], nn.ReLU):
                 self.relu_on_u = i
             break
+
+    def pattern(self, i: int) -> np.ndarray:
+        """Signs held at ReLU module ``i``, flattened per point (+1 active, -1 inactive, 0 zero)."""
+        return self.sign[i].reshape(self.n_points, -1).numpy()
 
     @property
     def later_affine(self) -> list[int]:
@@ -92,7 +110,7 @@ class Suffix:
                 if isinstance(self.modules[i], nn.ReLU):
                     if i in want:
                         out[i] = z.reshape(self.n_points, -1).numpy()
-                    z = z * (self.acts[i] > 0)
+                    z = z * (self.sign[i] > 0)
                 else:
                     z = candidate[i](z)
         return out
@@ -108,7 +126,7 @@ class Suffix:
         for j in range(i - 1, self.k, -1):
             m = self.modules[j]
             if isinstance(m, nn.ReLU):
-                R = R * (self.acts[j][pidx] > 0)
+                R = R * (self.sign[j][pidx] > 0)
             elif isinstance(m, nn.Linear):
                 coef_b[j] = R.numpy().copy()
                 R = R @ m.weight
