@@ -404,9 +404,12 @@ class BoundPropagator:
         shape = self.shapes[i]
         n = lo[0].numel()
         if isinstance(self.ops[i], _ReLU):
-            rows = ((lo < 0) & (hi > 0)).reshape(lo.shape[0], -1).any(0).nonzero().flatten()
+            # a region's own stable neurons keep their interval bounds, so that its bounds do not
+            # depend on which other regions share the batch
+            wanted = ((lo < 0) & (hi > 0)).reshape(lo.shape[0], -1)
         else:
-            rows = torch.arange(n, device=self.device)
+            wanted = torch.ones((lo.shape[0], n), dtype=torch.bool, device=lo.device)
+        rows = wanted.any(0).nonzero().flatten()
         if rows.numel() == 0:
             return lo, hi
         b = inp.batch
@@ -421,8 +424,9 @@ class BoundPropagator:
             lam[:, ar, r] = 1.0
             lam[:, k + ar, r] = -1.0
             bound = self._backward(i, lam.reshape(b, 2 * k, *shape), inp, pre)
-            lo_flat[:, r] = torch.maximum(lo_flat[:, r], bound[:, :k])
-            hi_flat[:, r] = torch.minimum(hi_flat[:, r], -bound[:, k:])
+            use = wanted[:, r]
+            lo_flat[:, r] = torch.where(use, torch.maximum(lo_flat[:, r], bound[:, :k]), lo_flat[:, r])
+            hi_flat[:, r] = torch.where(use, torch.minimum(hi_flat[:, r], -bound[:, k:]), hi_flat[:, r])
         return lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape)
 
     # -- public

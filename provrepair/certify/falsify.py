@@ -86,12 +86,13 @@ def _pgd(net64: nn.Module, region: Region, G: np.ndarray, h: np.ndarray, starts:
 
 
 def falsify(net64: nn.Module, region: Region, prop: OutputProperty, *, samples: int = DEFAULT_SAMPLES,
-            pgd_steps: int = DEFAULT_PGD_STEPS, seed: int = 0) -> Counterexample | None:
+            pgd_steps: int = DEFAULT_PGD_STEPS, seed: int = 0,
+            low_dim_samples: int = LOW_DIM_SAMPLES) -> Counterexample | None:
     """An input of ``region`` whose output is unsafe for ``prop``, or None if none was found."""
     rng = np.random.default_rng(seed)
     lo, hi = region.bounds()
     if samples and int(np.count_nonzero(hi > lo)) <= LOW_DIM:
-        samples = max(samples, LOW_DIM_SAMPLES)
+        samples = max(samples, low_dim_samples)
     x = _candidates(region, samples, rng)
     if len(x) == 0:
         return None

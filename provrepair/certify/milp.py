@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import solvers
-from solvers import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
+from solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
 
 from ..errors import SolverError
 from .bounds import (
@@ -182,12 +182,45 @@ class _Encoding:
         return _widen(M, v.size) @ v + c
 
 
-def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, input_shape):
+def _into_hpolytope(x: np.ndarray, A: np.ndarray, b: np.ndarray, interior: np.ndarray | None) -> np.ndarray | None:
+    """Move a point that the solver left a rounding error outside ``A x <= b`` towards an interior
+    point, just far enough; None if that is not possible."""
+    if np.all(A @ x <= b):
+        return x
+    if interior is None:
+        return None
+    c = interior.reshape(-1)
+    ax, ac = A @ x, A @ c
+    out = ax > b
+    if np.any(ac[out] >= b[out]):
+        return None
+    t = float(np.max((ax[out] - b[out]) / (ax[out] - ac[out])))
+    for step in (t, t * (1 + 1e-9) + 1e-15, min(1.0, 2 * t + 1e-12)):
+        y = x + step * (c - x)
+        if np.all(A @ y <= b):
+            return y
+    return None
+
+
+def _chebyshev_centre(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
+    """The centre of the largest ball inside ``A x <= b`` within the box, or None if it is empty."""
+    from scipy.optimize import linprog
+
+    n = lo.size
+    norms = np.linalg.norm(A, axis=1)
+    res = linprog(np.r_[np.zeros(n), -1.0], A_ub=np.c_[A, norms], b_ub=b,
+                  bounds=list(zip(lo, hi)) + [(0, None)], method="highs")
+    return res.x[:n] if res.status == 0 and res.x[n] > 0 else None
+
+
+def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, input_shape, interior=None):
     """Clip a solver point into the region and test it with a plain forward pass."""
     if inp.vertices is None:
         x = np.clip(x, inp.lower[0].reshape(-1).cpu().numpy(), inp.upper[0].reshape(-1).cpu().numpy())
-        if h_rows is not None and np.any(h_rows[0] @ x > h_rows[1]):
-            return None, None
+        if h_rows is not None:
+            x = _into_hpolytope(x, h_rows[0], h_rows[1], interior)
+            if x is None:
+                return None, None
     y = forward_outputs(net64, x.reshape(1, *input_shape), torch.float64, 1)[0]
     if np.all(G @ y <= h):
         return x.reshape(input_shape), y
@@ -196,16 +229,21 @@ def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, inpu
 
 def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet, pre: dict, G, h, *,
                    h_rows=None, solver: str = "highs", time_limit: float | None = None,
-                   threads: int | None = None, net64: nn.Module | None = None) -> MilpOutcome:
+                   threads: int | None = None, net64: nn.Module | None = None,
+                   interior: np.ndarray | None = None) -> MilpOutcome:
     """Decide whether any input of the (single) region ``inp`` reaches ``G y <= h``.
 
     ``pre`` are sound bounds of every ReLU/MaxPool input on this region (``NetworkBounds.pre``
-    sliced to it); ``h_rows = (A, b)`` adds ``A x <= b`` to a box (an H-polytope).
+    sliced to it); ``h_rows = (A, b)`` adds ``A x <= b`` to a box (an H-polytope), and
+    ``interior`` (a point strictly inside it) lets a solver point on a facet be pulled inside.
     """
     t0 = time.perf_counter()
     G = np.atleast_2d(np.asarray(G, dtype=np.float64))
     h = np.atleast_1d(np.asarray(h, dtype=np.float64))
     net64 = net64 if net64 is not None else network_copy(net, torch.float64)
+    if h_rows is not None and interior is None:
+        interior = _chebyshev_centre(np.asarray(h_rows[0]), np.asarray(h_rows[1]),
+                                     inp.lower[0].reshape(-1).cpu().numpy(), inp.upper[0].reshape(-1).cpu().numpy())
     outcome = MilpOutcome(status=UNKNOWN)
     for attempt in (1, None):  # first solution; then, if it fails re-validation, the deepest one
         backend = solvers.create(solver, time_limit=time_limit, threads=threads, solution_limit=attempt)
@@ -224,8 +262,7 @@ def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet, pre: di
             outcome.status, outcome.reason = CERTIFIED, "the MILP is infeasible: no input reaches the unsafe set"
             break
         if res.status in (OPTIMAL, FEASIBLE) and res.x is not None:
-            x, y = _validate(net64, enc.input_value(res.x), inp, h_rows, G, h,
-                             prop.input_shape)
+            x, y = _validate(net64, enc.input_value(res.x), inp, h_rows, G, h, prop.input_shape, interior)
             if x is not None:
                 outcome.status, outcome.counterexample, outcome.output = VIOLATED, x, y
                 outcome.reason = "counterexample found by the MILP and re-validated by a forward pass"

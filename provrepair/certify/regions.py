@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InputError, SolverUnavailableError
 from ..specs.regions import HPolytope, RegionSpec, VPolytope
 from .bounds import BoundPropagator, InputSet, as_tensor
-from .falsify import LOW_DIM, falsify
+from .falsify import DEFAULT_SAMPLES, LOW_DIM, LOW_DIM_SAMPLES, falsify
 from .milp import CERTIFIED, UNKNOWN, VIOLATED, complete_check
 from .points import network_copy
 from .split import DEFAULT_MAX_DEPTH, split_search
@@ -176,6 +176,7 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
     free = int(np.count_nonzero(region.bounds()[1] > region.bounds()[0]))
     inp = _input_set([region], prop.device)
     h_rows = _h_rows(region)
+    interior = np.asarray(region.center()) if h_rows is not None else None
     decided_by = set()
     for d in list(it.open):
         G, h = it.prop.disjuncts[d]
@@ -188,7 +189,8 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
                 sub = InputSet(lo, hi)
                 nb = prop.bounds(sub, G, method="crown")
                 out = complete_check(net, prop, sub, nb.pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
-                                     time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64)
+                                     time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64,
+                                     interior=interior)
                 return out.status, out.counterexample, out.output
             lo, hi = region.bounds()
             res = split_search(prop, net64, lo, hi, G, h, deadline=deadline, tol=tol, h_rows=h_rows,
@@ -199,7 +201,7 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
         else:
             nb = prop.bounds(inp, G, method="crown")
             out = complete_check(net, prop, inp, nb.pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
-                                 time_limit=remaining, net64=net64)
+                                 time_limit=remaining, net64=net64, interior=interior)
             step, status, x, y, reason = "milp", out.status, out.counterexample, out.output, out.reason
             it.stats.setdefault("milp", []).append(dict(out.size, seconds=out.seconds, status=out.status))
         if status == VIOLATED:
@@ -233,9 +235,11 @@ def certify_regions(net: nn.Sequential, spec: RegionSpec, *, method: str = "auto
     net64 = network_copy(net, torch.float64)
     items = [_Open(i, r, p) for i, (r, p) in enumerate(spec)]
     if attack:
+        # many low-dimensional regions share the sample budget of a few
+        low_dim = max(DEFAULT_SAMPLES, LOW_DIM_SAMPLES // max(1, len(items) // 4))
         for it in items:
             t0 = time.perf_counter()
-            cex = falsify(net64, it.region, it.prop, seed=seed + it.index)
+            cex = falsify(net64, it.region, it.prop, seed=seed + it.index, low_dim_samples=low_dim)
             it.seconds += time.perf_counter() - t0
             if cex is not None:
                 it.verdict = RegionVerdict(it.index, VIOLATED, "falsify", f"counterexample found by {cex.how}",
