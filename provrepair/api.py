@@ -19,6 +19,7 @@ from .certify.regions import RegionCertificate, certify_regions
 from .errors import InputError
 from .models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
 from .repair.aprnn import PointRepairOptions, repair_points
+from .repair.deeppatch import PatchedNet, StatisticalRepairResult, deeppatch, load_patched
 from .repair.polytope import PolytopeRepairOptions, repair_polytopes
 from .specs import PointSpec, RegionSpec
 
@@ -77,13 +78,17 @@ def certify(model, spec: PointSpec | RegionSpec, *, margin: float = 0.0, method:
             progress: Callable[[str], None] | None = None) -> PointCertificate | RegionCertificate:
     """Certify ``model`` on ``spec``.
 
-    Points are checked exactly (float64 and float32; ``margin`` applies). Regions (boxes,
+    Points are checked exactly (float64 and float32; ``margin`` applies), also for a DeepPatch
+    model (its per-sample switch is part of its forward pass). Regions (boxes,
     polytopes, VNN-LIB properties) get a verdict each: certified, violated with a re-validated
     counterexample, or unknown with the reason; ``method`` is ibp, crown, milp or auto (the cheapest
     that decides) and ``timeout`` the complete check's budget per region in seconds.
     """
-    net = _as_network(model)
+    net = model if isinstance(model, PatchedNet) else _as_network(model)
     if isinstance(spec, RegionSpec):
+        if isinstance(net, PatchedNet):
+            raise InputError("a DeepPatch model switches filters per sample, which bound propagation cannot "
+                             "model; certify it on points (--points)")
         shape = get_meta(net).input_shape or spec.input_shape
         n_out = num_outputs(net, tuple(shape))
         spec = spec.validate(tuple(shape), n_out)

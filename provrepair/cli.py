@@ -136,6 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=50, help="misclassified test images to repair (default 50)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("patch", help="DeepPatch: add replacement filters for robustness, switched in per sample")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, help="mnist, fashion-mnist or digits (its train/val/test splits)")
+    p.add_argument("--augment", required=True, help="blur (Gaussian blur) or spatial (rotation, translation, shear, zoom)")
+    p.add_argument("--ratio", type=float, default=0.25,
+                   help="blamed ratio kappa per conv layer: a fraction (0.25) or a percentage (25); default 0.25")
+    p.add_argument("--variant", default="gamma",
+                   help="gamma (per-sample switch, default), beta (always the replacements), fallback (the originals)")
+    p.add_argument("--ranking", default="alpha",
+                   help="which filters get replacements: alpha (assessment, default), bottom or random")
+    p.add_argument("--epochs", type=int, help="training epochs of the replacement filters (default 3)")
+    p.add_argument("--lr", type=float, help="SGD learning rate, cosine-decayed to 0 (default 0.01)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--{split}-limit", type=int, metavar="N", help=f"use a fixed random subset of N {split} images")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation (default 0)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu or cuda")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="the patched model (.pt); reload it with provrepair.repair.deeppatch.load_patched")
+    p.add_argument("--report", metavar="FILE", help="write the metrics and patch details as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("data", help="datasets and their corrupted versions: build, list, contact sheet")
     data = p.add_subparsers(dest="data_command", required=True, metavar="{build,sheet,list}")
     d = data.add_parser("build", help="build (or reuse) cached corrupted copies of a dataset split")
@@ -425,6 +447,32 @@ def _cmd_data_list(args) -> int:
     return EXIT_OK
 
 
+def _cmd_patch(args) -> int:
+    from .models import save_model
+    from .repair.deeppatch import deeppatch
+    out = Path(args.out)
+    _check_outputs([args.out, args.report], [args.model])
+    if out.suffix.lower() not in (".pt", ".pth"):
+        raise InputError(f"--out {out}: a patched model is written as a PyTorch file; give a .pt or .pth path")
+    net = _load(args)
+    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    result = deeppatch(net, dataset=args.dataset, augment=args.augment, ratio=args.ratio, variant=args.variant,
+                       ranking=args.ranking, device=args.device, seed=args.seed, progress=not args.quiet,
+                       train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
+                       **{k: v for k, v in given.items() if v is not None})
+    save_model(result.model, out, protect=(args.model,))
+    written = [str(out)]
+    if args.report:
+        payload = result.to_dict()
+        payload.update(model=args.model, written=written + [args.report])
+        _write_json(args.report, payload, [args.model])
+        written.append(args.report)
+    print(result.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 DATA_COMMANDS = {"build": _cmd_data_build, "sheet": _cmd_data_sheet, "list": _cmd_data_list}
 
 
@@ -433,7 +481,7 @@ def _cmd_data(args) -> int:
 
 
 COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
-            "layers": _cmd_layers, "analyze": _cmd_analyze,
+            "layers": _cmd_layers, "analyze": _cmd_analyze, "patch": _cmd_patch,
             "data": _cmd_data}
 
 
