@@ -119,17 +119,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--timeout", type=float, default=20.0, help="complete-check seconds per MNIST image")
+    ap.add_argument("--timeout", type=float, default=10.0, help="complete-check seconds per MNIST image")
     ap.add_argument("--acas-timeout", type=float, default=300.0, help="complete-check seconds per ACAS property")
     ap.add_argument("--single", type=int, default=20, help="images timed one at a time with CROWN")
     ap.add_argument("--skip-milp", action="store_true")
     ap.add_argument("--skip-acas", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    # one thread: on a shared 2-core machine two torch threads were up to 100x slower on these
+    # small matrices (they spin while the other core is busy)
+    torch.set_num_threads(1)
     import solvers
 
-    result = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+    result = {"machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                           "torch": torch.__version__, "highs": solvers.create("highs").version},
               "options": {"images": args.images, "timeout_per_image": args.timeout,
                           "acas_timeout": args.acas_timeout}}
