@@ -69,6 +69,10 @@ REGION_KINDS = ("box", "polytope", "hpolytope", "vnnlib")
 #: Label entry of a region whose property is not a label.
 NO_LABEL = -1
 
+#: A polytope file describes sets of inputs; one vertex is a point, which is most likely a mistake.
+_ONE_VERTEX = ("{where}: a polytope needs at least 2 vertices, got 1; give single inputs as a points file "
+               "(--points), or a box")
+
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError)
 
 
@@ -1036,7 +1040,10 @@ def _read_json(p: Path) -> RegionSpec:
             if kind == "box":
                 regions.append(Box(_floats(item["lower"], "lower"), _floats(item["upper"], "upper")))
             elif kind == "polytope":
-                regions.append(VPolytope(_floats(item["vertices"], "vertices")))
+                verts = _floats(item["vertices"], "vertices")
+                if verts.ndim >= 1 and verts.shape[0] == 1:
+                    raise SpecError(_ONE_VERTEX.format(where="its vertices"))
+                regions.append(VPolytope(verts))
             else:
                 regions.append(HPolytope(item["input_A"], item["input_b"], _floats(item["lower"], "lower"), _floats(item["upper"], "upper")))
             given = [f for f in ("label", "A", "unsafe") if f in item]
@@ -1081,6 +1088,8 @@ def _read_npz(p: Path) -> RegionSpec:
         verts = _floats(arrays["vertices"], f"{p}: field 'vertices'")
         if verts.ndim < 3:
             raise SpecError(f"{p}: field 'vertices' has shape {verts.shape}; give (n_regions, k, *input_shape)")
+        if verts.shape[1] == 1:
+            raise SpecError(_ONE_VERTEX.format(where=f"{p}: field 'vertices'"))
         n = verts.shape[0]
     elif "lower" in arrays and "upper" in arrays:
         lo = _floats(arrays["lower"], f"{p}: field 'lower'")

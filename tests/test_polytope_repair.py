@@ -1,0 +1,275 @@
+"""Provable repair of boxes and V-polytopes (shift LPs, then the assert LP or MILP).
+
+Every repair here is judged three ways: the status of ``provrepair.repair`` (which certifies with
+the certification engine), a second call of ``provrepair.certify`` on the repaired model, and a
+dense float64 sampling of every region that shares no code with either."""
+
+import copy
+import importlib.util
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import provrepair
+from provrepair.cli import main
+from provrepair.errors import SolverLicenseError, SpecError, UnsupportedLayerError
+from provrepair.models import affine_layers, normalize_model, save_model
+from provrepair.specs import Box, HPolytope, OutputProperty, RegionSpec, VPolytope
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: torch's thread pool only adds contention (20x slower on a loaded 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CERT_METHODS = {"ibp", "crown", "split", "milp", "milp+split", "split+milp"}
+
+
+def _mlp(seed=0, sizes=(2, 16, 16, 3)):
+    torch.manual_seed(seed)
+    mods = []
+    for a, b in itertools.pairwise(sizes):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return normalize_model(nn.Sequential(*mods[:-1]), input_shape=(sizes[0],))
+
+
+def _forward64(net, x):
+    """float64 outputs of a copy of ``net`` (the caller's module stays float32)."""
+    with torch.no_grad():
+        return copy.deepcopy(net).double()(torch.as_tensor(np.asarray(x), dtype=torch.float64)).numpy()
+
+
+def _dense(region, n=400, grid=15):
+    """Samples of a region: vertices, random convex combinations, and a grid for a 2-D box."""
+    pts = [region.sample(n, rng=1)]
+    if isinstance(region, Box):
+        lo, hi = region.bounds()
+        axes = [np.linspace(lo[i], hi[i], grid) for i in range(lo.size)]
+        pts.append(np.stack(np.meshgrid(*axes), -1).reshape(-1, lo.size))
+    else:
+        v = region.vertices
+        w = np.random.default_rng(2).dirichlet(np.full(len(v), 0.3), size=n)  # near edges and vertices too
+        pts.append(w @ v.reshape(len(v), -1))
+    return np.concatenate(pts)
+
+
+def _violations(net, spec):
+    """Per region: how many of its dense samples break the property (float64)."""
+    return [int((~prop.holds(_forward64(net, _dense(r)))).sum()) for r, prop in spec]
+
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _check_certified(net, result, spec):
+    assert result.status == "certified", result.message
+    assert result.certified and result.model is not None
+    cert = result.certificate
+    assert cert.certified and cert.counts["certified"] == len(spec)
+    assert all(v.method in CERT_METHODS for v in cert.verdicts), [v.method for v in cert.verdicts]
+    again = provrepair.certify(result.model, spec)
+    assert again.certified, again.summary()
+    assert _violations(result.model, spec) == [0] * len(spec)
+
+
+def _wrong_boxes(net, label):
+    """Two boxes and a triangle the network gets wrong (at some sampled point) for ``label``."""
+    lo = np.array([[-1.0, -1.0], [0.3, 0.1]])
+    boxes = RegionSpec.boxes(lo, lo + 0.25, labels=[label, label], n_outputs=3)
+    tri = np.array([[[-0.6, 0.5], [-0.2, 0.6], [-0.4, 0.9]]])
+    polys = RegionSpec.polytopes(tri, labels=[label], n_outputs=3)
+    return boxes, polys
+
+
+NET = _mlp()
+LABEL = 2  # the toy network predicts class 2 almost nowhere in [-1, 1]^2
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["boxes", "polytopes"])
+def test_label_regions_repaired_at_each_layer(layer, kind):
+    boxes, polys = _wrong_boxes(NET, LABEL)
+    spec = boxes if kind == "boxes" else polys
+    assert all(v > 0 for v in _violations(NET, spec))  # every region needs repair
+    before = _params(NET)
+    result = provrepair.repair(NET, spec, layer=layer)
+    _check_certified(NET, result, spec)
+    stages = result.lp["stages"]
+    assert [s["stage"] for s in stages] == ["shift"] * layer + ["assert"]
+    assert stages[-1]["layer"] == layer and stages[-1]["binaries"] == 0
+    assert all(s["status"] in ("optimal", "not needed") for s in stages)
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(NET)))  # the input network is untouched
+    # affine layers after the assert layer keep their weights (only their biases may move)
+    mods = affine_layers(NET)
+    for a in mods[layer + 1:]:
+        assert torch.equal(result.model[a].weight, NET[a].weight)
+
+
+def test_mixed_properties_general_rows_and_labels():
+    # a box with a label and a triangle with "y0 - y1 <= -0.5" (explicit rows), in one spec
+    box = Box(np.array([0.3, 0.1]), np.array([0.55, 0.35]))
+    tri = VPolytope(np.array([[-0.6, 0.5], [-0.2, 0.6], [-0.4, 0.9]]))
+    props = [OutputProperty.label(LABEL, 3), OutputProperty.required_all([[1.0, -1.0, 0.0]], [-0.5])]
+    spec = RegionSpec((box, tri), tuple(props))
+    result = provrepair.repair(NET, spec, layer=1)
+    _check_certified(NET, result, spec)
+
+
+def test_boxes_that_partition_a_square_share_vertices():
+    # a 3 x 3 partition of a square: neighbouring boxes share corners (held at 0 where their
+    # centroid patterns disagree), and the whole square ends up certified
+    edges = np.linspace(-0.9, -0.3, 4)
+    lo = np.array([[edges[i], edges[j]] for i in range(3) for j in range(3)])
+    hi = np.array([[edges[i + 1], edges[j + 1]] for i in range(3) for j in range(3)])
+    spec = RegionSpec.boxes(lo, hi, labels=LABEL, n_outputs=3)
+    messages = []
+    result = provrepair.repair(NET, spec, layer=2, progress=messages.append)
+    # 16 distinct corners; the 4 inner ones belong to 4 boxes, the 8 other non-outer ones to 2
+    assert any("9 regions, 36 vertices (12 shared)" in m for m in messages), messages
+    shifts = [st for st in result.lp["stages"] if st["stage"] == "shift" and st["status"] == "optimal"]
+    assert shifts and shifts[0]["regions_needing_shift"] > 0  # the shared-corner patterns were really imposed
+    _check_certified(NET, result, spec)
+    square = RegionSpec.boxes(np.full((1, 2), edges[0]), np.full((1, 2), edges[-1]), labels=LABEL, n_outputs=3)
+    assert _violations(result.model, square) == [0]
+    assert provrepair.certify(result.model, square).certified
+
+
+def _not_top(c, n=3):
+    """Required: some other output beats class ``c`` (a disjunction: one binary per row)."""
+    A = np.array([np.eye(n)[c] - np.eye(n)[j] for j in range(n) if j != c])  # y_c - y_j < 0 for some j
+    return OutputProperty.required_any(A, np.zeros(n - 1))
+
+
+def _disjunctive_spec():
+    # "class 1 is not the top class", where the network says class 1
+    prop = _not_top(1)
+    box = Box(np.array([0.3, 0.1]), np.array([0.5, 0.3]))
+    tri = VPolytope(np.array([[-0.6, 0.5], [-0.2, 0.6], [-0.4, 0.9]]))
+    return RegionSpec((box, tri), (prop, prop))
+
+
+def test_disjunctive_property_is_a_milp_and_certifies_with_highs():
+    spec = _disjunctive_spec()
+    assert all(v > 0 for v in _violations(NET, spec))
+    result = provrepair.repair(NET, spec, layer=1)
+    assert result.lp["stages"][-1]["binaries"] > 0
+    assert result.solver["name"] == "highs"
+    _check_certified(NET, result, spec)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gurobipy") is None, reason="gurobipy is not installed")
+def test_disjunctive_property_certifies_with_gurobi():
+    net = _mlp(seed=3, sizes=(2, 6, 6, 3))  # tiny: pip's Gurobi licence caps the problem size
+    prop = _not_top(int(_forward64(net, np.array([[0.4, 0.2]])).argmax(1)[0]))
+    spec = RegionSpec((Box(np.array([0.3, 0.1]), np.array([0.5, 0.3])),), (prop,))
+    assert _violations(net, spec)[0] > 0
+    try:
+        result = provrepair.repair(net, spec, layer=2, solver="gurobi")
+    except SolverLicenseError as exc:
+        pytest.skip(f"Gurobi's licence refused the problem: {exc}")
+    assert result.solver["name"] == "gurobi"
+    assert result.lp["stages"][-1]["binaries"] > 0
+    _check_certified(net, result, spec)
+
+
+def test_infeasible_assert_names_the_stage_and_layer():
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    result = provrepair.repair(NET, boxes, layer=0, delta_bound=1e-6)
+    assert result.status == "infeasible" and result.model is None and result.certificate is None
+    assert "assert" in result.message and "layer 0" in result.message
+
+
+def test_infeasible_shift_names_the_stage_and_layer():
+    big = RegionSpec.boxes(np.array([[-1.0, -1.0]]), np.array([[1.0, 1.0]]), labels=LABEL, n_outputs=3)
+    result = provrepair.repair(NET, big, layer=2, shift_delta_bound=1e-6)
+    assert result.status == "infeasible" and result.model is None
+    assert "shift" in result.message and "layer 0" in result.message
+    assert result.lp["stages"][-1]["stage"] == "shift" and result.lp["stages"][-1]["status"] == "infeasible"
+
+
+def test_contradictory_regions_are_infeasible():
+    box = Box(np.array([0.3, 0.1]), np.array([0.5, 0.3]))
+    spec = RegionSpec((box, box), (OutputProperty.label(0, 3), OutputProperty.label(1, 3)))
+    result = provrepair.repair(NET, spec, layer=1)
+    assert result.status == "infeasible" and "assert" in result.message and "layer 1" in result.message
+
+
+def test_maxpool_network_is_refused():
+    torch.manual_seed(0)
+    net = normalize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                        nn.Linear(2 * 2 * 2, 3)), input_shape=(1, 6, 6))
+    spec = RegionSpec.linf(np.full((1, 1, 6, 6), 0.5), 0.01, labels=[0], n_outputs=3)
+    with pytest.raises(UnsupportedLayerError, match="MaxPool2d"):
+        provrepair.repair(net, spec, layer=1)
+
+
+def test_h_polytope_is_refused():
+    h = HPolytope(np.array([[1.0, 1.0]]), np.array([0.5]), np.array([0.0, 0.0]), np.array([1.0, 1.0]))
+    spec = RegionSpec((h,), (OutputProperty.label(LABEL, 3),))
+    with pytest.raises(SpecError, match="H-polytopes"):
+        provrepair.repair(NET, spec, layer=1)
+
+
+# ---------------------------------------------------------------------- CLI
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "toy.pt"
+    save_model(NET, path)
+    return path
+
+
+def test_cli_repairs_boxes_and_writes_the_model(tmp_path, model_file, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"boxes": [{"lower": [-1.0, -1.0], "upper": [-0.75, -0.75], "label": LABEL},
+                                           {"lower": [0.3, 0.1], "upper": [0.55, 0.35], "label": LABEL}]}))
+    out = tmp_path / "fixed.pt"
+    code, stdout, _ = _run(capsys, "repair", model_file, "--box", boxes, "--layer", 1, "--out", out, "--quiet")
+    assert code == 0, stdout
+    assert out.exists() and "certified" in stdout
+    fixed = provrepair.load_model(out)
+    spec = RegionSpec.load(boxes)
+    assert provrepair.certify(fixed, spec).certified
+
+
+def test_cli_unrepairable_spec_exits_1_without_a_model(tmp_path, model_file, capsys):
+    boxes = tmp_path / "contradiction.json"
+    box = {"lower": [0.3, 0.1], "upper": [0.5, 0.3]}
+    boxes.write_text(json.dumps({"boxes": [dict(box, label=0), dict(box, label=1)]}))
+    out = tmp_path / "fixed.pt"
+    code, stdout, _ = _run(capsys, "repair", model_file, "--box", boxes, "--layer", 1, "--out", out, "--quiet")
+    assert code == 1, stdout
+    assert not out.exists()
+    assert "infeasible" in stdout
+
+
+_MALFORMED = {
+    "ragged": [[0.1, 0.2], [0.3], [0.2, 0.4]],
+    "wrong_dimension": [[0.1, 0.2, 0.3], [0.3, 0.1, 0.1], [0.2, 0.4, 0.0]],
+    "nan": [[0.1, 0.2], [0.3, float("nan")], [0.2, 0.4]],
+    "single_vertex": [[0.1, 0.2]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MALFORMED))
+def test_cli_rejects_malformed_polytope_files(tmp_path, model_file, capsys, case):
+    path = tmp_path / f"{case}.json"
+    path.write_text(json.dumps({"polytopes": [{"vertices": _MALFORMED[case], "label": LABEL}]}))
+    out = tmp_path / "fixed.pt"
+    code, _, err = _run(capsys, "repair", model_file, "--polytope", path, "--layer", 1, "--out", out, "--quiet")
+    assert code == 2 and "error" in err
+    assert not out.exists()
