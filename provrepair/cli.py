@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate activation-pattern rows lazily (default) or build them all up front")
     p.add_argument("--shift-start", type=int, default=0,
                    help="regions: first affine layer the shift LPs may change (default 0)")
+    p.add_argument("--box-encoding", default="auto", choices=["auto", "corners", "generators"],
+                   help="boxes: centre + one generator per free input (rows grow linearly with the inputs), "
+                        "or every corner (2^n); auto uses generators from 3 free inputs on where the "
+                        "property is a conjunction")
     p.add_argument("--time-limit", type=float, help="seconds for the whole LP repair")
     p.add_argument("--threads", type=int, help="solver threads")
     p.add_argument("--out", required=True, metavar="PATH",
@@ -302,7 +306,7 @@ def _cmd_repair(args) -> int:
             raise InputError("--heuristic ranks layers for point repair; for regions, --layer auto tries the "
                              "layers from the last one back")
         result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer,
-                        shift_start=args.shift_start, **common)
+                        shift_start=args.shift_start, box_encoding=args.box_encoding, **common)
     written = []
     if result.model is not None and result.certified:
         protect = tuple(p for p in inputs if p)

@@ -134,7 +134,7 @@ def test_boxes_that_partition_a_square_share_vertices():
     messages = []
     result = provrepair.repair(NET, spec, layer=2, progress=messages.append)
     # 16 distinct corners; the 4 inner ones belong to 4 boxes, the 8 other non-outer ones to 2
-    assert any("9 regions, 36 vertices (12 shared)" in m for m in messages), messages
+    assert any("9 regions, 36 LP points (36 corners, 12 shared" in m for m in messages), messages
     shifts = [st for st in result.lp["stages"] if st["stage"] == "shift" and st["status"] == "optimal"]
     assert shifts and shifts[0]["regions_needing_shift"] > 0  # the shared-corner patterns were really imposed
     _check_certified(NET, result, spec)

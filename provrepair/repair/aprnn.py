@@ -15,6 +15,14 @@ relaxation of it, hence optimal for the full LP: the same answer as building eve
 Exact reductions keep the LP small without changing its optimum: weights whose input is zero at
 every repair point are left out (they cannot affect any row; the L1 term still counts them), a
 unit the ReLU on ``u`` switches off needs no ``u`` column, and rows are built equilibrated.
+
+A point may carry *generators*: it then stands for the zonotope ``c + sum_i s_i g_i``, ``s`` in
+[-1, 1]^n (a box: its centre and half-widths). With the network affine on the zonotope up to
+layer ``k`` and every later ReLU held to one pattern on it, every row is affine in ``s``, so
+``row <= hi`` on the whole zonotope is ``row(c) + sum_i |row(c + g_i) - row(c)| <= hi``: one
+row plus ``2n`` rows for the absolute values instead of ``2^n`` corner rows. The generator
+points ``c + g_i`` get their own ``u`` columns; their differences from ``u_c`` are the
+generators' images, linear in the deltas.
 """
 
 from __future__ import annotations
@@ -131,7 +139,8 @@ class _Layout:
 def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
                   layer: int, options: PointRepairOptions | None = None,
                   progress: Callable[[str], None] | None = None, *, patterns: dict | None = None,
-                  disjunctions: Sequence[np.ndarray] | None = None) -> PointRepairOutcome:
+                  disjunctions: Sequence[np.ndarray] | None = None,
+                  generators: Sequence[np.ndarray | None] | None = None) -> PointRepairOutcome:
     """Repair ``net`` at affine ``layer`` so that ``A[r] @ net(inputs[point_index[r]]) <= b[r] - margin``.
 
     ``inputs`` has the model's input shape per point; rows (A, b, point_index) come from
@@ -141,6 +150,11 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     (see ``Suffix``). ``disjunctions`` are groups of row indices of which at least one row must
     hold: each grouped row gets a binary and a big-M that the delta bound justifies, which makes
     the LP a MILP.
+
+    ``generators`` (per point: None or an array (n, *input shape)) makes a point the zonotope
+    around it (see the module docstring); the caller guarantees that the layers before ``k`` are
+    affine on it (the polytope repair's shift LPs do). Every row of such a point, patterns
+    included, then holds on the whole zonotope. Not combinable with ``disjunctions``.
     """
     opts = options or PointRepairOptions()
     opts.validate()
@@ -152,9 +166,17 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     for p in net64.parameters():
         p.requires_grad_(False)
     x = torch.tensor(np.array(inputs, dtype=np.float64))
+    zono = _Zonotopes.build(x, generators)
+    if zono is not None and disjunctions:
+        raise InputError("points with generators cannot take part in disjunctive rows; give their corners instead")
+    if zono is not None:
+        x = torch.cat([x, zono.points(x)])
     n_points = x.shape[0]
     with torch.no_grad():
         h = net64[:k](x) if k > 0 else x
+    if zono is not None:  # generator points are held to their centre's pattern
+        centre = Suffix(net64, k, h[:zono.n_centres], patterns)
+        patterns = {i: zono.extend(sg.numpy()) for i, sg in centre.sign.items()}
     suffix = Suffix(net64, k, h, patterns)
     layer_k = net64[k]
     n_k = suffix.u0.shape[1]
@@ -180,9 +202,33 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
                              method=opts.method, extra=extra)
     scale = _objective_scale(opts, n_params)
-    _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale)
+    boxed = np.zeros(n_points, dtype=bool) if zono is None else zono.boxed(n_points)
+    _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale, boxed)
     _add_objective_rows(backend, L, opts)
-    _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix)
+    _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix, boxed)
+
+    def add_rows(rows: Rows, lo, hi) -> None:
+        """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
+        lo, hi = np.broadcast_to(lo, rows.point.shape), np.broadcast_to(hi, rows.point.shape)
+        zrows = boxed[rows.point]
+        plain = np.flatnonzero(~zrows)
+        if plain.size:
+            _add_affine_rows(backend, L, _select_rows(rows, plain), lo=lo[plain], hi=hi[plain])
+        if zrows.any():
+            sel = np.flatnonzero(zrows)
+            _add_zonotope_rows(backend, L, _select_rows(rows, sel), zono, lo[sel], hi[sel])
+
+    if zono is not None and suffix.relu_on_u is not None:
+        # the ReLU acting on u: a bound for a plain point, rows over the zonotope for a centre
+        cen = np.flatnonzero(boxed[:zono.n_centres])
+        sign = suffix.pattern(suffix.relu_on_u)[cen]
+        P = np.repeat(cen, n_k)
+        unit = np.tile(np.arange(n_k), cen.size)
+        onehot = np.zeros((P.size, n_k))
+        onehot[np.arange(P.size), unit] = 1.0
+        sg = sign.ravel()
+        add_rows(Rows(point=P, coef_u=onehot, coef_b={}, const=np.zeros(P.size)),
+                 lo=np.where(sg >= 0, 0.0, -np.inf), hi=np.where(sg > 0, np.inf, 0.0))
     if len(point_index):  # the polytope repair's shift LPs have pattern rows only
         out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
         rhs = np.asarray(b, dtype=np.float64) - opts.margin - out.const
@@ -191,7 +237,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
             grouped[np.concatenate([np.asarray(g, dtype=np.int64) for g in disjunctions])] = True
             _add_disjunctive_rows(backend, L, out, rhs, disjunctions, feats, suffix.u0.numpy(), opts.delta_bound)
         hard = np.flatnonzero(~grouped)
-        _add_affine_rows(backend, L, _select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
+        add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
     base_rows = backend.n_rows
 
     # Pattern catalogue: for each ReLU after k, the signs each point is held to.
@@ -208,10 +254,13 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
                 rows = suffix.pullback(i, p, g)
                 sign = pre[i][p, n]
                 # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0,  held at zero: z = 0
-                _add_affine_rows(backend, L, rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
-                                 hi=np.where(sign > 0, np.inf, -rows.const))
+                add_rows(rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
+                         hi=np.where(sign > 0, np.inf, -rows.const))
 
     kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in pre.items()}
+    if zono is not None:  # generator points have no rows of their own: their centres' rows cover them
+        for v in kept.values():
+            v[zono.n_centres:] = False
     add_patterns(backend, kept)
     full_rows = base_rows + sum(v.size for v in pre.values())
     build_time = time.perf_counter() - t_start
@@ -242,6 +291,8 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         t0 = time.perf_counter()
         candidate = _apply(net, k, neurons, live, later, L, result.x)
         signed = _pattern_slack(suffix, candidate, pre)
+        if zono is not None:
+            signed = {i: zono.worst_slack(v) for i, v in signed.items()}
         violated = {i: (signed[i] < -opts.pattern_tol) & ~kept[i] for i in relus}
         check_time += time.perf_counter() - t0
         n_viol = sum(int(v.sum()) for v in violated.values())
@@ -281,7 +332,8 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         delta=delta, message=message)
 
 
-def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale) -> None:
+def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale,
+                 boxed: np.ndarray) -> None:
     B = opts.delta_bound
     n = L.n_delta
     l1 = opts.objective in ("linf+l1", "l1")
@@ -293,10 +345,10 @@ def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, laye
     u0 = suffix.u0.numpy()
     lb = np.full((n_points, n_k), -np.inf)
     ub = np.full((n_points, n_k), np.inf)
-    if suffix.relu_on_u is not None:
+    if suffix.relu_on_u is not None:  # zonotope points get rows instead (see repair_points)
         sign = suffix.pattern(suffix.relu_on_u)
-        lb[sign >= 0] = 0.0
-        ub[sign <= 0] = 0.0
+        lb[(sign >= 0) & ~boxed[:, None]] = 0.0
+        ub[(sign <= 0) & ~boxed[:, None]] = 0.0
     frozen = np.ones(layer_k.weight.shape[0], dtype=bool)
     frozen[neurons] = False
     if frozen.any():
@@ -326,11 +378,13 @@ def _add_objective_rows(backend, L: _Layout, opts) -> None:
     backend.add_rows(A, hi=0.0)
 
 
-def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix) -> None:
+def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix,
+                    boxed: np.ndarray) -> None:
     """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
 
     Where a ReLU acts on u and the unit is off at p, u_p appears in no later row (the pattern
     zeroes it), so the equality collapses to ``ΔW_k h_p + Δb_k <= -u0_p``: no u column needed.
+    Zonotope points keep every equality: their u values enter the generator rows.
     """
     n_points, positions, fan_in = feats.shape
     u0 = suffix.u0.numpy()
@@ -341,6 +395,7 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     flat = neurons[S] * positions + Q
     rhs = u0[P, flat]
     off = np.zeros(m, dtype=bool) if suffix.relu_on_u is None else suffix.pattern(suffix.relu_on_u)[P, flat] < 0
+    off &= ~boxed[P]
     u_cols = L.u0 + P * L.n_k + flat
     w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
     cols = np.concatenate([u_cols[:, None], w_cols, L.n_w + S[:, None]], 1)
@@ -356,6 +411,98 @@ def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
     cols, vals = _row_cols(L, rows)
     scale = _row_scale(vals)
     backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=lo * scale, hi=hi * scale)
+
+
+class _Zonotopes:
+    """Bookkeeping of points with generators: centres are the first ``n_centres`` points, the
+    generator points ``c + g`` follow, grouped by centre (``owner``, ``start``/``count``)."""
+
+    def __init__(self, n_centres: int, gens: list[np.ndarray], owner: np.ndarray):
+        self.n_centres = n_centres
+        self.gens = gens  # per centre: (n_i, *shape), n_i may be 0
+        self.owner = owner  # per generator point: its centre
+        self.count = np.array([len(g) for g in gens], dtype=np.int64)
+        self.start = n_centres + np.concatenate([[0], np.cumsum(self.count)[:-1]]).astype(np.int64)
+
+    @classmethod
+    def build(cls, x: torch.Tensor, generators) -> _Zonotopes | None:
+        if generators is None:
+            return None
+        if len(generators) != x.shape[0]:
+            raise InputError(f"generators: got {len(generators)} entries for {x.shape[0]} points")
+        gens = []
+        for p, g in enumerate(generators):
+            g = np.zeros((0,) + tuple(x.shape[1:])) if g is None else np.asarray(g, dtype=np.float64)
+            if g.ndim == len(x.shape[1:]):
+                g = g[None]
+            if tuple(g.shape[1:]) != tuple(x.shape[1:]) or not np.isfinite(g).all():
+                raise InputError(f"generators of point {p} must be finite arrays (n, {', '.join(map(str, x.shape[1:]))})")
+            gens.append(g)
+        if not any(len(g) for g in gens):
+            return None
+        owner = np.repeat(np.arange(len(gens)), [len(g) for g in gens])
+        return cls(x.shape[0], gens, owner)
+
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.as_tensor(np.concatenate([g for g in self.gens if len(g)]), dtype=x.dtype)
+        return x[torch.from_numpy(self.owner)] + g
+
+    def extend(self, per_centre: np.ndarray) -> np.ndarray:
+        """Per-centre values repeated for the generator points."""
+        return np.concatenate([per_centre, per_centre[self.owner]])
+
+    def boxed(self, n_points: int) -> np.ndarray:
+        out = np.zeros(n_points, dtype=bool)
+        out[:self.n_centres] = self.count > 0
+        out[self.n_centres:] = True
+        return out
+
+    def worst_slack(self, slack: np.ndarray) -> np.ndarray:
+        """Per-point slack (points, units) of a sign row turned into its minimum over each
+        zonotope. ``slack`` at a generator point is signed like its centre's; the row's
+        variation along a generator is the difference, its minimum subtracts |difference|."""
+        out = slack.copy()
+        diff = np.abs(slack[self.n_centres:] - slack[self.owner])
+        np.add.at(out, self.owner, -diff)
+        out[self.n_centres:] = np.inf  # generator points have no rows of their own
+        return out
+
+
+def _add_zonotope_rows(backend, L: _Layout, rows: Rows, zono: _Zonotopes, lo, hi) -> None:
+    """``lo <= row <= hi`` over each row's zonotope: ``row(c) - sum t >= lo``, ``row(c) + sum t <= hi``
+    with ``t_g >= |row(c + g) - row(c)|``. Rows of points without generators keep t empty."""
+    cnt = zono.count[rows.point]
+    e = np.repeat(np.arange(rows.point.size), cnt)  # row of each t
+    first = np.repeat(np.cumsum(cnt) - cnt, cnt)  # where each row's block of t starts
+    g_pt = np.repeat(zono.start[rows.point], cnt) + np.arange(e.size) - first  # generator point of each t
+    t = np.asarray(backend.add_variables(e.size, 0.0, np.inf), dtype=np.int64)
+    n = backend.n_vars
+    # t - (coef_u @ (u_g - u_c)) >= 0 and t + (coef_u @ (u_g - u_c)) >= 0; the bias terms cancel
+    cu = rows.coef_u[e]
+    scale = _row_scale(np.concatenate([cu, np.ones((e.size, 1))], 1))
+    cols = np.concatenate([t[:, None], L.u_col(g_pt), L.u_col(rows.point[e])], 1)
+    for s in (1.0, -1.0):
+        vals = np.concatenate([np.ones((e.size, 1)), -s * cu, s * cu], 1) * scale[:, None]
+        backend.add_rows(_csr(cols, vals, n), lo=0.0)
+    cols, vals = _row_cols(L, rows)
+    main = L.matrix(cols, vals)
+    main = sp.csr_matrix((main.data, main.indices, main.indptr), shape=(rows.point.size, n))
+    T = sp.csr_matrix((np.ones(e.size), (e, t)), shape=(rows.point.size, n))
+    rs = _row_scale(np.concatenate([vals, np.ones((rows.point.size, 1))], 1))
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    for bound, sign in ((hi, 1.0), (lo, -1.0)):
+        keep = np.flatnonzero(np.isfinite(bound))
+        if keep.size == 0:
+            continue
+        M = sp.diags(rs[keep]) @ (main[keep] + sign * T[keep])
+        b = bound[keep] * rs[keep]
+        backend.add_rows(M, hi=b) if sign > 0 else backend.add_rows(M, lo=b)
+
+
+def _csr(cols: np.ndarray, vals: np.ndarray, n: int) -> sp.csr_matrix:
+    keep = vals != 0
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    return sp.csr_matrix((vals[keep], cols[keep], indptr), shape=(cols.shape[0], n))
 
 
 def _select_rows(rows: Rows, idx: np.ndarray) -> Rows:
