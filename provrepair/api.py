@@ -120,10 +120,14 @@ def repair(model, spec: PointSpec | RegionSpec, *, layer: int | str, options: Po
     ``layer="auto"`` ranks the candidate layers with ``heuristic`` (default: the one the
     layer-selection benchmark found best) and tries them in order until one certifies.
     Keyword options fill ``PointRepairOptions`` (delta_bound, margin, objective, solver, ...).
+    Regions take ``keep=PointSpec``: points whose outputs the repair must keep (locality).
     The input model is never modified.
     """
     if isinstance(spec, RegionSpec):
         return _repair_regions(model, spec, layer=layer, options=options, progress=progress, **option_kw)
+    if option_kw.get("keep") is not None:
+        raise InputError("keep applies to region repair; for points, add the points to keep to the spec itself")
+    option_kw.pop("keep", None)
     if options is None:
         options = PointRepairOptions(**option_kw)
     elif option_kw:
@@ -157,11 +161,13 @@ def repair(model, spec: PointSpec | RegionSpec, *, layer: int | str, options: Po
 
 def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: PolytopeRepairOptions | None,
                     progress, certify_method: str = "auto", certify_timeout: float | None = None,
-                    **option_kw) -> RepairResult:
+                    keep: PointSpec | None = None, **option_kw) -> RepairResult:
     """Polytope/box repair, then certification of every region by the certification engine.
 
     ``layer="auto"`` tries the affine layers from the last one back and keeps the first whose
-    repair certifies (a later layer needs more shift LPs but changes less of the network)."""
+    repair certifies (a later layer needs more shift LPs but changes less of the network).
+    ``keep``: points (e.g. correctly classified training images with their labels) whose output
+    spec the assert LP must keep; ``result.lp["kept"]`` says how many still pass afterwards."""
     if options is None:
         options = PolytopeRepairOptions(**option_kw)
     elif option_kw:
@@ -169,6 +175,12 @@ def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: Polyt
     net = _as_network(model)
     shape = get_meta(net).input_shape or spec.input_shape
     spec = spec.validate(tuple(shape), num_outputs(net, tuple(shape)))
+    keep_rows = None
+    if keep is not None:
+        if not isinstance(keep, PointSpec):
+            raise InputError(f"keep must be a PointSpec (points with labels or output rows), got {type(keep).__name__}")
+        keep, _ = _prepare(net, keep)
+        keep_rows = (keep.inputs, *keep.output_constraints(num_outputs(net, tuple(shape))))
     n_aff = len(affine_layers(net))
     if layer == "auto":
         ranking = list(range(n_aff - 1, -1, -1))
@@ -180,7 +192,7 @@ def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: Polyt
     tried, result = [], None
     for k in ranking:
         t0 = time.perf_counter()
-        out = repair_polytopes(net, spec.regions, spec.properties, k, options, progress=progress)
+        out = repair_polytopes(net, spec.regions, spec.properties, k, options, progress=progress, keep=keep_rows)
         t_repair = time.perf_counter() - t0
         certificate = None
         t_cert = 0.0
@@ -199,8 +211,12 @@ def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: Polyt
             status = {"infeasible": INFEASIBLE, "time_limit": TIME_LIMIT}.get(out.status, ERROR)
             message = out.message
         size = {s["stage"] + str(s["layer"]): s.get("size") for s in out.stages if s.get("size")}
+        lp = {"stages": out.stages, "final": size, "vertices": out.vertices, "generators": out.generators}
+        if keep is not None and out.model is not None:
+            kept = certify_points(out.model, keep)
+            lp["kept"] = {"points": kept.n_points, "passed": kept.n_passed}
         result = RepairResult(status=status, model=out.model, certificate=certificate, layer=out.layer,
-                              message=message, lp={"stages": out.stages, "final": size, "vertices": out.vertices},
+                              message=message, lp=lp,
                               solver=out.solver, timings={"repair": t_repair, "certify": t_cert,
                                                           "total": time.perf_counter() - t0},
                               delta=out.delta, options=dataclasses.asdict(options))

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate activation-pattern rows lazily (default) or build them all up front")
     p.add_argument("--shift-start", type=int, default=0,
                    help="regions: first affine layer the shift LPs may change (default 0)")
+    p.add_argument("--keep", metavar="FILE",
+                   help="regions: a points file (with labels) whose outputs the repair must keep, e.g. correctly "
+                        "classified training images; holds the rest of the network in place (less drawdown)")
     p.add_argument("--box-encoding", default="auto", choices=["auto", "corners", "generators"],
                    help="boxes: centre + one generator per free input (rows grow linearly with the inputs), "
                         "or every corner (2^n); auto uses generators from 3 free inputs on where the "
@@ -288,7 +291,7 @@ def _cmd_repair(args) -> int:
     out = Path(args.out)
     pt_copy = _torch_copy_path(out)
     region_file = args.vnnlib or args.box or args.polytope
-    inputs = [args.model, args.points, args.labels, region_file]
+    inputs = [args.model, args.points, args.labels, region_file, args.keep]
     _check_outputs([args.out, str(pt_copy) if pt_copy else None, args.report], inputs)
     from .models import SUFFIXES
     if out.suffix.lower() not in SUFFIXES:
@@ -298,14 +301,18 @@ def _cmd_repair(args) -> int:
     common = dict(progress=say, delta_bound=args.delta_bound, margin=args.margin, objective=args.objective,
                   solver=args.solver, time_limit=args.time_limit, threads=args.threads, strategy=args.strategy)
     if region_file is None:
+        if args.keep:
+            raise InputError("--keep applies to --box/--polytope/--vnnlib repair; for points, add the points to "
+                             "keep to the --points file")
         result = repair(net, _load_spec(args), layer=args.layer, heuristic=args.heuristic, **common)
     else:
-        from .specs import RegionSpec
+        from .specs import PointSpec, RegionSpec
         kind = "vnnlib" if args.vnnlib else "box" if args.box else "polytope"
         if args.heuristic:
             raise InputError("--heuristic ranks layers for point repair; for regions, --layer auto tries the "
                              "layers from the last one back")
-        result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer,
+        keep = PointSpec.load(args.keep) if args.keep else None
+        result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer, keep=keep,
                         shift_start=args.shift_start, box_encoding=args.box_encoding, **common)
     written = []
     if result.model is not None and result.certified:

@@ -16,9 +16,9 @@ from torch import nn
 
 import provrepair
 from provrepair.cli import main
-from provrepair.errors import SolverLicenseError, SpecError, UnsupportedLayerError
+from provrepair.errors import InputError, SolverLicenseError, SpecError, UnsupportedLayerError
 from provrepair.models import affine_layers, normalize_model, save_model
-from provrepair.specs import Box, HPolytope, OutputProperty, RegionSpec, VPolytope
+from provrepair.specs import Box, HPolytope, OutputProperty, PointSpec, RegionSpec, VPolytope
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -273,3 +273,53 @@ def test_cli_rejects_malformed_polytope_files(tmp_path, model_file, capsys, case
     code, _, err = _run(capsys, "repair", model_file, "--polytope", path, "--layer", 1, "--out", out, "--quiet")
     assert code == 2 and "error" in err
     assert not out.exists()
+
+
+def _keep_set(spec, n=12):
+    """Grid points away from the regions, with the labels the network gives them now."""
+    g = np.stack(np.meshgrid(np.linspace(-1, 1, 21), np.linspace(-1, 1, 21)), -1).reshape(-1, 2)
+    near = np.zeros(len(g), dtype=bool)
+    for region, _ in spec:
+        lo, hi = region.bounds()
+        near |= ((g >= lo - 0.05) & (g <= hi + 0.05)).all(1)
+    g = g[~near][np.random.default_rng(0).choice(int((~near).sum()), n, replace=False)]
+    return g, _forward64(NET, g).argmax(1)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_kept_points_keep_their_labels(layer):
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    g, labels = _keep_set(boxes)
+    plain = provrepair.repair(NET, boxes, layer=layer)
+    flipped = int((_forward64(plain.model, g).argmax(1) != labels).sum())
+    assert flipped > 0, "without kept points the repair must move some of them, or this test proves nothing"
+    kept = provrepair.repair(NET, boxes, layer=layer, keep=PointSpec.from_arrays(g, labels))
+    _check_certified(NET, kept, boxes)
+    assert (_forward64(kept.model, g).argmax(1) == labels).all()
+    assert kept.lp["kept"] == {"points": len(g), "passed": len(g)}
+    assert kept.lp["stages"][-1]["kept_points"] == len(g)
+
+
+def test_keep_is_refused_for_point_repair(tmp_path, model_file, capsys):
+    pts = PointSpec.from_arrays(np.array([[0.1, 0.2]]), [LABEL])
+    with pytest.raises(InputError, match="keep applies to region repair"):
+        provrepair.repair(NET, pts, layer=1, keep=pts)
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"points": [{"input": [0.1, 0.2], "label": LABEL}]}))
+    code = main(["repair", str(model_file), "--points", str(p), "--keep", str(p), "--layer", "1",
+                 "--out", str(tmp_path / "out.pt")])
+    assert code == 2 and "--keep applies" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_cli_keep_file_holds_its_points(tmp_path, model_file, capsys):
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    g, labels = _keep_set(boxes)
+    box_file, keep_file, out = tmp_path / "boxes.json", tmp_path / "keep.json", tmp_path / "fixed.pt"
+    box_file.write_text(json.dumps({"boxes": [{"lower": r.lower.tolist(), "upper": r.upper.tolist(), "label": LABEL}
+                                              for r, _ in boxes]}))
+    keep_file.write_text(json.dumps({"points": [{"input": x.tolist(), "label": int(c)} for x, c in zip(g, labels)]}))
+    code, stdout, _ = _run(capsys, "repair", model_file, "--box", box_file, "--keep", keep_file, "--layer", 2,
+                           "--out", out, "--quiet")
+    assert code == 0, stdout
+    assert (_forward64(provrepair.load_model(out), g).argmax(1) == labels).all()

@@ -213,9 +213,13 @@ def _holds(lo: np.ndarray, hi: np.ndarray, sign: np.ndarray) -> np.ndarray:
 
 def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: Sequence[OutputProperty],
                      layer: int, options: PolytopeRepairOptions | None = None,
-                     progress: Callable[[str], None] | None = None) -> PolytopeRepairOutcome:
+                     progress: Callable[[str], None] | None = None,
+                     keep: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> PolytopeRepairOutcome:
     """Repair ``net`` so that every region satisfies its property; affine ``layer`` is the assert layer.
 
+    ``keep = (inputs, A, b, point_index)``: points whose output rows ``A y <= b`` (e.g. their
+    current labels) the assert LP must keep, each at its own activation pattern. The regions pull
+    the last layers hard; these rows are what holds the rest of the input space in place.
     The input network is not modified.
     """
     opts = options or PolytopeRepairOptions()
@@ -298,10 +302,23 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
             p_rows.append(np.full(len(A), v))
             groups.extend(g + base for g in grp)
     A, b, pidx = np.concatenate(A_rows), np.concatenate(b_rows), np.concatenate(p_rows)
+    inputs, gens = V, pts.generators()
+    if keep is not None:  # kept points: plain points at their own pattern, after the regions' points
+        xk, Ak, bk, pk = keep
+        xk = np.array(xk, dtype=np.float64).reshape(-1, *V.shape[1:])  # a writable copy for torch
+        for i in patterns:
+            own = np.where(_forward_to(current, i, xk) > 0, 1, -1).astype(np.int8)
+            patterns[i] = np.concatenate([patterns[i], own.reshape(len(xk), *patterns[i].shape[1:])])
+        A, b = np.concatenate([A, Ak]), np.concatenate([b, bk])
+        pidx = np.concatenate([pidx, np.asarray(pk, dtype=np.int64) + len(V)])
+        inputs = np.concatenate([V, xk])
+        gens = None if gens is None else gens + [None] * len(xk)
+        say(f"assert keeps {len(Ak)} output rows at {len(xk)} points")
     t0 = time.perf_counter()
-    res = repair_points(current, V, A, b, pidx, layer, opts, progress=progress, patterns=patterns,
-                        disjunctions=groups or None, generators=pts.generators())
+    res = repair_points(current, inputs, A, b, pidx, layer, opts, progress=progress, patterns=patterns,
+                        disjunctions=groups or None, generators=gens)
     stages.append({"stage": "assert", "layer": layer, "status": res.status, "size": res.lp_size,
+                   "kept_points": 0 if keep is None else len(keep[0]),
                    "binaries": int(sum(len(g) for g in groups)), "rounds": len(res.rounds),
                    "seconds": time.perf_counter() - t0, "delta": res.delta})
     say(f"assert layer {layer}: {res.status} in {stages[-1]['seconds']:.2f} s")
