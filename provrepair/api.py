@@ -211,7 +211,8 @@ def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: Polyt
             status = {"infeasible": INFEASIBLE, "time_limit": TIME_LIMIT}.get(out.status, ERROR)
             message = out.message
         size = {s["stage"] + str(s["layer"]): s.get("size") for s in out.stages if s.get("size")}
-        lp = {"stages": out.stages, "final": size, "vertices": out.vertices, "generators": out.generators}
+        lp = {"stages": out.stages, "final": size, "vertices": out.vertices, "generators": out.generators,
+              "disjunctions": out.disjunctions}
         if keep is not None and out.model is not None:
             kept = certify_points(out.model, keep)
             lp["kept"] = {"points": kept.n_points, "passed": kept.n_passed}

@@ -138,10 +138,13 @@ def test_disjunctive_boxes_use_corners_and_refuse_generators():
                                        np.zeros(2))
     spec = RegionSpec((box,), (prop,))
     with pytest.raises(SpecError, match="disjunction"):
-        provrepair.repair(net, spec, layer=2, box_encoding="generators")
-    res = provrepair.repair(net, spec, layer=2)  # auto: corners and a MILP
+        provrepair.repair(net, spec, layer=2, box_encoding="generators", disjunctions="milp")
+    res = provrepair.repair(net, spec, layer=2, disjunctions="milp")  # auto encoding: corners and a MILP
     assert res.lp["stages"][-1]["binaries"] > 0 and res.lp["vertices"] == 16
     assert res.certified, res.message
+    fixed = provrepair.repair(net, spec, layer=2)  # one row per box: conjunctive, so generators
+    assert fixed.lp["disjunctions"] == "fixed" and fixed.lp["vertices"] == 1 and fixed.lp["generators"] == 4
+    assert fixed.certified, fixed.message
 
 
 def test_unknown_box_encoding_is_an_input_error():

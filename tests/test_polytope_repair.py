@@ -160,8 +160,8 @@ def _disjunctive_spec():
 def test_disjunctive_property_is_a_milp_and_certifies_with_highs():
     spec = _disjunctive_spec()
     assert all(v > 0 for v in _violations(NET, spec))
-    result = provrepair.repair(NET, spec, layer=1)
-    assert result.lp["stages"][-1]["binaries"] > 0
+    result = provrepair.repair(NET, spec, layer=1, disjunctions="milp")
+    assert result.lp["stages"][-1]["binaries"] > 0 and result.lp["disjunctions"] == "milp"
     assert result.solver["name"] == "highs"
     _check_certified(NET, result, spec)
 
@@ -173,12 +173,37 @@ def test_disjunctive_property_certifies_with_gurobi():
     spec = RegionSpec((Box(np.array([0.3, 0.1]), np.array([0.5, 0.3])),), (prop,))
     assert _violations(net, spec)[0] > 0
     try:
-        result = provrepair.repair(net, spec, layer=2, solver="gurobi")
+        result = provrepair.repair(net, spec, layer=2, solver="gurobi", disjunctions="milp")
     except SolverLicenseError as exc:
         pytest.skip(f"Gurobi's licence refused the problem: {exc}")
     assert result.solver["name"] == "gurobi"
     assert result.lp["stages"][-1]["binaries"] > 0
     _check_certified(net, result, spec)
+
+
+def test_disjunctions_fixed_to_one_row_make_the_assert_an_lp():
+    spec = _disjunctive_spec()
+    result = provrepair.repair(NET, spec, layer=1)  # auto: fixed rows first
+    assert result.lp["disjunctions"] == "fixed"
+    assert result.lp["stages"][-1]["stage"] == "assert" and result.lp["stages"][-1]["binaries"] == 0
+    _check_certified(NET, result, spec)  # certified against the original disjunctive property
+
+
+def test_fixed_rows_that_cannot_hold_fall_back_to_the_milp():
+    box = Box(np.array([0.3, 0.1]), np.array([0.5, 0.3]))
+    top = int(_forward64(NET, np.array([[0.4, 0.2]])).argmax(1)[0])
+    prop = _not_top(top)
+    fixed, chosen = provrepair.repair.polytope.fix_disjuncts(NET, [box], [prop])
+    assert chosen == 1 and fixed[0].disjuncts[0][0].shape[0] == 1
+    # also require the opposite of the fixed row: with the row fixed the assert is infeasible, and
+    # only the MILP (another row of the disjunction) can satisfy both
+    G, h = fixed[0].disjuncts[0]
+    both = OutputProperty.unsafe([prop.disjuncts[0], (-G, -h)])
+    spec = RegionSpec((box,), (both,))
+    result = provrepair.repair(NET, spec, layer=2, delta_bound=50.0)
+    assert result.lp["disjunctions"] == "milp"
+    assert any(st.get("attempt") == "fixed disjuncts" for st in result.lp["stages"])
+    _check_certified(NET, result, spec)
 
 
 def test_infeasible_assert_names_the_stage_and_layer():

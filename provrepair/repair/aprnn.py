@@ -20,9 +20,8 @@ A point may carry *generators*: it then stands for the zonotope ``c + sum_i s_i 
 [-1, 1]^n (a box: its centre and half-widths). With the network affine on the zonotope up to
 layer ``k`` and every later ReLU held to one pattern on it, every row is affine in ``s``, so
 ``row <= hi`` on the whole zonotope is ``row(c) + sum_i |row(c + g_i) - row(c)| <= hi``: one
-row plus ``2n`` rows for the absolute values instead of ``2^n`` corner rows. The generator
-points ``c + g_i`` get their own ``u`` columns; their differences from ``u_c`` are the
-generators' images, linear in the deltas.
+row plus ``2n`` rows for the absolute values instead of ``2^n`` corner rows. Each generator gets
+``u`` columns for its image at layer ``k``, linear in the deltas.
 """
 
 from __future__ import annotations
@@ -188,7 +187,21 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {layer}")
     if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
         raise InputError("repairing a grouped convolution is not supported; choose another layer")
-    feats = layer_inputs(layer_k, h).numpy()  # (N, positions, fan_in)
+    u0 = suffix.u0.numpy()
+    h_lp = h
+    if zono is not None:
+        # A generator point's LP variable is the generator's image w_g = (W_k + ΔW_k) e_g, with
+        # e_g = h(c + g) - h(c) its image before layer k: no bias, and no near-copy of the
+        # centre's row (u_{c+g} - u_c would be a difference of two almost equal rows, which the
+        # simplex cannot factor when the generators are small next to the activations).
+        own = torch.from_numpy(zono.owner)
+        h_lp = h.clone()
+        h_lp[zono.n_centres:] = h[zono.n_centres:] - h[own]
+        with torch.no_grad():
+            e = h_lp[zono.n_centres:]
+            u0 = u0.copy()
+            u0[zono.n_centres:] = (layer_k(e) - layer_k(torch.zeros_like(e))).reshape(len(e), -1).numpy()
+    feats = layer_inputs(layer_k, h_lp).numpy()  # (N, positions, fan_in)
     # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
     live = np.flatnonzero(np.abs(feats).max(axis=(0, 1)) > 0)
     n_w = neurons.size * live.size
@@ -198,14 +211,18 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     # the objective is the same as in the unreduced LP.
     n_params = neurons.size * feats.shape[2] + neurons.size + sum(later.values())
 
-    extra = dict(HIGHS_DEFAULTS if opts.solver == "highs" else {}, **opts.solver_options)
+    # Generator rows mix a box's small generator images with ordinary activations; unscaled, the
+    # simplex loses them (ACAS Xu boxes: "excessive dual values"), so HiGHS keeps its scaling there.
+    tuned = opts.solver == "highs" and zono is None
+    extra = dict(HIGHS_DEFAULTS if tuned else {}, **opts.solver_options)
     backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
                              method=opts.method, extra=extra)
     scale = _objective_scale(opts, n_params)
     boxed = np.zeros(n_points, dtype=bool) if zono is None else zono.boxed(n_points)
-    _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale, boxed)
+    _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale, boxed, u0)
     _add_objective_rows(backend, L, opts)
-    _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix, boxed)
+    biased = np.ones(n_points, dtype=bool) if zono is None else np.arange(n_points) < zono.n_centres
+    _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix, boxed, u0, biased)
 
     def add_rows(rows: Rows, lo, hi) -> None:
         """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
@@ -318,7 +335,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
             "infeasible": f"no repair exists at layer {layer} within delta bound {opts.delta_bound} "
                           "(try another layer, a larger --delta-bound, or a smaller margin)",
             "time_limit": "the solver ran out of time; raise --time-limit or try another layer",
-        }.get(status, f"solver returned {status}")
+        }.get(status, f"solver returned {status}" + (f" ({result.message})" if result is not None and result.message else ""))
     model = candidate if status == "optimal" else None
     objective = result.objective / scale if status == "optimal" else None
     delta = _delta_norms(_deltas(L, result.x), n_params) if status == "optimal" else {}
@@ -333,7 +350,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
 
 
 def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale,
-                 boxed: np.ndarray) -> None:
+                 boxed: np.ndarray, u0: np.ndarray) -> None:
     B = opts.delta_bound
     n = L.n_delta
     l1 = opts.objective in ("linf+l1", "l1")
@@ -342,7 +359,6 @@ def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, laye
     backend.add_variables(1, 0.0, B if linf else 0.0, cost=scale if linf else 0.0)  # s
     # u: free, except that a ReLU acting directly on u fixes its sign, and rows of W_k that may
     # not change keep their original value.
-    u0 = suffix.u0.numpy()
     lb = np.full((n_points, n_k), -np.inf)
     ub = np.full((n_points, n_k), np.inf)
     if suffix.relu_on_u is not None:  # zonotope points get rows instead (see repair_points)
@@ -379,15 +395,15 @@ def _add_objective_rows(backend, L: _Layout, opts) -> None:
 
 
 def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix,
-                    boxed: np.ndarray) -> None:
+                    boxed: np.ndarray, u0: np.ndarray, biased: np.ndarray) -> None:
     """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
 
     Where a ReLU acts on u and the unit is off at p, u_p appears in no later row (the pattern
     zeroes it), so the equality collapses to ``ΔW_k h_p + Δb_k <= -u0_p``: no u column needed.
-    Zonotope points keep every equality: their u values enter the generator rows.
+    Zonotope points keep every equality: their u values enter the generator rows; a generator
+    point's row has no bias (``biased`` false): its u is the generator's image.
     """
     n_points, positions, fan_in = feats.shape
-    u0 = suffix.u0.numpy()
     n_sel = neurons.size
     P, S, Q = np.meshgrid(np.arange(n_points), np.arange(n_sel), np.arange(positions), indexing="ij")
     P, S, Q = P.ravel(), S.ravel(), Q.ravel()
@@ -399,7 +415,7 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     u_cols = L.u0 + P * L.n_k + flat
     w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
     cols = np.concatenate([u_cols[:, None], w_cols, L.n_w + S[:, None]], 1)
-    vals = np.concatenate([np.where(off, 0.0, 1.0)[:, None], -feats[P, Q, :], -np.ones((m, 1))], 1)
+    vals = np.concatenate([np.where(off, 0.0, 1.0)[:, None], -feats[P, Q, :], -biased[P].astype(np.float64)[:, None]], 1)
     # on:  u - ΔW h - Δb = u0     off: -ΔW h - Δb >= u0  (i.e. ΔW h + Δb <= -u0)
     scale = _row_scale(vals)
     backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=rhs * scale,
@@ -477,12 +493,13 @@ def _add_zonotope_rows(backend, L: _Layout, rows: Rows, zono: _Zonotopes, lo, hi
     g_pt = np.repeat(zono.start[rows.point], cnt) + np.arange(e.size) - first  # generator point of each t
     t = np.asarray(backend.add_variables(e.size, 0.0, np.inf), dtype=np.int64)
     n = backend.n_vars
-    # t - (coef_u @ (u_g - u_c)) >= 0 and t + (coef_u @ (u_g - u_c)) >= 0; the bias terms cancel
+    # t - coef_u @ w_g >= 0 and t + coef_u @ w_g >= 0, w_g the generator's image (its u column);
+    # the row moves by coef_u @ w_g along the generator (bias terms do not move)
     cu = rows.coef_u[e]
     scale = _row_scale(np.concatenate([cu, np.ones((e.size, 1))], 1))
-    cols = np.concatenate([t[:, None], L.u_col(g_pt), L.u_col(rows.point[e])], 1)
+    cols = np.concatenate([t[:, None], L.u_col(g_pt)], 1)
     for s in (1.0, -1.0):
-        vals = np.concatenate([np.ones((e.size, 1)), -s * cu, s * cu], 1) * scale[:, None]
+        vals = np.concatenate([np.ones((e.size, 1)), -s * cu], 1) * scale[:, None]
         backend.add_rows(_csr(cols, vals, n), lo=0.0)
     cols, vals = _row_cols(L, rows)
     main = L.matrix(cols, vals)

@@ -38,11 +38,12 @@ from ..models import affine_index_to_module_index, affine_layers
 from ..specs.regions import Box, HPolytope, OutputProperty, Region, VPolytope
 from .aprnn import PointRepairOptions, repair_points
 
-__all__ = ["PolytopeRepairOptions", "PolytopeRepairOutcome", "repair_polytopes", "region_vertices"]
+__all__ = ["PolytopeRepairOptions", "PolytopeRepairOutcome", "fix_disjuncts", "repair_polytopes", "region_vertices"]
 
 #: A box with more free inputs than this has too many corners to repair as a V-polytope.
 MAX_BOX_CORNERS = 4096
 BOX_ENCODINGS = ("auto", "corners", "generators")
+DISJUNCTION_MODES = ("auto", "fix", "milp")
 #: From this many free inputs on, ``auto`` encodes a box by its generators (2^3 corners > 3 generators).
 MIN_GENERATOR_DIMS = 3
 
@@ -52,9 +53,13 @@ class PolytopeRepairOptions(PointRepairOptions):
     shift_start: int = 0  # first affine layer a shift LP may change; earlier ones must already be affine
     shift_delta_bound: float | None = None  # delta bound of the shift LPs (default: delta_bound)
     box_encoding: str = "auto"  # boxes: auto, corners, generators (centre + one generator per free input)
+    disjunctions: str = "auto"  # fix: one row per disjunction and region (an LP); milp: binaries; auto: fix, then milp
 
     def validate(self) -> None:
         super().validate()
+        if self.disjunctions not in DISJUNCTION_MODES:
+            raise InputError(f"unknown disjunction mode {self.disjunctions!r}; choose one of "
+                             f"{', '.join(DISJUNCTION_MODES)}")
         if self.box_encoding not in BOX_ENCODINGS:
             raise InputError(f"unknown box encoding {self.box_encoding!r}; choose one of {', '.join(BOX_ENCODINGS)}")
 
@@ -68,6 +73,7 @@ class PolytopeRepairOutcome:
     stages: list[dict] = field(default_factory=list)  # per LP: name, layer, status, size, seconds
     delta: dict = field(default_factory=dict)
     solver: dict = field(default_factory=dict)
+    disjunctions: str = "none"  # none (conjunctive properties), fixed (one row chosen per region) or milp
     vertices: int = 0  # LP points: corners of corner-encoded regions plus centres of generator-encoded boxes
     generators: int = 0  # generators of the generator-encoded boxes
 
@@ -225,6 +231,60 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
     opts = options or PolytopeRepairOptions()
     opts.validate()
     say = progress or (lambda msg: None)
+    if len(regions) != len(properties):
+        raise InputError(f"{len(regions)} regions but {len(properties)} properties; give one property per region")
+    if opts.disjunctions == "milp" or not any(_is_disjunctive(p) for p in properties):
+        out = _repair_once(net, regions, properties, layer, opts, say, keep)
+        out.disjunctions = "milp" if any(_is_disjunctive(p) for p in properties) else "none"
+        return out
+    fixed, chosen = fix_disjuncts(net, regions, properties)
+    say(f"disjunctions fixed to one row per region ({chosen} rows chosen); the assert is an LP")
+    out = _repair_once(net, regions, fixed, layer, opts, say, keep)
+    out.disjunctions = "fixed"
+    assert_failed = out.status == "infeasible" and out.stages and out.stages[-1]["stage"] == "assert"
+    if not (assert_failed and opts.disjunctions == "auto"):
+        return out
+    say("the assert with fixed rows is infeasible; solving the disjunctions as a MILP")
+    again = _repair_once(net, regions, properties, layer, opts, say, keep)
+    again.stages = [dict(st, attempt="fixed disjuncts") for st in out.stages] + again.stages
+    again.disjunctions = "milp"
+    return again
+
+
+def _is_disjunctive(prop: OutputProperty) -> bool:
+    return any(G.shape[0] > 1 for G, _ in prop.disjuncts)
+
+
+def fix_disjuncts(net: nn.Sequential, regions: Sequence[Region], properties: Sequence[OutputProperty],
+                  samples: int = 256) -> tuple[list[OutputProperty], int]:
+    """Each region's property with every unsafe disjunct cut to its one row that the network
+    violates most at the region's worst point (vertices, or samples of a box with many corners).
+
+    Requiring ``G_r y > h_r`` for one row excludes the whole disjunct ``G y <= h``, so the fixed
+    property implies the original; it needs no binaries, so the assert is an LP and boxes can use
+    their generators. The row is the one that is already furthest on the safe side."""
+    out, chosen = [], 0
+    for i, (region, prop) in enumerate(zip(regions, properties)):
+        if not _is_disjunctive(prop):
+            out.append(prop)
+            continue
+        try:
+            pts = region_vertices(region, max_corners=1024)
+        except SpecError:
+            pts = np.asarray(region.sample(samples, rng=i), dtype=np.float64)
+        y = _forward_to(net, len(net), pts.reshape(len(pts), *np.shape(pts)[1:]))
+        cut = []
+        for G, h in prop.disjuncts:
+            if G.shape[0] > 1:
+                r = int(np.argmax((y @ G.T - h).min(0)))  # best worst-case excess over the region
+                G, h = G[r:r + 1], h[r:r + 1]
+                chosen += 1
+            cut.append((G, h))
+        out.append(OutputProperty.unsafe(cut))
+    return out, chosen
+
+
+def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRepairOutcome:
     mods = list(net)
     for i, m in enumerate(mods):
         if isinstance(m, (nn.MaxPool2d,)):
@@ -237,8 +297,6 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
     layer = layer % n_aff
     if not 0 <= opts.shift_start <= layer:
         raise InputError(f"shift_start must be in 0..{layer} (the assert layer), got {opts.shift_start}")
-    if len(regions) != len(properties):
-        raise InputError(f"{len(regions)} regions but {len(properties)} properties; give one property per region")
     pts = _Points(regions, properties, opts.box_encoding)
     V, owner = pts.x, pts.owner
     say(f"{len(regions)} regions, {len(V)} LP points ({pts.n_corner} corners, {len(pts.twins)} shared; "
@@ -315,7 +373,7 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
         gens = None if gens is None else gens + [None] * len(xk)
         say(f"assert keeps {len(Ak)} output rows at {len(xk)} points")
     t0 = time.perf_counter()
-    res = repair_points(current, inputs, A, b, pidx, layer, opts, progress=progress, patterns=patterns,
+    res = repair_points(current, inputs, A, b, pidx, layer, opts, progress=say, patterns=patterns,
                         disjunctions=groups or None, generators=gens)
     stages.append({"stage": "assert", "layer": layer, "status": res.status, "size": res.lp_size,
                    "kept_points": 0 if keep is None else len(keep[0]),
