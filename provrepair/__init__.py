@@ -11,7 +11,7 @@ import types as _types
 
 from . import certify as _certify_package
 from . import repair as _repair_package
-from .api import RepairResult, StatisticalRepairResult, deeppatch, load_patched
+from .api import MetaRepairResult, RepairResult, StatisticalRepairResult, deeppatch, load_patched, metarepair
 from .api import certify as _certify
 from .api import repair as _repair
 from .errors import ProvRepairError
@@ -34,6 +34,6 @@ for _pkg, _fn in ((_repair_package, _repair), (_certify_package, _certify)):
 repair = _repair_package
 certify = _certify_package
 
-__all__ = ["load_model", "save_model", "PointSpec", "RegionSpec", "OutputProperty", "deeppatch", "load_patched",
+__all__ = ["load_model", "save_model", "PointSpec", "RegionSpec", "OutputProperty", "deeppatch", "load_patched", "metarepair", "MetaRepairResult",
            "StatisticalRepairResult", "PointRepairOptions", "repair", "certify", "RepairResult",
            "ProvRepairError"]

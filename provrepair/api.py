@@ -20,6 +20,7 @@ from .errors import InputError
 from .models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
 from .repair.aprnn import PointRepairOptions, repair_points
 from .repair.deeppatch import PatchedNet, StatisticalRepairResult, deeppatch, load_patched
+from .repair.metarepair import MetaRepairResult, metarepair
 from .repair.polytope import PolytopeRepairOptions, repair_polytopes
 from .specs import PointSpec, RegionSpec
 

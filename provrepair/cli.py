@@ -165,6 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the metrics and patch details as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("metarepair", help="MetaRepair: repair a corruption by meta-learning from other corruptions' repairs")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, help="mnist or fashion-mnist (train split: experiences, test split: target)")
+    p.add_argument("--target", required=True, help="the corruption to repair, e.g. fog (see `provrepair data list`)")
+    p.add_argument("--severity", default="5", help="corruption severity 1-5, or a comma list used together (default 5)")
+    p.add_argument("--experiences", default="auto",
+                   help="auto (the --k nearest by Fréchet distance, default) or a comma list of corruptions")
+    p.add_argument("--k", type=int, help="experiences kept by auto (default 5)")
+    p.add_argument("--collect", type=float, help="collected failures per corruption: a count or a fraction < 1 (default 1000)")
+    p.add_argument("--min-fail", type=int, help="fewest target failures left for evaluation (default 50)")
+    p.add_argument("--episodes", type=int, help="meta-training episodes (default 40)")
+    p.add_argument("--tasks", type=int, help="tasks per episode (default 5)")
+    p.add_argument("--adapt-steps", type=int, help="meta-test SGD steps per task (default 20)")
+    p.add_argument("--update", help="meta-test updates: accumulated (default) or separate")
+    p.add_argument("--second-order", action="store_true", help="second-order MAML (default: first-order)")
+    p.add_argument("--train-limit", type=int, metavar="N", help="use the first N training images (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="task sampling and data order (default 0)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu or cuda")
+    p.add_argument("--out", required=True, metavar="PATH", help="the repaired model (.pt; same architecture)")
+    p.add_argument("--report", metavar="FILE", help="write the metrics and details as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("data", help="datasets and their corrupted versions: build, list, contact sheet")
     data = p.add_subparsers(dest="data_command", required=True, metavar="{build,sheet,list}")
     d = data.add_parser("build", help="build (or reuse) cached corrupted copies of a dataset split")
@@ -484,6 +506,44 @@ def _cmd_patch(args) -> int:
     return EXIT_OK
 
 
+def _cmd_metarepair(args) -> int:
+    from .models import save_model
+    from .repair import metarepair as _mr
+    out = Path(args.out)
+    _check_outputs([args.out, args.report], [args.model])
+    if out.suffix.lower() not in (".pt", ".pth"):
+        raise InputError(f"--out {out}: the repaired model is written as a PyTorch file; give a .pt or .pth path")
+    try:
+        severity = [int(s) for s in str(args.severity).split(",")]
+    except ValueError:
+        raise InputError(f"--severity {args.severity!r}: give an integer 1-5 or a comma list of them") from None
+    collect = args.collect
+    if collect is not None and collect >= 1:
+        if collect != int(collect):
+            raise InputError(f"--collect {collect}: give a whole count or a fraction below 1")
+        collect = int(collect)
+    given = {"k": args.k, "collect": collect, "min_fail": args.min_fail, "episodes": args.episodes,
+             "tasks": args.tasks, "adapt_steps": args.adapt_steps, "update": args.update,
+             "train_limit": args.train_limit, "second_order": args.second_order or None}
+    from .data.corruptions import _check_name
+    _check_name(args.target)
+    net = _load(args)
+    result = _mr.metarepair(net, dataset=args.dataset, target=args.target, severity=severity[0] if len(severity) == 1
+                            else severity, experiences=args.experiences, device=args.device, seed=args.seed,
+                            progress=not args.quiet, **{k: v for k, v in given.items() if v is not None})
+    save_model(result.model, out, protect=(args.model,))
+    written = [str(out)]
+    if args.report:
+        payload = result.to_dict()
+        payload.update(model=args.model, written=written + [args.report])
+        _write_json(args.report, payload, [args.model])
+        written.append(args.report)
+    print(result.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 DATA_COMMANDS = {"build": _cmd_data_build, "sheet": _cmd_data_sheet, "list": _cmd_data_list}
 
 
@@ -494,6 +554,9 @@ def _cmd_data(args) -> int:
 COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
             "layers": _cmd_layers, "analyze": _cmd_analyze, "patch": _cmd_patch,
             "data": _cmd_data}
+
+
+COMMANDS["metarepair"] = _cmd_metarepair
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
