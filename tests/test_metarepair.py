@@ -134,7 +134,7 @@ def test_first_order_maml_step_matches_a_hand_computed_update():
     # meta_train with one experience whose sets are exactly one task applies theta - beta * g
     exp = mr.Experience("fog", "train", (task[0], task[1]), (task[2], task[3]), 9, 9)
     opts = mr.MetaRepairOptions(episodes=1, tasks=1, shots=2, query=5, inner_steps=1, inner_lr=a, meta_lr=beta,
-                                replay=0)
+                                meta_optimizer="sgd", replay=0)
     meta, info = mr.meta_train(net, [exp], [1.0], opts)
     np.testing.assert_allclose(meta[0].weight.detach().numpy(), W - beta * hw, rtol=1e-10)
     np.testing.assert_allclose(meta[0].bias.detach().numpy(), b - beta * hb, rtol=1e-10)

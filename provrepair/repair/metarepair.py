@@ -134,9 +134,9 @@ class MetaRepairOptions:
     inner_steps: int = 2
     inner_lr: float = 0.05
     second_order: bool = False
-    meta_lr: float = 0.05
-    meta_optimizer: str = "sgd"
-    adapt_steps: int = 20
+    meta_lr: float = 0.001
+    meta_optimizer: str = "adam"
+    adapt_steps: int = 30
     adapt_lr: float = 0.05
     adapt_batch: int = 64
     update: str = "accumulated"
