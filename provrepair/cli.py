@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-fail", type=int, help="fewest target failures left for evaluation (default 50)")
     p.add_argument("--episodes", type=int, help="meta-training episodes (default 40)")
     p.add_argument("--tasks", type=int, help="tasks per episode (default 5)")
-    p.add_argument("--adapt-steps", type=int, help="meta-test SGD steps per task (default 20)")
+    p.add_argument("--adapt-steps", type=int, help="meta-test SGD steps per task (default 30)")
     p.add_argument("--update", help="meta-test updates: accumulated (default) or separate")
     p.add_argument("--second-order", action="store_true", help="second-order MAML (default: first-order)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use the first N training images (default 10000)")
@@ -186,6 +186,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH", help="the repaired model (.pt; same architecture)")
     p.add_argument("--report", metavar="FILE", help="write the metrics and details as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("compare", help="run several repair methods on the same model and compare them (report + plots)")
+    p.add_argument("--model", help="zoo model name (mnist_cnn, fashion_cnn, mnist_mlp) or a model file")
+    p.add_argument("--dataset", help="mnist, fashion-mnist or digits")
+    p.add_argument("--corruption", help="repair set: the model's failures under this corruption (e.g. fog)")
+    p.add_argument("--severity", type=int, default=3, help="corruption severity of the repair set (default 3)")
+    p.add_argument("--repair-set", metavar="FILE", help="repair set: a labelled points file instead of (or besides) "
+                                                        "--corruption's failures")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--methods", help="comma-separated method names (see --list)")
+    g.add_argument("--all", action="store_true", help="every registered method that can run on this model")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds or a range 0-2 (default 0)")
+    p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method option, e.g. finetune.epochs=3 (repeatable; see --list)")
+    p.add_argument("--out", metavar="DIR", help="run folder (results.json, report.md, plots/); an existing run is resumed")
+    p.add_argument("--fresh", action="store_true", help="recompute every cell even if the run folder has it")
+    p.add_argument("--executor", default="local", choices=["local", "serial", "ray"],
+                   help="local worker processes (default), serial (this process) or ray")
+    p.add_argument("--workers", type=int, default=1, help="parallel cells (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    p.add_argument("--ray-address", help="address of a running Ray cluster (default: start one locally)")
+    p.add_argument("--repair-points", type=int, default=50, help="repair-set size (default 50)")
+    p.add_argument("--heldout", type=int, default=500, help="held-out failures for generalization (default 500)")
+    p.add_argument("--test-limit", type=int, default=2000, help="clean test images (default 2000)")
+    p.add_argument("--train-limit", type=int, default=2000, help="training images of the statistical methods (default 2000)")
+    p.add_argument("--val-limit", type=int, default=200, help="validation images (default 200)")
+    p.add_argument("--severities", default="1-5", help="severities of the robustness table (default 1-5)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    p.add_argument("--list", action="store_true", help="list the methods and their options, then exit")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("evaluate", help="test a model without repairing it: accuracy, robustness, constraint/confusion")
+    p.add_argument("model", help="zoo model name or a model file")
+    p.add_argument("--dataset", required=True, help="mnist, fashion-mnist or digits")
+    p.add_argument("--corruption", help="also measure accuracy under this corruption (and its failures)")
+    p.add_argument("--severity", type=int, default=3, help="severity whose failures are counted (default 3)")
+    p.add_argument("--severities", default="1-5", help="severities of the robustness table (default 1-5)")
+    p.add_argument("--test-limit", type=int, default=10000, help="test images (default 10000)")
+    p.add_argument("--out", metavar="DIR", help="write results.json and report.md here")
 
     p = sub.add_parser("data", help="datasets and their corrupted versions: build, list, contact sheet")
     data = p.add_subparsers(dest="data_command", required=True, metavar="{build,sheet,list}")
@@ -544,6 +583,103 @@ def _cmd_metarepair(args) -> int:
     return EXIT_OK
 
 
+def _compare_task(args, corruption_needed: bool = True):
+    from .data.build import parse_severities
+    from .evaluate.tasks import TaskConfig
+    if not args.model or not args.dataset:
+        raise InputError("compare needs --model (a zoo name or a file) and --dataset")
+    if corruption_needed and not args.corruption and not args.repair_set:
+        raise InputError("give the repair set: --corruption NAME (the model's failures under it) or --repair-set FILE")
+    return TaskConfig(model=args.model, dataset=args.dataset, corruption=args.corruption, severity=args.severity,
+                      repair_set=args.repair_set, repair_points=args.repair_points, heldout=args.heldout,
+                      test_limit=args.test_limit, train_limit=args.train_limit, val_limit=args.val_limit,
+                      severities=parse_severities(args.severities))
+
+
+def _parse_seeds(text: str) -> list[int]:
+    out = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise InputError(f"--seeds takes integers like 0,1,2 or a range 0-2, got {text!r}") from None
+    return out
+
+
+def _cmd_compare(args) -> int:
+    from .evaluate.registry import available_methods, get_method, parse_option_assignments, resolve_methods
+    if args.list:
+        for name in available_methods():
+            m = get_method(name)
+            state = "" if m.available() else "  [not available here]"
+            print(f"{name:<18} {m.kind:<12} {m.summary}{state}")
+            for o in m.options:
+                extra = f" ({'|'.join(o.choices)})" if o.choices else ""
+                print(f"    {name}.{o.name}={o.default!r}  {o.type}{extra}: {o.help}")
+        return EXIT_OK
+    task = _compare_task(args)
+    if not args.methods and not args.all:
+        raise InputError("name the methods with --methods a,b or use --all (see provrepair compare --list)")
+    if not args.out:
+        raise InputError("give the run folder with --out DIR")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder")
+    seeds = _parse_seeds(args.seeds)
+    from .evaluate.tasks import load_network
+    net = load_network(args.model)
+    notes: list[str] = []
+    methods = resolve_methods(args.methods, all_methods=args.all, net=net, notes=notes)
+    if not methods:
+        raise InputError("none of the methods can run on this model: " + "; ".join(notes))
+    options = parse_option_assignments(args.option, methods)
+    from .evaluate.harness import compare
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for note in notes:
+        say(f"note: {note}")
+    run = compare([task], methods, seeds, run_dir=args.out, options=options, executor=args.executor,
+                  workers=args.workers, threads=args.threads, address=args.ray_address, resume=not args.fresh,
+                  notes=notes, progress=say, plots=not args.no_plots)
+    cells = run.results["cells"]
+    bad = [c for c in cells if c.get("metrics") is None or
+           (c["kind"] != "statistical" and not c["metrics"].get("certified"))]
+    print(f"{len(run.computed)} cells computed, {len(run.reused)} reused; "
+          f"{len(cells) - len(bad)} of {len(cells)} cells gave a network (and a certificate where promised)")
+    print(f"report: {run.report} (results.json and plots/ beside it)")
+    return EXIT_OK if not bad else EXIT_FAILED
+
+
+def _cmd_evaluate(args) -> int:
+    from .data.build import parse_severities
+    from .evaluate.harness import evaluate_model, versions
+    from .evaluate.report import fmt
+    from .evaluate.tasks import TaskConfig, build_task
+    cfg = TaskConfig(model=args.model, dataset=args.dataset, corruption=args.corruption, severity=args.severity,
+                     test_limit=args.test_limit, severities=parse_severities(args.severities))
+    data = build_task(cfg)
+    m = {k: v for k, v in evaluate_model(data.net, data).items() if not k.startswith("_")}
+    m.pop("efficacy", None)
+    lines = [f"# provrepair evaluate: {args.model} on {args.dataset}", "",
+             f"{data.info['test_points']} clean test images." +
+             (f" {args.corruption} severity {args.severity} misclassifies {fmt(data.info['test_failure_rate'], 'pct')} "
+              "of them." if args.corruption else ""), "", "| metric | value |", "|---|---|",
+             f"| test accuracy | {fmt(m['test_accuracy'], 'pct')} |",
+             f"| constraint accuracy (DL2 class groups) | {fmt(m['constraint_accuracy'], 'pct')} |",
+             f"| confusion accuracy mean / min (pair {m['confusion_worst']}) | {fmt(m['confusion_mean'], 'pct')} / "
+             f"{fmt(m['confusion_min'], 'pct')} |"]
+    for k, v in (m.get("robustness") or {}).items():
+        lines.append(f"| accuracy under {k} | {fmt(v, 'pct')} |")
+    print("\n".join(lines[2:]))
+    if args.out:
+        from .fileio import write_text_atomic
+        out = Path(args.out)
+        payload = {"model": args.model, "task": cfg.to_dict(), "info": data.info, "metrics": m, "versions": versions()}
+        _write_json(str(out / "results.json"), payload, [args.model])
+        write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+        print(f"report: {out / 'report.md'} (and results.json)")
+    return EXIT_OK
+
+
 DATA_COMMANDS = {"build": _cmd_data_build, "sheet": _cmd_data_sheet, "list": _cmd_data_list}
 
 
@@ -553,7 +689,7 @@ def _cmd_data(args) -> int:
 
 COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
             "layers": _cmd_layers, "analyze": _cmd_analyze, "patch": _cmd_patch,
-            "data": _cmd_data}
+            "data": _cmd_data, "compare": _cmd_compare, "evaluate": _cmd_evaluate}
 
 
 COMMANDS["metarepair"] = _cmd_metarepair

@@ -145,19 +145,21 @@ _HERE = __name__
 register_method(Method(
     "aprnn", "provable", "APRNN point repair (LP at one layer; provably correct on the repair set)",
     f"{_HERE}:run_aprnn",
-    (Option("layer", "str", "auto", "affine layer index, or auto (ranked by the layer heuristic, with fallback)"),
+    (Option("layer", "str", "-1", "affine layer index (default -1: the last one, the smallest LP), or auto (ranked "
+                                   "by the layer heuristic, with fallback; its LP can be far larger)"),
      *POLISH_OPTIONS[1:])))
 register_method(Method("finetune", "statistical", "fine-tuning of the whole network on corrupted training data",
-                       f"{_HERE}:run_finetune", _TRAIN))
+                       f"{_HERE}:run_finetune", _TRAIN, imports=("provrepair.repair.finetune",)))
 register_method(Method("augmix", "statistical", "AugMix-style training (augmentation chains + JS consistency)",
-                       f"{_HERE}:run_augmix", (*_TRAIN, Option("jsd_weight", "float", 12.0, "JS loss weight"))))
+                       f"{_HERE}:run_augmix", (*_TRAIN, Option("jsd_weight", "float", 12.0, "JS loss weight")),
+                       imports=("provrepair.repair.augmix",)))
 register_method(Method(
     "deeppatch", "statistical", "DeepPatch: replacement filters switched in per sample",
     f"{_HERE}:run_deeppatch",
     (*_TRAIN, Option("ratio", "float", 0.25, "blamed ratio per conv layer"),
      Option("variant", "str", "gamma", "routing", choices=("gamma", "beta", "fallback")),
      Option("ranking", "str", "alpha", "filter ranking", choices=("alpha", "random", "bottom"))),
-    requires=("conv",)))
+    requires=("conv",), imports=("provrepair.repair.deeppatch",)))
 register_method(Method(
     "metarepair", "statistical", "MetaRepair: meta-learning over corruption repair experiences",
     f"{_HERE}:run_metarepair",
@@ -167,7 +169,8 @@ register_method(Method(
      Option("test_limit", "int", 2000, "test images of MetaRepair's own metrics", optional=True),
      Option("episodes", "int", 40, "meta-training episodes"),
      Option("collect", "int", 1000, "|D_collect| per corruption")),
-    install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair"))
+    install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair",
+    imports=("provrepair.repair.metarepair",)))
 for _stage in ("deeppatch", "finetune", "metarepair"):
     register_method(Method(
         f"{_stage}+aprnn", "pipeline",

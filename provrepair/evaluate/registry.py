@@ -84,6 +84,7 @@ class Method:
     ``kind``: ``provable`` (LP/MILP, certified by construction), ``statistical`` (training) or
     ``pipeline`` (a statistical ``stage`` method, then the LP polish). ``requires``: what the model
     must have (``"conv"``: at least one Conv2d). ``runner``: ``"module:function"``, imported on use.
+    ``imports``: modules the runner needs (the repairer itself), checked when the method is loaded.
     """
 
     name: str
@@ -94,6 +95,7 @@ class Method:
     requires: tuple[str, ...] = ()
     stage: str | None = None
     install_hint: str = ""
+    imports: tuple[str, ...] = ()
 
     def option(self, name: str) -> Option:
         for o in self.options:
@@ -126,6 +128,8 @@ class Method:
         """The runner function (imported now)."""
         module, _, func = self.runner.partition(":")
         try:
+            for name in self.imports:
+                importlib.import_module(name)
             mod = importlib.import_module(module)
             fn = getattr(mod, func)
         except (ImportError, AttributeError) as exc:
