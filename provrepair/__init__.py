@@ -15,8 +15,10 @@ from .api import MetaRepairResult, RepairResult, StatisticalRepairResult, deeppa
 from .api import certify as _certify
 from .api import repair as _repair
 from .errors import ProvRepairError
+from .evaluate.harness import compare
 from .models import load_model, save_model
 from .repair.aprnn import PointRepairOptions
+from .repair.pipeline import polish
 from .specs import OutputProperty, PointSpec, RegionSpec
 
 
@@ -36,4 +38,4 @@ certify = _certify_package
 
 __all__ = ["load_model", "save_model", "PointSpec", "RegionSpec", "OutputProperty", "deeppatch", "load_patched", "metarepair", "MetaRepairResult",
            "StatisticalRepairResult", "PointRepairOptions", "repair", "certify", "RepairResult",
-           "ProvRepairError"]
+           "ProvRepairError", "compare", "polish"]

@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="layers, shapes and parameter counts of a network")
     _add_model_args(p)
 
-    p = sub.add_parser("demo", help="repair a shipped MNIST model on its own mistakes and report")
-    p.add_argument("--out-dir", default="provrepair-demo", help="where the repaired model and report go")
-    p.add_argument("--points", type=int, default=50, help="misclassified test images to repair (default 50)")
+    p = sub.add_parser("demo", help="compare APRNN repair, fine-tuning and the certified pipeline on a zoo CNN (fog)")
+    p.add_argument("--out-dir", default="provrepair-demo", help="the run folder (results.json, report.md, plots/)")
+    p.add_argument("--points", type=int, default=50, help="misclassified fogged training images to repair (default 50)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("patch", help="DeepPatch: add replacement filters for robustness, switched in per sample")
