@@ -194,9 +194,9 @@ def _required_rows(prop: OutputProperty):
 
 def _forward_to(net: nn.Sequential, stop: int, x: np.ndarray) -> np.ndarray:
     """float64 output of modules [0, stop) flattened per input."""
+    x64 = torch.tensor(np.asarray(x, dtype=np.float64))  # a copy: x may be a read-only view
     with torch.no_grad():
-        y = copy.deepcopy(net[:stop]).double()(torch.as_tensor(x, dtype=torch.float64)) if stop > 0 \
-            else torch.as_tensor(x, dtype=torch.float64)
+        y = copy.deepcopy(net[:stop]).double()(x64) if stop > 0 else x64
     return y.reshape(x.shape[0], -1).numpy()
 
 
@@ -341,8 +341,10 @@ def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRe
             return PolytopeRepairOutcome(
                 status=res.status, model=None, layer=layer, stages=stages, vertices=len(V),
                 generators=pts.n_generators,
-                message=f"shift LP at affine layer {j} is {res.status}{who}: {res.message} "
-                        "(try a larger --delta-bound, smaller regions, or an earlier assert layer)")
+                message=f"shift LP at affine layer {j} is {res.status}{who}: "
+                        + (f"no change within delta bound {shift_opts.delta_bound} gives every region one "
+                           "activation pattern there" if res.status == "infeasible" else res.message)
+                        + " (try a larger --delta-bound, smaller regions, or an earlier assert layer)")
         current[m] = res.model[m]
     # assert
     k_mod = affine_index_to_module_index(current, layer)
