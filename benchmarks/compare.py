@@ -39,7 +39,7 @@ TASKS = [("mnist_cnn", "mnist", "fog", 3), ("mnist_cnn", "mnist", "gaussian_nois
          ("fashion_cnn", "fashion-mnist", "fog", 3), ("fashion_cnn", "fashion-mnist", "gaussian_noise", 5)]
 OPTIONS = {
     "finetune": {"epochs": 2}, "augmix": {"epochs": 2}, "deeppatch": {"epochs": 2},
-    "metarepair": {"train_limit": 4000, "test_limit": 2000, "episodes": 20, "collect": 300},
+    "metarepair": {"train_limit": 4000, "test_limit": 2000, "episodes": 20, "collect": 0.25},
 }
 
 

@@ -167,7 +167,19 @@ def run_cell(payload: dict) -> dict:
                               "key": payload["key"], "options": options}
     with measure(timings, "data"):
         data, original = _task(task)
-    net = data.net
+    try:
+        _run_method(record, method, data, original, seed, options, payload, timings)
+    except Exception as exc:  # one failing cell must not stop the grid: it is recorded as an error
+        record.update(status="error", message=f"{type(exc).__name__}: {exc}", metrics=None)
+    record["timings"] = timings
+    return record
+
+
+def _run_method(record, method, data, original, seed, options, payload, timings) -> None:
+    import torch
+
+    from .measure import measure
+    task, net = data.config, data.net
     stage_model, stage_out = None, None
     if method.kind == "pipeline":
         stage = get_method(method.stage)
@@ -217,8 +229,6 @@ def run_cell(payload: dict) -> dict:
                 m["generalization_gain_kept"] = (m["generalization"] - base_gen) / gain if gain > 0 else None
     else:
         record["metrics"] = None
-    record["timings"] = timings
-    return record
 
 
 # --------------------------------------------------------------------------------------------------

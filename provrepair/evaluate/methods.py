@@ -122,6 +122,8 @@ def run_metarepair(net, data, *, seed: int, options: dict) -> MethodOutput:
     if cfg.corruption is None:
         raise InputError("MetaRepair repairs a corruption; give --corruption")
     opts = {k: v for k, v in options.items() if k not in ("device", "experiences") and v is not None}
+    if "collect" in opts and opts["collect"] >= 1:
+        opts["collect"] = int(opts["collect"])
     result = metarepair(net, dataset=cfg.dataset, target=cfg.corruption, severity=cfg.severity,
                         experiences=options["experiences"], device=options["device"], seed=seed, progress=False,
                         **opts)
@@ -167,8 +169,9 @@ register_method(Method(
      Option("device", "str", "auto", "auto (GPU when present), cpu or cuda"),
      Option("train_limit", "int", 2000, "training images MetaRepair builds its experiences from", optional=True),
      Option("test_limit", "int", 2000, "test images of MetaRepair's own metrics", optional=True),
-     Option("episodes", "int", 40, "meta-training episodes"),
-     Option("collect", "int", 1000, "|D_collect| per corruption")),
+     Option("episodes", "int", None, "meta-training episodes (default: MetaRepair's)", optional=True),
+     Option("collect", "float", None, "|D_collect| per corruption: a count, or a fraction in (0, 1) of the failures "
+                                      "(default: MetaRepair's)", optional=True)),
     install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair",
     imports=("provrepair.repair.metarepair",)))
 for _stage in ("deeppatch", "finetune", "metarepair"):

@@ -149,7 +149,9 @@ def write_report(results: dict, run_dir: str | Path, *, plots: bool = True) -> P
              "Efficacy: repair set classified right; certified: points the independent exact check certifies "
              "(float64 and float32); generalization: held-out failures of the same kind now right (0 % for the "
              "original by construction); pred. changed: clean test predictions the repair changed; time: every "
-             "stage of the cell but data loading.", ""]
+             "stage of the cell but data loading (a pipeline that reused its stage's network counts that stage's "
+             "time too); L0/L∞ of Δθ: changed parameters of the original network (DeepPatch's replacement filters "
+             "are counted as added).", ""]
     for note in results.get("notes", []):
         lines.append(f"> note: {note}")
     for task, s in summary.items():
