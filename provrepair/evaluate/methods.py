@@ -170,8 +170,8 @@ register_method(Method(
      Option("train_limit", "int", 2000, "training images MetaRepair builds its experiences from", optional=True),
      Option("test_limit", "int", 2000, "test images of MetaRepair's own metrics", optional=True),
      Option("episodes", "int", None, "meta-training episodes (default: MetaRepair's)", optional=True),
-     Option("collect", "float", None, "|D_collect| per corruption: a count, or a fraction in (0, 1) of the failures "
-                                      "(default: MetaRepair's)", optional=True)),
+     Option("collect", "float", 0.25, "|D_collect| per corruption: a count, or a fraction in (0, 1) of the failures "
+                                      "(a fraction fits the harness's small test sets)", optional=True)),
     install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair",
     imports=("provrepair.repair.metarepair",)))
 for _stage in ("deeppatch", "finetune", "metarepair"):
