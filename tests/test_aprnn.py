@@ -52,19 +52,6 @@ def test_single_layer_optimum_matches_hand_solution():
     assert res.delta["count"] == 6 and res.delta["l0"] == 4
 
 
-def test_an_input_that_is_rounding_noise_everywhere_gets_no_columns():
-    # x1 = 1e-12 cannot move the output: its weights stay out of the LP, as for x1 = 0 (their
-    # tiny coefficients made HiGHS fail on ACAS Xu boxes), and the optimum is the same.
-    net = nn.Sequential(_linear([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])).eval()
-    sizes = []
-    for x in ([1.0, 0.0], [1.0, 1e-12]):
-        res = _repair(net, PointSpec.from_arrays(np.array([x]), labels=np.array([1])), layer=0)
-        assert res.certified
-        assert res.solver["objective"] == pytest.approx(5 * (1 + EPS) / 12, rel=1e-9)
-        sizes.append(res.lp["final"])
-    assert sizes[0] == sizes[1]
-
-
 @pytest.mark.parametrize("objective,expected", [("linf", (1 + EPS) / 4), ("l1", (1 + EPS) / 6)])
 def test_other_objectives_on_the_hand_solved_network(objective, expected):
     # L∞ alone: spread evenly over the 4 live parameters; L1 (mean over all 6): one parameter

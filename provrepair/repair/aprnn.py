@@ -47,7 +47,6 @@ STRATEGIES = ("generate", "full")
 # Every row is built equilibrated (largest coefficient 1) and the costs are O(1) per parameter, so
 # HiGHS's own simplex scaling only costs time: 14.0 s instead of 17-18 s on the 100-point benchmark.
 HIGHS_DEFAULTS = {"simplex_scale_strategy": 0}
-NOISE_FLOOR = 1e-7  # layer inputs below this, relative to the largest (at least 1), count as 0
 
 
 @dataclass
@@ -203,13 +202,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
             u0 = u0.copy()
             u0[zono.n_centres:] = (layer_k(e) - layer_k(torch.zeros_like(e))).reshape(len(e), -1).numpy()
     feats = layer_inputs(layer_k, h_lp).numpy()  # (N, positions, fan_in)
-    # Entries at rounding-noise level (a neuron a shift LP left barely active, its 1e-9 generator
-    # images) made HiGHS fail on ACAS Xu boxes ("excessive dual values"). Zeroing them moves a row
-    # by at most NOISE_FLOOR * delta_bound per weight, far inside the margin, and the repaired
-    # network is certified independently anyway. A weight whose input is then zero at every
-    # repair point changes nothing the LP can see: leave it out.
-    noise = NOISE_FLOOR * max(float(np.abs(feats).max(initial=0.0)), 1.0)
-    feats = np.where(np.abs(feats) > noise, feats, 0.0)
+    # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
     live = np.flatnonzero(np.abs(feats).max(axis=(0, 1)) > 0)
     n_w = neurons.size * live.size
     later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
