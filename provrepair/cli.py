@@ -520,7 +520,6 @@ def _cmd_data_list(args) -> int:
 
 
 def _cmd_patch(args) -> int:
-    from .models import save_model
     from .repair.deeppatch import deeppatch
     out = Path(args.out)
     _check_outputs([args.out, args.report], [args.model])
@@ -532,6 +531,13 @@ def _cmd_patch(args) -> int:
                        ranking=args.ranking, device=args.device, seed=args.seed, progress=not args.quiet,
                        train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
                        **{k: v for k, v in given.items() if v is not None})
+    return _save_trained(result, out, args)
+
+
+
+def _save_trained(result, out: Path, args) -> int:
+    """The statistical repairers' common ending: the model, the optional JSON report, a summary."""
+    from .models import save_model
     save_model(result.model, out, protect=(args.model,))
     written = [str(out)]
     if args.report:
@@ -544,9 +550,7 @@ def _cmd_patch(args) -> int:
         print(f"wrote {path}")
     return EXIT_OK
 
-
 def _cmd_metarepair(args) -> int:
-    from .models import save_model
     from .repair import metarepair as _mr
     out = Path(args.out)
     _check_outputs([args.out, args.report], [args.model])
@@ -570,17 +574,7 @@ def _cmd_metarepair(args) -> int:
     result = _mr.metarepair(net, dataset=args.dataset, target=args.target, severity=severity[0] if len(severity) == 1
                             else severity, experiences=args.experiences, device=args.device, seed=args.seed,
                             progress=not args.quiet, **{k: v for k, v in given.items() if v is not None})
-    save_model(result.model, out, protect=(args.model,))
-    written = [str(out)]
-    if args.report:
-        payload = result.to_dict()
-        payload.update(model=args.model, written=written + [args.report])
-        _write_json(args.report, payload, [args.model])
-        written.append(args.report)
-    print(result.summary())
-    for path in written:
-        print(f"wrote {path}")
-    return EXIT_OK
+    return _save_trained(result, out, args)
 
 
 def _compare_task(args, corruption_needed: bool = True):
