@@ -317,11 +317,10 @@ def versions() -> dict:
     except Exception:
         out["highspy"] = None
     try:
-        import highspy
-        h = highspy.Highs()
-        out["highs"] = f"{h.version()}" if hasattr(h, "version") else None
+        import solvers
+        out["highs"] = solvers.create("highs").version  # the backend silences HiGHS's banner
     except Exception:
-        pass
+        out["highs"] = None
     try:
         import solvers
         out["solvers"] = [getattr(solvers, "DEFAULT", None)] if hasattr(solvers, "DEFAULT") else None
