@@ -49,6 +49,20 @@ def _stdout_silenced(enabled: bool):
 _METHODS = {"auto": "choose", "simplex": "simplex", "ipm": "ipm", "pdlp": "pdlp"}
 
 
+def _status_name(status) -> str:
+    ms = highspy.HighsModelStatus
+    mapping = {
+        ms.kOptimal: OPTIMAL,
+        ms.kInfeasible: INFEASIBLE,
+        ms.kUnbounded: UNBOUNDED,
+        ms.kUnboundedOrInfeasible: INFEASIBLE,
+        ms.kTimeLimit: TIME_LIMIT,
+        ms.kIterationLimit: TIME_LIMIT,
+        ms.kSolutionLimit: FEASIBLE,
+    }
+    return mapping.get(status, ERROR)
+
+
 class HighsBackend(Backend):
     name = "highs"
 
@@ -104,19 +118,13 @@ class HighsBackend(Backend):
         h = self._h
         t0 = time.perf_counter()
         h.run()
-        elapsed = time.perf_counter() - t0
         status = h.getModelStatus()
-        ms = highspy.HighsModelStatus
-        mapping = {
-            ms.kOptimal: OPTIMAL,
-            ms.kInfeasible: INFEASIBLE,
-            ms.kUnbounded: UNBOUNDED,
-            ms.kUnboundedOrInfeasible: INFEASIBLE,
-            ms.kTimeLimit: TIME_LIMIT,
-            ms.kIterationLimit: TIME_LIMIT,
-            ms.kSolutionLimit: FEASIBLE,
-        }
-        name = mapping.get(status, ERROR)
+        retried = False
+        if _status_name(status) == ERROR and not self._integer:
+            retried = self._retry(time.perf_counter() - t0)
+            status = h.getModelStatus()
+        elapsed = time.perf_counter() - t0
+        name = _status_name(status)
         info = h.getInfo()
         x = obj = None
         if name in (OPTIMAL, FEASIBLE):
@@ -125,4 +133,23 @@ class HighsBackend(Backend):
         iterations = int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
         return SolveResult(status=name, objective=obj, x=x, solve_time=elapsed, solver=self.name,
                            version=self.version, options=self.options.to_dict(), iterations=iterations,
-                           message=h.modelStatusToString(status))
+                           message=h.modelStatusToString(status)
+                           + (" (re-solved after a numerical failure)" if retried else ""))
+
+    def _retry(self, spent: float) -> bool:
+        """One re-solve from scratch after HiGHS's simplex gave up on a badly scaled LP ("excessive
+        dual values": status Unknown, Not Set or Solve error), with HiGHS's own scaling and the costs
+        brought to O(1). On ACAS Xu shift LPs this turned "Solve error" into "infeasible"."""
+        h = self._h
+        limit = self.options.time_limit
+        if limit is not None and spent >= limit:
+            return False
+        cost = float(np.abs(np.asarray(h.getLp().col_cost_)).max(initial=0.0))
+        h.clearSolver()
+        h.setOptionValue("simplex_scale_strategy", 1)  # HiGHS's default, in case it was turned off
+        if cost > 1.0:
+            h.setOptionValue("user_objective_scale", -round(np.log2(cost)))  # ignored where unknown
+        self._apply_time_limit(None if limit is None else limit - spent)
+        h.run()
+        self._apply_time_limit(limit)
+        return True
