@@ -170,6 +170,9 @@ register_method(Method(
      Option("train_limit", "int", 2000, "training images MetaRepair builds its experiences from", optional=True),
      Option("test_limit", "int", 2000, "test images of MetaRepair's own metrics", optional=True),
      Option("episodes", "int", None, "meta-training episodes (default: MetaRepair's)", optional=True),
+     Option("replay", "float", None, "clean training images per failure in every batch (default: MetaRepair's; "
+                                     "4 kept clean accuracy within 1.4 pp on MNIST fog-3, 1 lost 36 pp)",
+            optional=True),
      Option("collect", "float", 0.25, "|D_collect| per corruption: a count, or a fraction in (0, 1) of the failures "
                                       "(a fraction fits the harness's small test sets)", optional=True)),
     install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair",
