@@ -245,8 +245,27 @@ def test_crown_is_exact_for_a_linear_network_on_a_box():
     vals = (corners @ W.T + b) @ C.T
     np.testing.assert_allclose(vals.min(0), exact_lo, atol=1e-9)
     np.testing.assert_allclose(vals.max(0), exact_hi, atol=1e-9)
-    ibp = prop.bounds(InputSet.box(lo, hi), C, method="ibp")  # two mixing layers: IBP is looser
-    assert (ibp.lower[0].numpy() < exact_lo - 1e-6).any()
+    # IBP folds C through the affine layers after the last ReLU, so on a linear network it is exact too
+    ibp = prop.bounds(InputSet.box(lo, hi), C, method="ibp")
+    np.testing.assert_allclose(ibp.lower[0].numpy(), exact_lo, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ibp.upper[0].numpy(), exact_hi, rtol=0, atol=1e-9)
+
+
+def test_the_spec_is_folded_into_the_last_layer_before_the_interval():
+    # two identical outputs: C = [1, -1] gives exactly 0, while the outputs' own interval gives a
+    # width; a last-layer repair over interval hulls relies on the folded bound
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        net[2].weight[1] = net[2].weight[0]
+        net[2].bias[1] = net[2].bias[0]
+    prop = BoundPropagator(net, (2,))
+    box = InputSet.box(np.array([[-1.0, -1.0]]), np.array([[1.0, 1.0]]))
+    for method in ("ibp", "crown"):
+        diff = prop.bounds(box, np.array([[1.0, -1.0]]), method=method)
+        assert diff.lower.item() == pytest.approx(0.0, abs=1e-12)
+        assert diff.upper.item() == pytest.approx(0.0, abs=1e-12)
+        out = prop.bounds(box, method=method)
+        assert (out.upper - out.lower).min().item() > 0.1  # the outputs themselves do vary
 
 
 def test_crown_on_a_vpolytope_is_exact_for_a_linear_network():

@@ -429,6 +429,23 @@ class BoundPropagator:
             hi_flat[:, r] = torch.where(use, torch.minimum(hi_flat[:, r], -bound[:, k:]), hi_flat[:, r])
         return lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape)
 
+    def _tail_interval(self, C: torch.Tensor, start: int, lo: torch.Tensor, hi: torch.Tensor):
+        """Bounds of ``C y`` from the interval of the input of op ``start``, through the affine ops
+        after it with ``C`` folded in: never looser than bounding ``C`` over the output's
+        interval, and exact for the last layer over a box of its inputs, which is the guarantee a
+        last-layer repair over interval hulls gives (``repair.polytope``, ``hull='interval'``)."""
+        b, m = C.shape[:2]
+        lam, bias = C, C.new_zeros(b, m)
+        for i in range(len(self.ops) - 1, start - 1, -1):
+            flat = lam.reshape(b * m, *self.shapes[i + 1])
+            bias = bias + self.ops[i].bias_dot(flat).reshape(b, m)
+            lam = self.ops[i].back(flat).reshape(b, m, *self.shapes[i])
+        pos, neg = lam.clamp(min=0).flatten(2), lam.clamp(max=0).flatten(2)
+        lo_f, hi_f = lo.reshape(b, -1, 1), hi.reshape(b, -1, 1)
+        lower = bias + (torch.bmm(pos, lo_f) + torch.bmm(neg, hi_f)).squeeze(2)
+        upper = bias + (torch.bmm(pos, hi_f) + torch.bmm(neg, lo_f)).squeeze(2)
+        return lower, upper
+
     # -- public
 
     @torch.no_grad()
@@ -442,6 +459,7 @@ class BoundPropagator:
         pre: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         mixing = 0  # mixing affine maps since the input or the last nonlinear layer
         nonlinear_seen = False
+        tail = (0, lo, hi)  # the first op of the affine tail, and the interval of its input
         for i, op in enumerate(self.ops):
             if isinstance(op, _Affine):
                 mixing += op.mixing
@@ -452,11 +470,9 @@ class BoundPropagator:
                 pre[i] = (lo, hi)
                 nonlinear_seen, mixing = True, 0
             lo, hi = op.interval(lo, hi)
-        # interval bound of C y from the output interval
-        cpos, cneg = C.clamp(min=0).flatten(2), C.clamp(max=0).flatten(2)
-        lo_f, hi_f = lo.reshape(inp.batch, -1, 1), hi.reshape(inp.batch, -1, 1)
-        lower = (torch.bmm(cpos, lo_f) + torch.bmm(cneg, hi_f)).squeeze(2)
-        upper = (torch.bmm(cpos, hi_f) + torch.bmm(cneg, lo_f)).squeeze(2)
+            if not isinstance(op, _Affine):
+                tail = (i + 1, lo, hi)
+        lower, upper = self._tail_interval(C, *tail)
         if method == "crown":
             m = C.shape[1]
             keep: list = []
