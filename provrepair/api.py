@@ -183,8 +183,8 @@ def _repair_regions(model, spec: RegionSpec, *, layer: int | str, options: Polyt
         keep, _ = _prepare(net, keep)
         keep_rows = (keep.inputs, *keep.output_constraints(num_outputs(net, tuple(shape))))
     n_aff = len(affine_layers(net))
-    if layer == "auto":
-        ranking = list(range(n_aff - 1, -1, -1))
+    if layer == "auto":  # an interval hull exists at the last layer only
+        ranking = [n_aff - 1] if options.hull == "interval" else list(range(n_aff - 1, -1, -1))
     elif isinstance(layer, int) and not isinstance(layer, bool):
         ranking = [layer]
     else:

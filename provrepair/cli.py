@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boxes: centre + one generator per free input (rows grow linearly with the inputs), "
                         "or every corner (2^n); auto uses generators from 3 free inputs on where the "
                         "property is a conjunction")
+    p.add_argument("--hull", default="exact", choices=["exact", "interval"],
+                   help="regions: exact (shift LPs make the network affine on each region, then the assert at its "
+                        "vertices) or interval (the last layer only, over each region's CROWN interval at its "
+                        "input: no shift LP, one small LP; try it when a shift LP fails)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole LP repair")
     p.add_argument("--threads", type=int, help="solver threads")
     p.add_argument("--out", required=True, metavar="PATH",
@@ -374,7 +378,7 @@ def _cmd_repair(args) -> int:
                              "layers from the last one back")
         keep = PointSpec.load(args.keep) if args.keep else None
         result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer, keep=keep,
-                        shift_start=args.shift_start, box_encoding=args.box_encoding, **common)
+                        shift_start=args.shift_start, box_encoding=args.box_encoding, hull=args.hull, **common)
     written = []
     if result.model is not None and result.certified:
         protect = tuple(p for p in inputs if p)

@@ -348,3 +348,92 @@ def test_cli_keep_file_holds_its_points(tmp_path, model_file, capsys):
                            "--out", out, "--quiet")
     assert code == 0, stdout
     assert (_forward64(provrepair.load_model(out), g).argmax(1) == labels).all()
+
+
+# -- hull="interval": the last layer over each region's CROWN interval, no shift LP
+
+def _partition(lo, hi, n):
+    edges = [np.linspace(lo[d], hi[d], n + 1) for d in range(2)]
+    low = np.array([[edges[0][i], edges[1][j]] for i in range(n) for j in range(n)])
+    high = np.array([[edges[0][i + 1], edges[1][j + 1]] for i in range(n) for j in range(n)])
+    return low, high
+
+
+@pytest.mark.parametrize("kind", ["boxes", "polytopes"])
+def test_interval_hull_repairs_the_last_layer_only(kind):
+    boxes, polys = _wrong_boxes(NET, LABEL)
+    spec = boxes if kind == "boxes" else polys
+    messages = []
+    result = provrepair.repair(NET, spec, layer=-1, hull="interval", progress=messages.append)
+    _check_certified(NET, result, spec)
+    assert [s["stage"] for s in result.lp["stages"]] == ["hull", "assert"]
+    assert any("interval hulls of" in m for m in messages)
+    last = affine_layers(NET)[-1]
+    for i, (a, b) in enumerate(zip(NET, result.model)):  # every earlier layer is untouched
+        if i != last:
+            assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(result.model[last].weight, NET[last].weight)
+
+
+def test_interval_hull_covers_regions_whose_activation_pattern_varies():
+    # a 4 x 4 partition of a corner of the plane the network gets wrong: the hidden patterns vary
+    # inside the boxes, which the exact hull must first shift away; the interval hull just holds
+    # the label on each box's hull, and a disjunctive property gets its rows fixed first
+    low, high = _partition([-1.0, -1.0], [-0.2, -0.2], 4)
+    spec = RegionSpec.boxes(low, high, labels=LABEL, n_outputs=3)
+    hidden = NET[:2]
+    with torch.no_grad():
+        pre = hidden(torch.as_tensor(np.concatenate([RegionSpec.boxes(low, high, labels=LABEL, n_outputs=3)
+                                                     .regions[i].sample(50, rng=i) for i in range(16)]),
+                                     dtype=torch.float32)).reshape(16, 50, -1)
+    assert ((pre > 0).any(1) & (pre <= 0).any(1)).any()  # some neuron flips inside some box
+    result = provrepair.repair(NET, spec, layer="auto", hull="interval", delta_bound=10.0)
+    assert result.layer == len(affine_layers(NET)) - 1 and result.layer_selection["tried"][0]["layer"] == result.layer
+    _check_certified(NET, result, spec)
+    dis = _disjunctive_spec()
+    result = provrepair.repair(NET, dis, layer=-1, hull="interval", delta_bound=10.0)
+    assert result.lp["disjunctions"] == "fixed"
+    _check_certified(NET, result, dis)
+
+
+def test_interval_hull_keeps_points():
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    x = np.random.default_rng(3).uniform(-1, 1, size=(200, 2))
+    far = ~np.any([np.all((x >= r.lower - 0.3) & (x <= r.upper + 0.3), axis=1) for r in boxes.regions], axis=0)
+    x = x[far][:40]
+    labels = _forward64(NET, x).argmax(1)
+    keep = PointSpec.from_arrays(x, labels)
+    plain = provrepair.repair(NET, boxes, layer=-1, hull="interval", delta_bound=10.0)
+    assert (_forward64(plain.model, x).argmax(1) != labels).any()  # without them, some points flip
+    result = provrepair.repair(NET, boxes, layer=-1, hull="interval", keep=keep, delta_bound=10.0)
+    _check_certified(NET, result, boxes)
+    assert result.lp["kept"] == {"points": len(x), "passed": len(x)}
+    assert (_forward64(result.model, x).argmax(1) == labels).all()
+
+
+def test_interval_hull_refuses_earlier_layers_and_milp_disjunctions():
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    with pytest.raises(InputError, match="last affine layer only"):
+        provrepair.repair(NET, boxes, layer=0, hull="interval")
+    with pytest.raises(InputError, match="MILP"):
+        provrepair.repair(NET, _disjunctive_spec(), layer=-1, hull="interval", disjunctions="milp")
+    with pytest.raises(InputError, match="unknown hull"):
+        provrepair.repair(NET, boxes, layer=-1, hull="convex")
+
+
+def test_interval_hull_that_is_too_loose_says_what_to_try():
+    big = RegionSpec.boxes(np.array([[-1.0, -1.0]]), np.array([[1.0, 1.0]]), labels=LABEL, n_outputs=3)
+    result = provrepair.repair(NET, big, layer=-1, hull="interval", delta_bound=1e-3)
+    assert result.status == "infeasible" and result.model is None
+    assert "interval hulls" in result.message and "smaller regions" in result.message
+
+
+def test_cli_repairs_boxes_over_interval_hulls(tmp_path, model_file, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"boxes": [{"lower": [-1.0, -1.0], "upper": [-0.75, -0.75], "label": LABEL},
+                                           {"lower": [0.3, 0.1], "upper": [0.55, 0.35], "label": LABEL}]}))
+    out = tmp_path / "fixed.pt"
+    code, stdout, _ = _run(capsys, "repair", model_file, "--box", boxes, "--layer", -1, "--hull", "interval",
+                           "--out", out, "--quiet")
+    assert code == 0, stdout
+    assert provrepair.certify(provrepair.load_model(out), RegionSpec.load(boxes)).certified
