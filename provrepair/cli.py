@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="meta-training episodes (default 40)")
     p.add_argument("--tasks", type=int, help="tasks per episode (default 5)")
     p.add_argument("--adapt-steps", type=int, help="meta-test SGD steps per task (default 30)")
+    p.add_argument("--meta-lr", type=float, help="meta-training step (Adam; default 1e-4)")
+    p.add_argument("--replay", type=float, help="clean training images per failure in every training batch, "
+                                                 "0-16 (default 1)")
     p.add_argument("--update", help="meta-test updates: accumulated (default) or separate")
     p.add_argument("--second-order", action="store_true", help="second-order MAML (default: first-order)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use the first N training images (default 10000)")
@@ -571,6 +574,7 @@ def _cmd_metarepair(args) -> int:
         collect = int(collect)
     given = {"k": args.k, "collect": collect, "min_fail": args.min_fail, "episodes": args.episodes,
              "tasks": args.tasks, "adapt_steps": args.adapt_steps, "update": args.update,
+             "meta_lr": args.meta_lr, "replay": args.replay,
              "train_limit": args.train_limit, "second_order": args.second_order or None}
     from .data.corruptions import _check_name
     _check_name(args.target)

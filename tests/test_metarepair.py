@@ -241,6 +241,24 @@ def test_auto_selection_keeps_the_k_nearest_and_separate_update_reports_the_task
     assert "fail_accuracy_task_mean" in r.metrics
 
 
+def test_prepare_cache_reuses_the_experiences_and_gives_the_same_preparation():
+    data = mr.CorruptedData(tiny_data(), 5)
+    net = mr._frozen(tiny_cnn())
+    opts = mr.MetaRepairOptions(**{**SMALL, "k": 3})
+    cache = {}
+    for target in ("gaussian_noise", "fog"):
+        plain = mr.prepare(net, data, target, "auto", opts, seed=1)
+        cached = mr.prepare(net, data, target, "auto", opts, seed=1, cache=cache)
+        assert cached.kept == plain.kept and cached.distances == pytest.approx(plain.distances, rel=1e-12)
+        assert cached.probabilities == pytest.approx(plain.probabilities, rel=1e-12)
+        for n in cached.kept:
+            assert torch.equal(cached.candidates[n].collect[0], plain.candidates[n].collect[0])
+    assert len(cache["experiences"]) == 19
+    assert set(cache["fits"]) == {n for n, e in cache["experiences"].items() if e is not None}
+    with pytest.raises(InputError, match="cache"):
+        mr.prepare(net, data, "fog", "auto", opts, seed=2, cache=cache)
+
+
 def test_unknown_corruption_and_too_few_failures_give_clear_errors(tmp_path, capsys):
     from provrepair.cli import main
 
