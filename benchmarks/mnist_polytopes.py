@@ -257,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=420.0, help="seconds per LP (default 420)")
     ap.add_argument("--keep", type=int, default=1000,
                     help="correctly classified training images whose labels every repair keeps (default 1000; 0: none)")
+    ap.add_argument("--hull", choices=["exact", "interval"], default="exact",
+                    help="exact (shift LPs, then the assert at the vertices; default) or interval (the last layer "
+                         "over CROWN interval hulls: give --layers 8)")
     ap.add_argument("--investigate", choices=["auto", "always", "never"], default="auto",
                     help="run the investigation variants: when the acceptance fails (auto), always or never")
     args = ap.parse_args(argv)
@@ -277,11 +280,12 @@ def main(argv=None) -> int:
           f"(fogged predicted {sel['fog_predictions'].tolist()}); clean test accuracy {ctx['acc_before']:.4f}; "
           f"rotations at 0.1 deg: {ctx['gen_before']:.3f}", flush=True)
     keep = keep_points(net, args.keep) if args.keep else None
-    tries = [run_repair(net, spec, k, ctx, f"layer {k}", time_limit=args.time_limit, keep=keep) for k in args.layers]
+    tries = [run_repair(net, spec, k, ctx, f"layer {k}", time_limit=args.time_limit, keep=keep, hull=args.hull)
+             for k in args.layers]
     without_keep = None
     if keep is not None:
         without_keep = run_repair(net, spec, max(args.layers), ctx, f"layer {max(args.layers)}, no kept points",
-                                  time_limit=args.time_limit)
+                                  time_limit=args.time_limit, hull=args.hull)
     certified = [t for t in tries if t["certified"]]
     best = min(certified, key=lambda t: t["drawdown_pp"]) if certified else None
     accepted = bool(best and best["drawdown_pp"] < DRAWDOWN_LIMIT_PP
@@ -332,6 +336,7 @@ def main(argv=None) -> int:
         "test_accuracy_before": ctx["acc_before"],
         "summary": summary, "tries": tries, "without_keep": without_keep, "investigation": investigation,
         "keep": {"points": args.keep, "source": "MNIST train split, correctly classified, seed 0"},
+        "hull": args.hull,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": 1},
         "versions": {"highspy": getattr(highspy, "__version__", "?"), "torch": torch.__version__},
         "total_seconds": time.perf_counter() - t_start, "peak_memory_mb": _peak_mb(),
