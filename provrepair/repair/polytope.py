@@ -365,28 +365,14 @@ def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRe
     for i in range(k_mod + 1, len(mods)):
         if isinstance(mods[i], nn.ReLU):
             patterns[i] = pts.signs(current, i).reshape(len(V), *_forward_shape(current, i, V[:1]))
-    A_rows, b_rows, p_rows, groups = [], [], [], []
-    for r, prop in enumerate(properties):
-        A, b, grp = _required_rows(prop)
-        for v in np.flatnonzero(owner == r):
-            base = sum(len(a) for a in A_rows)
-            A_rows.append(A)
-            b_rows.append(b)
-            p_rows.append(np.full(len(A), v))
-            groups.extend(g + base for g in grp)
-    A, b, pidx = np.concatenate(A_rows), np.concatenate(b_rows), np.concatenate(p_rows)
+    A, b, pidx, groups = _region_rows(properties, owner)
     inputs, gens = V, pts.generators()
     if keep is not None:  # kept points: plain points at their own pattern, after the regions' points
-        xk, Ak, bk, pk = keep
-        xk = np.array(xk, dtype=np.float64).reshape(-1, *V.shape[1:])  # a writable copy for torch
+        xk = _kept_inputs(keep, V.shape[1:])
         for i in patterns:
             own = np.where(_forward_to(current, i, xk) > 0, 1, -1).astype(np.int8)
             patterns[i] = np.concatenate([patterns[i], own.reshape(len(xk), *patterns[i].shape[1:])])
-        A, b = np.concatenate([A, Ak]), np.concatenate([b, bk])
-        pidx = np.concatenate([pidx, np.asarray(pk, dtype=np.int64) + len(V)])
-        inputs = np.concatenate([V, xk])
-        gens = None if gens is None else gens + [None] * len(xk)
-        say(f"assert keeps {len(Ak)} output rows at {len(xk)} points")
+        inputs, gens, A, b, pidx = _with_kept(keep, xk, inputs, gens, A, b, pidx, say)
     t0 = time.perf_counter()
     res = repair_points(current, inputs, A, b, pidx, layer, opts, progress=say, patterns=patterns,
                         disjunctions=groups or None, generators=gens)
@@ -426,56 +412,30 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
     if any(isinstance(m, nn.ReLU) for m in list(net)[k_mod + 1:]):
         raise UnsupportedLayerError("hull='interval' needs a network whose last affine layer is not followed by a "
                                     "ReLU; use hull='exact'")
-    for region in regions:
-        if not isinstance(region, (Box, VPolytope)):
-            raise SpecError(f"cannot repair a region of kind {type(region).__name__}; give boxes or V-polytopes")
     t0 = time.perf_counter()
     head = nn.Sequential(*list(net)[:k_mod]).eval()
     tail = nn.Sequential(*list(net)[k_mod:]).eval()
     shape = tuple(regions[0].input_shape)
-    boxes = [r for r in regions if isinstance(r, Box)]
-    if len(boxes) == len(regions):
+    if all(isinstance(r, Box) for r in regions):
         inp = InputSet.box(np.stack([r.lower for r in regions]), np.stack([r.upper for r in regions]))
-    else:
+    else:  # region_vertices refuses regions that are neither boxes nor V-polytopes
         inp = InputSet.polytopes([region_vertices(r) for r in regions])
-    if k_mod == 0:
-        lo, hi = inp.lower.numpy(), inp.upper.numpy()
-    else:
-        nb = BoundPropagator(head, shape).bounds(inp, method="crown")
-        lo, hi = nb.lower.numpy(), nb.upper.numpy()
+    nb = BoundPropagator(head, shape).bounds(inp, method="crown")
+    lo, hi = nb.lower.numpy(), nb.upper.numpy()
     feat_shape = _forward_shape(net, k_mod, np.zeros((1, *shape)))
-    centres = ((lo + hi) / 2).reshape(len(regions), *feat_shape)
-    gens = []
-    for r in range(len(regions)):
-        half = (hi[r] - lo[r]) / 2
-        free = np.flatnonzero(half > 0)
-        g = np.zeros((free.size, half.size))
-        g[np.arange(free.size), free] = half[free]
-        gens.append(g.reshape(free.size, *feat_shape))
+    hulls = [_box_generators(Box(np.minimum(l, h).reshape(feat_shape), np.maximum(l, h).reshape(feat_shape)))
+             for l, h in zip(lo, hi)]
+    centres = np.stack([c for c, _ in hulls])
+    gens = [g for _, g in hulls]
     stages = [{"stage": "hull", "layer": n_aff - 1, "status": "optimal", "seconds": time.perf_counter() - t0,
                "mean_width": float(np.mean(hi - lo)) if hi.size else 0.0}]
     say(f"interval hulls of {len(regions)} regions at the input of affine layer {n_aff - 1} "
         f"(mean width {stages[0]['mean_width']:.3g}) in {stages[0]['seconds']:.2f} s")
-    A_rows, b_rows, p_rows = [], [], []
-    for r, prop in enumerate(properties):
-        A, b, groups = _required_rows(prop)
-        if groups:
-            raise SpecError("hull='interval' needs one required row per unsafe disjunct; fix the disjunctions "
-                            "first (disjunctions='fix' or 'auto')")
-        A_rows.append(A)
-        b_rows.append(b)
-        p_rows.append(np.full(len(A), r))
-    A, b, pidx = np.concatenate(A_rows), np.concatenate(b_rows), np.concatenate(p_rows)
+    A, b, pidx, _ = _region_rows(properties, np.arange(len(regions)))  # the caller fixed the disjunctions
     inputs, all_gens = centres, gens
     if keep is not None:
-        xk, Ak, bk, pk = keep
-        xk = np.array(xk, dtype=np.float64).reshape(-1, *shape)
-        hk = _forward_to(net, k_mod, xk).reshape(len(xk), *feat_shape)
-        inputs = np.concatenate([centres, hk])
-        all_gens = gens + [None] * len(xk)
-        A, b = np.concatenate([A, Ak]), np.concatenate([b, bk])
-        pidx = np.concatenate([pidx, np.asarray(pk, dtype=np.int64) + len(regions)])
-        say(f"assert keeps {len(Ak)} output rows at {len(xk)} points")
+        hk = _forward_to(net, k_mod, _kept_inputs(keep, shape)).reshape(-1, *feat_shape)
+        inputs, all_gens, A, b, pidx = _with_kept(keep, hk, inputs, all_gens, A, b, pidx, say)
     t1 = time.perf_counter()
     res = repair_points(tail, inputs, A, b, pidx, 0, opts, progress=say, generators=all_gens)
     stages.append({"stage": "assert", "layer": n_aff - 1, "status": res.status, "size": res.lp_size,
@@ -493,11 +453,42 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
                                              f"{res.status}: {why}",
                                      solver=res.solver, vertices=len(regions), generators=n_gens)
     model = copy.deepcopy(net).eval()
-    for i, m in enumerate(res.model):
-        model[k_mod + i] = copy.deepcopy(m)
+    for i, m in enumerate(res.model):  # a fresh copy of the tail
+        model[k_mod + i] = m
     return PolytopeRepairOutcome(status="optimal", model=model, layer=n_aff - 1, message="repaired", stages=stages,
                                  delta=_total_delta(net, model), solver=res.solver, vertices=len(regions),
                                  generators=n_gens)
+
+
+def _region_rows(properties: Sequence[OutputProperty], owner: np.ndarray):
+    """The assert's rows ``A y <= b`` at every LP point (``owner``: each point's region), the
+    point of each row, and the groups of rows of which one must hold (see ``_required_rows``)."""
+    A_rows, b_rows, p_rows, groups = [], [], [], []
+    n_rows = 0
+    for r, prop in enumerate(properties):
+        A, b, grp = _required_rows(prop)
+        for v in np.flatnonzero(owner == r):
+            A_rows.append(A)
+            b_rows.append(b)
+            p_rows.append(np.full(len(A), v))
+            groups.extend(g + n_rows for g in grp)
+            n_rows += len(A)
+    return np.concatenate(A_rows), np.concatenate(b_rows), np.concatenate(p_rows), groups
+
+
+def _kept_inputs(keep, input_shape) -> np.ndarray:
+    """The kept points' inputs, as a writable float64 copy (torch refuses read-only arrays)."""
+    return np.array(keep[0], dtype=np.float64).reshape(-1, *input_shape)
+
+
+def _with_kept(keep, kept_points, inputs, gens, A, b, pidx, say):
+    """The assert's points and rows with the kept points (``kept_points``: their values where the
+    LP's points live) and their rows appended after the regions' own."""
+    _, Ak, bk, pk = keep
+    say(f"assert keeps {len(Ak)} output rows at {len(kept_points)} points")
+    return (np.concatenate([inputs, kept_points]), None if gens is None else gens + [None] * len(kept_points),
+            np.concatenate([A, Ak]), np.concatenate([b, bk]),
+            np.concatenate([pidx, np.asarray(pk, dtype=np.int64) + len(inputs)]))
 
 
 def _forward_shape(net: nn.Sequential, stop: int, x: np.ndarray) -> tuple[int, ...]:
