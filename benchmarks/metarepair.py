@@ -84,16 +84,8 @@ def heatmap(matrix: np.ndarray, names, path: Path, title: str) -> None:
 
 
 def evaluate(net, pretrained, data, prep, target, *, whole: bool = True) -> dict:
-    """``mr.repair_metrics``; ``whole=False`` (the ablations) leaves out the accuracy on the whole
-    corrupted test split (a 10000-image pass per method; D_fail^t, D_collect^t and clean are kept)."""
-    if whole:
-        m = mr.repair_metrics(net, pretrained, data, prep.target, target)
-    else:
-        xc, yc = data.clean("test")
-        clean, clean0 = mr._accuracy(net, xc, yc), float((data.predictions(pretrained, "clean", "test") == yc).double().mean())
-        m = {"fail_accuracy": mr._accuracy(net, *prep.target.fail), "collect_accuracy": mr._accuracy(net, *prep.target.collect),
-             "clean_accuracy": clean, "clean_accuracy_pretrained": clean0, "clean_drop": clean0 - clean,
-             "fail_samples": int(prep.target.fail[1].shape[0]), "collect_samples": int(prep.target.collect[1].shape[0])}
+    """``mr.repair_metrics``, rounded; the ablations pass ``whole=False``."""
+    m = mr.repair_metrics(net, pretrained, data, prep.target, target, whole=whole)
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}
 
 
@@ -106,15 +98,12 @@ def run_model(name: str, targets, out: dict, save) -> None:
     data = mr.CorruptedData(ds, SEVERITY, train_limit=opts.train_limit, device="cpu")
     clean = data.clean("train")
     # every corruption's training-split experience: the Fréchet matrix and the candidates
-    # (made as mr.prepare makes its candidates, so they seed its cache: prepare then reuses them and
-    # their Gaussian fits for every target instead of remaking them)
-    made = {c: mr.make_experience(net, *data.corrupted(c, "train"), c, opts,
-                                  np.random.default_rng([0, 2, CORRUPTIONS.index(c)]), split="train", strict=False,
-                                  predicted=data.predictions(net, c, "train")) for c in CORRUPTIONS}
+    # (in a cache that mr.prepare then reuses for every target instead of remaking them)
+    cache: dict = {}
+    made = mr.candidate_experiences(net, data, CORRUPTIONS, opts, cache=cache)
     exps = {c: e for c, e in made.items() if e is not None}
     names = list(exps)
-    fits = {c: frechet.fit_gaussian(frechet.features(net, exps[c].collect[0], kind=opts.features)) for c in names}
-    cache = {"experiences": made, "fits": dict(fits)}
+    fits = mr.experience_fits(net, exps, opts, cache=cache)
     matrix = frechet.distance_matrix(fits, names)
     png = Path(str(PNG).format(model=name))
     heatmap(matrix, names, png, name)

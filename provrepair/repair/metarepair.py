@@ -70,6 +70,8 @@ __all__ = [
     "MetaRepairResult",
     "UPDATES",
     "augmix_collect",
+    "candidate_experiences",
+    "experience_fits",
     "finetune_collect",
     "joint_finetune",
     "make_experience",
@@ -670,17 +672,19 @@ def _check_model_fits(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def repair_metrics(net: nn.Module, pretrained: nn.Module, data: CorruptedData, target: Experience,
-                   name: str) -> dict[str, Any]:
+                   name: str, *, whole: bool = True) -> dict[str, Any]:
     """Accuracy of ``net`` on ``D_fail^t``, ``D_collect^t``, the whole corrupted test split and the clean
-    test split, next to the pretrained network's."""
-    xt, yt = data.corrupted(name, "test")
+    test split, next to the pretrained network's. ``whole=False`` leaves out the whole corrupted
+    split (a full test-split pass, which ablations can spare)."""
     xc, yc = data.clean("test")
     clean = _accuracy(net, xc, yc)
     clean0 = float((data.predictions(pretrained, "clean", "test") == yc).double().mean())
-    target0 = float((data.predictions(pretrained, name, "test") == yt).double().mean())
-    return {"fail_accuracy": _accuracy(net, *target.fail), "collect_accuracy": _accuracy(net, *target.collect),
-            "target_accuracy": _accuracy(net, xt, yt), "target_accuracy_pretrained": target0,
-            "clean_accuracy": clean, "clean_accuracy_pretrained": clean0, "clean_drop": clean0 - clean,
+    out = {"fail_accuracy": _accuracy(net, *target.fail), "collect_accuracy": _accuracy(net, *target.collect)}
+    if whole:
+        xt, yt = data.corrupted(name, "test")
+        out.update(target_accuracy=_accuracy(net, xt, yt),
+                   target_accuracy_pretrained=float((data.predictions(pretrained, name, "test") == yt).double().mean()))
+    return {**out, "clean_accuracy": clean, "clean_accuracy_pretrained": clean0, "clean_drop": clean0 - clean,
             "fail_samples": int(target.fail[1].shape[0]), "collect_samples": int(target.collect[1].shape[0])}
 
 
@@ -700,6 +704,45 @@ class Preparation:
 
 def _fits(net, exps: Mapping[str, Experience], kind: str) -> dict[str, frechet.GaussianFit]:
     return {n: frechet.fit_gaussian(frechet.features(net, e.collect[0], kind=kind)) for n, e in exps.items()}
+
+
+def _cache_part(cache: dict | None, part: str, net, data, seed: int, options: MetaRepairOptions) -> dict:
+    """``cache[part]`` (a fresh dict without a cache), refusing a cache made for other inputs."""
+    if cache is None:
+        return {}
+    key = (_fingerprint(net), id(data), seed, tuple(sorted(asdict(options).items())))
+    if cache.get("key") not in (None, key):
+        raise InputError("prepare's cache was made for another network, dataset, seed or options; use a fresh dict")
+    cache["key"] = key
+    return cache.setdefault(part, {})
+
+
+def candidate_experiences(net: nn.Module, data: CorruptedData, names: Sequence[str], options: MetaRepairOptions, *,
+                          seed: int = 0, cache: dict | None = None,
+                          progress: bool | None = None) -> dict[str, Experience | None]:
+    """Each corruption's training-split experience (None where it has too few failures).
+
+    They do not depend on the target, so ``cache`` (a dict kept between calls with the same ``net``,
+    ``data``, ``options`` and ``seed``) makes each one once."""
+    from ..data.corruptions import CORRUPTIONS
+
+    made = _cache_part(cache, "experiences", net, data, seed, options)
+    for n in tqdm(names, desc="repair experiences", unit="corruption", disable=not progress, leave=False):
+        if n not in made:
+            made[n] = make_experience(net, *data.corrupted(n, "train"), n, options,
+                                      np.random.default_rng([seed, 2, CORRUPTIONS.index(n)]), split="train",
+                                      strict=False, predicted=data.predictions(net, n, "train"))
+    return {n: made[n] for n in names}
+
+
+def experience_fits(net: nn.Module, exps: Mapping[str, Experience], options: MetaRepairOptions, *,
+                    cache: dict | None = None) -> dict[str, frechet.GaussianFit]:
+    """The Gaussian fit of each experience's features, made once per ``cache`` (the one
+    ``candidate_experiences`` checked)."""
+    fitted = {} if cache is None else cache.setdefault("fits", {})
+    missing = {n: e for n, e in exps.items() if n not in fitted}
+    fitted.update(_fits(net, missing, options.features))
+    return {n: fitted[n] for n in exps}
 
 
 def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, options: MetaRepairOptions, *,
@@ -731,21 +774,9 @@ def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, optio
     tgt = make_experience(net, xt, yt, target, options, np.random.default_rng([seed, 1]), split="test", strict=True,
                           predicted=data.predictions(net, target, "test"),
                           context=f" at severity {','.join(map(str, data.severities))}")
-    if cache is not None:
-        key = (_fingerprint(net), id(data), seed, tuple(sorted(asdict(options).items())))
-        if cache.get("key") not in (None, key):
-            raise InputError("prepare's cache was made for another network, dataset, seed or options; "
-                             "use a fresh dict")
-        cache["key"] = key
-    made = {} if cache is None else cache.setdefault("experiences", {})
+    made = candidate_experiences(net, data, names, options, seed=seed, cache=cache, progress=progress)
     cands, skipped = {}, []
-    for n in (tqdm(names, desc="repair experiences", unit="corruption", disable=not progress,
-                               leave=False)):
-        if n not in made:
-            made[n] = make_experience(net, *data.corrupted(n, "train"), n, options,
-                                      np.random.default_rng([seed, 2, CORRUPTIONS.index(n)]), split="train",
-                                      strict=False, predicted=data.predictions(net, n, "train"))
-        e = made[n]
+    for n, e in made.items():
         if e is None:
             if explicit:
                 raise InputError(f"experience {n!r} has fewer than 4 failures of the model on the corrupted training "
@@ -756,12 +787,7 @@ def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, optio
     if not cands:
         raise InputError("no corruption has enough failures on the training split to serve as a repair experience; "
                          "use a higher severity or a larger train_limit")
-    fitted = {} if cache is None else cache.setdefault("fits", {})
-    fits = _fits(net, {target: tgt}, options.features)
-    for n, e in cands.items():
-        if n not in fitted:
-            fitted.update(_fits(net, {n: e}, options.features))
-        fits[n] = fitted[n]
+    fits = {**_fits(net, {target: tgt}, options.features), **experience_fits(net, cands, options, cache=cache)}
     dist = {n: frechet.frechet_distance(fits[n], fits[target]) for n in cands}
     kept = list(cands) if explicit else select_experiences(dist, options.k)
     p = task_probabilities([dist[n] for n in kept], alpha=options.alpha, beta=options.beta,
