@@ -104,20 +104,13 @@ def fmt(value, kind: str) -> str:
         return text
     if value is None:
         return "—"
-    v = float(value)
     if kind == "pct":
-        return f"{100 * v:.1f} %"
-    if kind == "f2":
-        return f"{v:.2f}"
-    if kind == "f1":
-        return f"{v:.1f}"
-    if kind == "f0":
-        return f"{v:.0f}"
-    if kind == "int":
-        return f"{v:.0f}"
-    if kind == "g3":
-        return f"{v:.3g}"
-    return str(value)
+        return f"{100 * float(value):.1f} %"
+    spec = _NUMBER_FORMATS.get(kind)
+    return str(value) if spec is None else format(float(value), spec)
+
+
+_NUMBER_FORMATS = {"f2": ".2f", "f1": ".1f", "f0": ".0f", "int": ".0f", "g3": ".3g"}
 
 
 def _cell(row: dict, metric, kind: str) -> str:
