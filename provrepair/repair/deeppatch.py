@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from ..data import augment as _aug
 from ..errors import InputError, ModelFormatError
-from ..evaluate.metrics import predictions
+from ..evaluate.metrics import accuracy, predictions
 from ..models import ModelMeta, get_meta, load_model, normalize_model, set_meta
 
 __all__ = [
@@ -585,7 +585,7 @@ def _load_splits(dataset, limits: dict[str, int | None]) -> dict[str, tuple[torc
 
 
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(np.mean(predictions(net, x, batch_size=EVAL_BATCH) == y.cpu().numpy()))
+    return accuracy(net, x, y, batch_size=EVAL_BATCH)
 
 
 def _replacement_share(net: PatchedNet, x: torch.Tensor) -> float:

@@ -59,7 +59,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..evaluate.metrics import predictions
+from ..evaluate.metrics import accuracy, predictions
 from . import frechet
 from .deeppatch import _check_seed, _fingerprint, as_canonical, resolve_device
 
@@ -327,9 +327,7 @@ def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    if y.shape[0] == 0:
-        return float("nan")
-    return float((_predict(net, x) == y).double().mean())
+    return float("nan") if y.shape[0] == 0 else accuracy(net, x, y, batch_size=EVAL_BATCH)
 
 
 def _class_covering_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
