@@ -11,13 +11,16 @@ and parameter count of
 * fine-tuning (FT) and AugMix, trained for as many epochs on the same data;
 * DeepPatch at kappa = 10 % and 50 % (top-ranked), and at 25 % on the bottom-ranked filters
   (gamma and beta of each);
+* DeepPatch at kappa = 25 % as the paper sets it up (``DP-gamma-paper`` / ``DP-beta-paper``):
+  randomly re-initialised replacements trained at SGD's 0.01, against the defaults (replacements
+  cloned from the blamed filters, 0.2);
 
 plus the CPU inference time of DP-gamma and DP-beta relative to the pretrained network (batches of
 256 drawn from the clean and augmented test sets, the models timed batch by batch in turn, so that
 a busy machine slows all of them alike) and the acceptance checks of the issue. It writes
 ``benchmarks/results/deeppatch.json``.
 
-    python benchmarks/deeppatch.py            # the full run: about 30-35 min on 2 otherwise idle cores
+    python benchmarks/deeppatch.py --jobs 2   # the full run, one case per core
     python benchmarks/deeppatch.py --quick    # a smoke run on tiny subsets, 1 epoch (about 2 min)
 
 On a machine whose cores other jobs share, two torch threads can be several times slower than one
@@ -30,10 +33,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,6 +54,8 @@ MAIN_KAPPA = 25
 #: joint accuracy above FT and AugMix, inference at most 1.35x the original.
 MAX_STD_DROP_PP, MIN_BLUR_GAIN_PP, MAX_OVERHEAD = 0.3, 15.0, 1.35
 INFERENCE_BATCH = 256
+#: The paper's set-up of the replacement filters (Sec. 3.4.2 and 4.2.1), run beside the defaults.
+PAPER_SETUP = {"init": "random", "lr": 0.01}
 QUICK = {"epochs": 1, "train_limit": 2000, "val_limit": 100, "test_limit": 500}
 
 
@@ -114,8 +121,9 @@ def run_case(model_name: str, augment: str, args) -> dict:
     say(f"filter assessment {assessment.seconds:.1f} s ({assessment.forward_passes} batched passes instead of "
         f"{assessment.single_passes})")
 
-    def patch(kappa, ranking):
-        result = deeppatch(net, ratio=kappa, ranking=ranking, variant="gamma", assessment=assessment, **common)
+    def patch(kappa, ranking, **setup):
+        result = deeppatch(net, ratio=kappa, ranking=ranking, variant="gamma", assessment=assessment, **common,
+                           **setup)
         model = result.model
         rows = {}
         for variant in ("gamma", "beta", "fallback"):
@@ -126,14 +134,17 @@ def run_case(model_name: str, augment: str, args) -> dict:
         info = {"boundary": round(result.details["boundary"], 6), "side": result.details["side"],
                 "corrective_rate_mean": result.details["corrective_rate_mean"],
                 "blamed": result.details["blamed"], "best_epoch": result.training["best_epoch"],
-                "history": result.training["history"], "train_seconds": round(result.timings["train"], 2)}
-        say(f"DP kappa {kappa} {ranking}: gamma std {rows['gamma']['std']} {metric} {rows['gamma'][metric]}; "
+                "history": result.training["history"], "train_seconds": round(result.timings["train"], 2),
+                "init": result.options["init"], "lr": result.options["lr"]}
+        say(f"DP kappa {kappa} {ranking} {setup or ''}: gamma std {rows['gamma']['std']} {metric} {rows['gamma'][metric]}; "
             f"beta std {rows['beta']['std']} {metric} {rows['beta'][metric]} ({info['train_seconds']} s training)")
         return model, rows, info
 
     main_model, main_rows, main_info = patch(MAIN_KAPPA, "alpha")
     techniques.update({"DP-gamma": main_rows["gamma"], "DP-beta": main_rows["beta"],
                        "DP-fb": main_rows["fallback"]})
+    _, paper_rows, paper_info = patch(MAIN_KAPPA, "alpha", **PAPER_SETUP)
+    techniques.update({"DP-gamma-paper": paper_rows["gamma"], "DP-beta-paper": paper_rows["beta"]})
     baselines = {}
     for name, fn in (("FT", finetune), ("AugMix", augmix)):
         result = fn(net, **common)
@@ -174,12 +185,20 @@ def run_case(model_name: str, augment: str, args) -> dict:
     }
     if augment == "blur":
         acceptance["nRob_gain_at_least_15pp"] = g["nRob"] - pt["nRob"] >= MIN_BLUR_GAIN_PP
+    acceptance["gamma_by_kappa"] = {k: {"std_drop_pp": round(pt["std"] - r["gamma"]["std"], 2),
+                                        f"{metric}_gain_pp": round(r["gamma"][metric] - pt[metric], 2),
+                                        "joint": r["gamma"]["joint"]} for k, r in kappa_rows.items()}
     return {"model": model_name, "dataset": dataset, "augment": augment, "metric": metric,
             "test_samples": pretrained["test_samples"], "train_samples": int(task.train[1].shape[0]),
             "val_samples": int(task.val[1].shape[0]), "techniques": techniques,
-            "deeppatch": main_info, "baselines": baselines, "kappa": kappa_rows, "ranking": ranking_rows,
+            "deeppatch": main_info, "deeppatch_paper": paper_info, "baselines": baselines, "kappa": kappa_rows, "ranking": ranking_rows,
             "assessment": {k: v for k, v in assessment.to_dict().items() if k != "scores"},
             "inference": inference, "acceptance": acceptance, "seconds": round(time.perf_counter() - t_case, 1)}
+
+
+def _run_case_in_worker(job, args) -> dict:
+    torch.set_num_threads(args.threads)
+    return run_case(*job, args)
 
 
 def main(argv=None) -> int:
@@ -192,7 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo models")
     parser.add_argument("--augments", default=",".join(AUGMENTS), help="comma-separated: blur, spatial")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="cases run at once, each in its own process (default 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per job (default: 2 divided among the jobs)")
     parser.add_argument("--timing-samples", type=int, default=7168, help="samples per inference-time pass")
     parser.add_argument("--timing-repeats", type=int, default=5)
     parser.add_argument("--out", help="result file (default results/deeppatch.json, with --quick deeppatch-quick.json)")
@@ -210,9 +230,16 @@ def main(argv=None) -> int:
 
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
+    if args.threads is None:
+        args.threads = max(1, 2 // max(1, args.jobs))
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cases = [run_case(m, a, args) for m in args.models.split(",") for a in args.augments.split(",")]
+    jobs = [(m, a) for m in args.models.split(",") for a in args.augments.split(",")]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            cases = list(pool.map(_run_case_in_worker, jobs, [args] * len(jobs)))
+    else:
+        cases = [run_case(m, a, args) for m, a in jobs]
     payload = {
         "benchmark": "deeppatch",
         "quick": args.quick,
@@ -220,7 +247,7 @@ def main(argv=None) -> int:
                      "test_limit": args.test_limit, "seed": args.seed, "kappas": list(KAPPAS),
                      "main_kappa": MAIN_KAPPA, "optimizer": "SGD(momentum 0.9, weight decay 5e-4), cosine to 0",
                      "device": "cpu"},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": args.jobs,
                         "python": platform.python_version(), "machine": platform.machine()},
         "cases": cases,
         "seconds": round(time.perf_counter() - t0, 1),

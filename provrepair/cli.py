@@ -157,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gamma (per-sample switch, default), beta (always the replacements), fallback (the originals)")
     p.add_argument("--ranking", default="alpha",
                    help="which filters get replacements: alpha (assessment, default), bottom or random")
+    p.add_argument("--init", default="clone",
+                   help="how replacement filters start: clone (copies of the blamed filters, default) or random "
+                        "(the paper's re-initialisation)")
     p.add_argument("--epochs", type=int, help="training epochs of the replacement filters (default 3)")
-    p.add_argument("--lr", type=float, help="SGD learning rate, cosine-decayed to 0 (default 0.01)")
+    p.add_argument("--lr", type=float, help="SGD learning rate of the replacement filters, cosine-decayed to 0 "
+                                            "(default 0.2)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-limit", type=int, metavar="N", help=f"use a fixed random subset of N {split} images")
@@ -535,7 +539,8 @@ def _cmd_patch(args) -> int:
     net = _load(args)
     given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     result = deeppatch(net, dataset=args.dataset, augment=args.augment, ratio=args.ratio, variant=args.variant,
-                       ranking=args.ranking, device=args.device, seed=args.seed, progress=not args.quiet,
+                       ranking=args.ranking, init=args.init, device=args.device, seed=args.seed,
+                       progress=not args.quiet,
                        train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
                        **{k: v for k, v in given.items() if v is not None})
     return _save_trained(result, out, args)

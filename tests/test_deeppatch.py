@@ -97,6 +97,21 @@ def test_equal_replacement_filters_reproduce_the_original_exactly():
         assert torch.equal(patched(x), expected)
 
 
+def test_cloned_replacements_start_as_the_blamed_filters():
+    net = tiny_cnn()
+    x = images(32)
+    cloned = PatchedNet(copy.deepcopy(net), BLAMED, init="clone").eval()
+    with torch.no_grad():
+        assert torch.equal(cloned.set_variant("beta")(x), net(x))
+        assert torch.equal(cloned.corrective_rate(x), torch.zeros(x.shape[0]))
+        for i in cloned.patched_layers:  # copies, not views: training them leaves the originals alone
+            cloned.repl_weight[str(i)].add_(1.0)
+        assert torch.equal(cloned.set_variant("fallback")(x), net(x))
+        assert not torch.allclose(cloned.set_variant("beta")(x), net(x))
+    with pytest.raises(InputError, match="unknown init 'zeros'; use one of: random, clone"):
+        PatchedNet(copy.deepcopy(net), BLAMED, init="zeros")
+
+
 def test_random_replacements_change_the_output_only_when_used():
     net = tiny_cnn()
     x = images(32)
@@ -348,6 +363,8 @@ def test_cli_patch_writes_a_reloadable_model(tmp_path, capsys):
     assert main(args + ["--out", str(model)]) == 2  # never over its input
     assert "input file" in capsys.readouterr().err
     assert main(args[:2] + ["--dataset", "digits", "--augment", "blur", "--out", str(tmp_path / "p.onnx")]) == 2
+    assert main(args + ["--init", "zeros", "--out", str(tmp_path / "z.pt")]) == 2
+    assert "unknown init 'zeros'" in capsys.readouterr().err and not (tmp_path / "z.pt").exists()
 
 
 def test_provrepair_certify_accepts_a_patched_model_on_points():
