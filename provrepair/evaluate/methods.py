@@ -109,7 +109,8 @@ def run_deeppatch(net, data, *, seed: int, options: dict) -> MethodOutput:
     from ..repair.deeppatch import deeppatch
     task = robustness_task(data, options["device"])
     out = _statistical(deeppatch(net, dataset=None, augment=task.augmentor.name, ratio=options["ratio"],
-                                 variant=options["variant"], ranking=options["ranking"], epochs=options["epochs"],
+                                 variant=options["variant"], ranking=options["ranking"], init=options["init"],
+                                 epochs=options["epochs"],
                                  lr=options["lr"], batch_size=options["batch_size"], seed=seed, progress=False,
                                  task=task))
     out.details["details"].pop("assessment", None)  # per-filter scores: large, and in the DeepPatch report
@@ -158,7 +159,9 @@ register_method(Method("augmix", "statistical", "AugMix-style training (augmenta
 register_method(Method(
     "deeppatch", "statistical", "DeepPatch: replacement filters switched in per sample",
     f"{_HERE}:run_deeppatch",
-    (*_TRAIN, Option("ratio", "float", 0.25, "blamed ratio per conv layer"),
+    (_TRAIN[0], Option("lr", "float", 0.2, "SGD learning rate of the replacement filters"), *_TRAIN[2:],
+     Option("ratio", "float", 0.25, "blamed ratio per conv layer"),
+     Option("init", "str", "clone", "how replacement filters start", choices=("clone", "random")),
      Option("variant", "str", "gamma", "routing", choices=("gamma", "beta", "fallback")),
      Option("ranking", "str", "alpha", "filter ranking", choices=("alpha", "random", "bottom"))),
     requires=("conv",), imports=("provrepair.repair.deeppatch",)))
