@@ -10,10 +10,10 @@ it measures the accuracy on ``D_fail^t`` and the clean test accuracy after repai
 * fine-tuning on ``D_collect^t`` (the meta-test's step budget),
 * joint fine-tuning on the K = 5 experiences and ``D_collect^t`` (MetaRepair's whole budget),
 
-and writes ``benchmarks/results/metarepair_seeds.json``: every value, the mean over the targets
+and writes ``benchmarks/results/metarepair_seeds_<model>.json``: every value, the mean over the targets
 per seed, and the mean and standard deviation of that over the seeds.
 
-    python benchmarks/metarepair_seeds.py [--model fashion_cnn] [--seeds 0,1,2]   # ~25 min, 1 thread
+    python benchmarks/metarepair_seeds.py [--model fashion_cnn|mnist_cnn] [--seeds 0,1,2]   # ~25 min, 1 thread
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from provrepair.fileio import write_text_atomic  # noqa: E402
 from provrepair.repair import metarepair as mr  # noqa: E402
 from provrepair.zoo import load_zoo  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results" / "metarepair_seeds.json"
+OUT = Path(__file__).resolve().parent / "results" / "metarepair_seeds_{model}.json"
 KS = (3, 5, 8)
 
 
@@ -53,8 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="fashion_cnn", choices=list(bench.MODELS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--targets", default=",".join(bench.TARGETS))
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", help="result file (default results/metarepair_seeds_<model>.json)")
     args = ap.parse_args(argv)
+    args.out = args.out or str(OUT).format(model=args.model)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     targets = args.targets.split(",")
