@@ -136,7 +136,8 @@ def run_case(model_name: str, augment: str, args) -> dict:
                 "blamed": result.details["blamed"], "best_epoch": result.training["best_epoch"],
                 "history": result.training["history"], "train_seconds": round(result.timings["train"], 2),
                 "init": result.options["init"], "lr": result.options["lr"]}
-        say(f"DP kappa {kappa} {ranking} {setup or ''}: gamma std {rows['gamma']['std']} {metric} {rows['gamma'][metric]}; "
+        say(f"DP kappa {kappa} {ranking} {setup or ''}: gamma std {rows['gamma']['std']} {metric} "
+            f"{rows['gamma'][metric]}; "
             f"beta std {rows['beta']['std']} {metric} {rows['beta'][metric]} ({info['train_seconds']} s training)")
         return model, rows, info
 
@@ -191,7 +192,8 @@ def run_case(model_name: str, augment: str, args) -> dict:
     return {"model": model_name, "dataset": dataset, "augment": augment, "metric": metric,
             "test_samples": pretrained["test_samples"], "train_samples": int(task.train[1].shape[0]),
             "val_samples": int(task.val[1].shape[0]), "techniques": techniques,
-            "deeppatch": main_info, "deeppatch_paper": paper_info, "baselines": baselines, "kappa": kappa_rows, "ranking": ranking_rows,
+            "deeppatch": main_info, "deeppatch_paper": paper_info, "baselines": baselines, "kappa": kappa_rows,
+            "ranking": ranking_rows,
             "assessment": {k: v for k, v in assessment.to_dict().items() if k != "scores"},
             "inference": inference, "acceptance": acceptance, "seconds": round(time.perf_counter() - t_case, 1)}
 

@@ -19,7 +19,6 @@ per seed, and the mean and standard deviation of that over the seeds.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -37,15 +36,6 @@ from provrepair.zoo import load_zoo  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "metarepair_seeds_{model}.json"
 KS = (3, 5, 8)
-
-
-def with_k(prep: mr.Preparation, k: int) -> mr.Preparation:
-    """``prep`` keeping the ``k`` nearest experiences instead of its own selection."""
-    kept = mr.select_experiences(prep.distances, k)
-    probs = mr.task_probabilities([prep.distances[n] for n in kept])
-    out = copy.copy(prep)
-    out.kept, out.probabilities = kept, dict(zip(kept, map(float, probs)))
-    return out
 
 
 def main(argv=None) -> int:
@@ -88,7 +78,7 @@ def main(argv=None) -> int:
         for target in targets:
             prep = preps[target]
             for k in KS:
-                p = with_k(prep, k)
+                p = prep.keeping(k, opts)
                 t0 = time.perf_counter()
                 meta, _ = mr.meta_train(net, [p.candidates[n] for n in p.kept], [p.probabilities[n] for n in p.kept],
                                         opts, seed=seed, clean=clean_train)
@@ -97,7 +87,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             record("finetune", seed, target,
                    mr.finetune_collect(net, prep.target.collect, steps=steps_test, seed=seed, **kw), t0)
-            p5 = with_k(prep, 5)
+            p5 = prep.keeping(5, opts)
             t0 = time.perf_counter()
             record("joint_finetune", seed, target,
                    mr.joint_finetune(net, [p5.candidates[n] for n in p5.kept], prep.target.collect,

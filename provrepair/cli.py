@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gamma (per-sample switch, default), beta (always the replacements), fallback (the originals)")
     p.add_argument("--ranking", default="alpha",
                    help="which filters get replacements: alpha (assessment, default), bottom or random")
-    p.add_argument("--init", default="clone",
+    p.add_argument("--init",
                    help="how replacement filters start: clone (copies of the blamed filters, default) or random "
                         "(the paper's re-initialisation)")
     p.add_argument("--epochs", type=int, help="training epochs of the replacement filters (default 3)")
@@ -537,10 +537,9 @@ def _cmd_patch(args) -> int:
     if out.suffix.lower() not in (".pt", ".pth"):
         raise InputError(f"--out {out}: a patched model is written as a PyTorch file; give a .pt or .pth path")
     net = _load(args)
-    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "init": args.init}
     result = deeppatch(net, dataset=args.dataset, augment=args.augment, ratio=args.ratio, variant=args.variant,
-                       ranking=args.ranking, init=args.init, device=args.device, seed=args.seed,
-                       progress=not args.quiet,
+                       ranking=args.ranking, device=args.device, seed=args.seed, progress=not args.quiet,
                        train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
                        **{k: v for k, v in given.items() if v is not None})
     return _save_trained(result, out, args)

@@ -254,6 +254,10 @@ def test_prepare_cache_reuses_the_experiences_and_gives_the_same_preparation():
         for n in cached.kept:
             assert torch.equal(cached.candidates[n].collect[0], plain.candidates[n].collect[0])
     assert len(cache["experiences"]) == 19
+    wider = plain.keeping(5, opts)  # a K sweep without remaking the experiences
+    five = mr.prepare(net, data, "fog", "auto", opts.replace(k=5), seed=1)
+    assert wider.kept == five.kept and len(wider.kept) == 5 and plain.kept == wider.kept[:3]
+    assert wider.probabilities == pytest.approx(five.probabilities, rel=1e-12)
     assert set(cache["fits"]) == {n for n, e in cache["experiences"].items() if e is not None}
     with pytest.raises(InputError, match="cache"):
         mr.prepare(net, data, "fog", "auto", opts, seed=2, cache=cache)

@@ -84,9 +84,14 @@ def _statistical(result) -> MethodOutput:
     return MethodOutput(result.model.cpu().eval(), "ok", details, dict(result.timings))
 
 
-_TRAIN = (Option("epochs", "int", 2, "training epochs"), Option("lr", "float", 0.01, "SGD learning rate"),
-          Option("batch_size", "int", 128, "training batch size"),
-          Option("device", "str", "auto", "auto (GPU when present), cpu or cuda"))
+def _train_options(lr: float = 0.01, lr_help: str = "SGD learning rate") -> tuple[Option, ...]:
+    """The training options every statistical method takes (DeepPatch with its own learning rate)."""
+    return (Option("epochs", "int", 2, "training epochs"), Option("lr", "float", lr, lr_help),
+            Option("batch_size", "int", 128, "training batch size"),
+            Option("device", "str", "auto", "auto (GPU when present), cpu or cuda"))
+
+
+_TRAIN = _train_options()
 
 
 def run_finetune(net, data, *, seed: int, options: dict) -> MethodOutput:
@@ -110,9 +115,8 @@ def run_deeppatch(net, data, *, seed: int, options: dict) -> MethodOutput:
     task = robustness_task(data, options["device"])
     out = _statistical(deeppatch(net, dataset=None, augment=task.augmentor.name, ratio=options["ratio"],
                                  variant=options["variant"], ranking=options["ranking"], init=options["init"],
-                                 epochs=options["epochs"],
-                                 lr=options["lr"], batch_size=options["batch_size"], seed=seed, progress=False,
-                                 task=task))
+                                 epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"],
+                                 seed=seed, progress=False, task=task))
     out.details["details"].pop("assessment", None)  # per-filter scores: large, and in the DeepPatch report
     return out
 
@@ -159,7 +163,7 @@ register_method(Method("augmix", "statistical", "AugMix-style training (augmenta
 register_method(Method(
     "deeppatch", "statistical", "DeepPatch: replacement filters switched in per sample",
     f"{_HERE}:run_deeppatch",
-    (_TRAIN[0], Option("lr", "float", 0.2, "SGD learning rate of the replacement filters"), *_TRAIN[2:],
+    (*_train_options(0.2, "SGD learning rate of the replacement filters"),
      Option("ratio", "float", 0.25, "blamed ratio per conv layer"),
      Option("init", "str", "clone", "how replacement filters start", choices=("clone", "random")),
      Option("variant", "str", "gamma", "routing", choices=("gamma", "beta", "fallback")),

@@ -282,17 +282,19 @@ class PatchedNet(nn.Module):
                 raise InputError(f"blamed filters {idx.tolist()} of module {i} must be distinct positions in "
                                  f"0..{conv.out_channels - 1}")
             self.register_buffer(f"blamed_{i}", idx)
-            weight = torch.empty((idx.numel(),) + tuple(conv.weight.shape[1:]), dtype=conv.weight.dtype)
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=gen)  # nn.Conv2d's own initialisation
             if init == "clone":
-                weight = conv.weight.detach().cpu()[idx].clone()
+                weight = conv.weight.detach()[idx.to(conv.weight.device)].clone()
+            else:
+                weight = torch.empty((idx.numel(),) + tuple(conv.weight.shape[1:]), dtype=conv.weight.dtype)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=gen)  # nn.Conv2d's own initialisation
             self.repl_weight[str(i)] = nn.Parameter(weight.to(conv.weight.device))
             if conv.bias is not None:
-                bound = 1.0 / math.sqrt(weight[0].numel())
-                bias = torch.empty(idx.numel(), dtype=conv.bias.dtype)
-                nn.init.uniform_(bias, -bound, bound, generator=gen)
                 if init == "clone":
-                    bias = conv.bias.detach().cpu()[idx].clone()
+                    bias = conv.bias.detach()[idx.to(conv.bias.device)].clone()
+                else:
+                    bound = 1.0 / math.sqrt(weight[0].numel())
+                    bias = torch.empty(idx.numel(), dtype=conv.bias.dtype)
+                    nn.init.uniform_(bias, -bound, bound, generator=gen)
                 self.repl_bias[str(i)] = nn.Parameter(bias.to(conv.bias.device))
         if not self.repl_weight:
             raise InputError("no filter is blamed in any conv layer; raise the ratio so that at least one filter is patched")
@@ -820,8 +822,9 @@ def deeppatch(model, *, dataset, augment: str, ratio=0.25, variant: str = "gamma
     ``ranking``: ``alpha`` (the paper's assessment), ``bottom`` (the lowest ranked) or ``random``.
     ``variant``: how the returned model routes samples (it can be switched later with
     ``result.model.set_variant``). ``init``: ``clone`` (replacements start as copies of the blamed
-    filters) or ``random`` (the paper's re-initialisation); ``lr``: the replacement filters' SGD step. ``assessment`` / ``task``: reuse a filter assessment or a loaded
-    task (benchmarks run several patches on one model). Returns the patched model and its metrics.
+    filters) or ``random`` (the paper's re-initialisation); ``lr``: the replacement filters' SGD step.
+    ``assessment`` / ``task``: reuse a filter assessment or a loaded task (benchmarks run several
+    patches on one model). Returns the patched model and its metrics.
     """
     t_start = time.perf_counter()
     variant = _check_choice(variant, VARIANTS, "variant")

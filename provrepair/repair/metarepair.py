@@ -48,7 +48,7 @@ import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -699,6 +699,18 @@ class Preparation:
     skipped: list[str]
     seconds: float
 
+    def keeping(self, k: int, options: MetaRepairOptions) -> Preparation:
+        """The same preparation with the ``k`` nearest experiences kept instead (a sweep over K
+        without remaking the experiences)."""
+        kept = select_experiences(self.distances, k)
+        return replace(self, kept=kept, probabilities=_task_weights(kept, self.distances, options))
+
+
+def _task_weights(kept: Sequence[str], distances: Mapping[str, float], options: MetaRepairOptions) -> dict[str, float]:
+    p = task_probabilities([distances[n] for n in kept], alpha=options.alpha, beta=options.beta,
+                           confidence=options.confidence)
+    return dict(zip(kept, map(float, p)))
+
 
 def _fits(net, exps: Mapping[str, Experience], kind: str) -> dict[str, frechet.GaussianFit]:
     return {n: frechet.fit_gaussian(frechet.features(net, e.collect[0], kind=kind)) for n, e in exps.items()}
@@ -788,9 +800,7 @@ def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, optio
     fits = {**_fits(net, {target: tgt}, options.features), **experience_fits(net, cands, options, cache=cache)}
     dist = {n: frechet.frechet_distance(fits[n], fits[target]) for n in cands}
     kept = list(cands) if explicit else select_experiences(dist, options.k)
-    p = task_probabilities([dist[n] for n in kept], alpha=options.alpha, beta=options.beta,
-                           confidence=options.confidence)
-    return Preparation(tgt, cands, dist, kept, dict(zip(kept, map(float, p))), skipped, time.perf_counter() - t0)
+    return Preparation(tgt, cands, dist, kept, _task_weights(kept, dist, options), skipped, time.perf_counter() - t0)
 
 
 def metarepair(model, *, dataset, target: str, severity=5, experiences="auto", device="auto", seed: int = 0,
