@@ -19,7 +19,7 @@ from .base import (
     SolverOptions,
 )
 
-SOLVERS = ("highs", "gurobi")
+from .names import METHODS, SOLVERS
 
 
 def create(name: str = "highs", options: SolverOptions | None = None, **kw) -> Backend:
@@ -48,6 +48,7 @@ __all__ = [
     "ERROR",
     "FEASIBLE",
     "INFEASIBLE",
+    "METHODS",
     "OPTIMAL",
     "SOLVERS",
     "TIME_LIMIT",

@@ -40,40 +40,12 @@ import solvers
 
 from ..errors import InputError
 from ..models import affine_index_to_module_index, affine_layers, layer_inputs
+from .options import PointRepairOptions
 from .suffix import Rows, Suffix
 
-OBJECTIVES = ("linf+l1", "l1", "linf")
-STRATEGIES = ("generate", "full")
 # Every row is built equilibrated (largest coefficient 1) and the costs are O(1) per parameter, so
 # HiGHS's own simplex scaling only costs time: 14.0 s instead of 17-18 s on the 100-point benchmark.
 HIGHS_DEFAULTS = {"simplex_scale_strategy": 0}
-
-
-@dataclass
-class PointRepairOptions:
-    delta_bound: float = 3.0  # B: every parameter delta lies in [-B, B]
-    margin: float = 1e-3  # eps: each output constraint holds with this slack in the LP
-    objective: str = "linf+l1"
-    neurons: Sequence[int] | None = None  # rows of W_k (output neurons/channels) allowed to change
-    later_biases: bool = True  # also change the biases of every later affine layer
-    solver: str = "highs"
-    method: str = "auto"  # LP algorithm of the first solve; later rounds re-solve warm
-    time_limit: float | None = None  # seconds, over all rounds
-    threads: int | None = None
-    solver_options: dict = field(default_factory=dict)  # passed to the backend verbatim
-    strategy: str = "generate"  # generate: pattern rows added lazily, re-solved warm; full: all up front
-    pattern_tol: float = 1e-7  # a pattern counts as kept while the pre-activation is off by less
-    max_rounds: int = 100
-
-    def validate(self) -> None:
-        if not self.delta_bound > 0:
-            raise InputError(f"delta bound must be positive, got {self.delta_bound}")
-        if not self.margin >= 0:
-            raise InputError(f"margin must be >= 0, got {self.margin}")
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.strategy not in STRATEGIES:
-            raise InputError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 @dataclass

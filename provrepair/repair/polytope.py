@@ -40,36 +40,15 @@ from torch import nn
 from ..errors import InputError, SpecError, UnsupportedLayerError
 from ..models import affine_index_to_module_index, affine_layers
 from ..specs.regions import Box, HPolytope, OutputProperty, Region, VPolytope
-from .aprnn import PointRepairOptions, repair_points
+from .aprnn import repair_points
+from .options import PointRepairOptions, PolytopeRepairOptions
 
 __all__ = ["PolytopeRepairOptions", "PolytopeRepairOutcome", "fix_disjuncts", "repair_polytopes", "region_vertices"]
 
 #: A box with more free inputs than this has too many corners to repair as a V-polytope.
 MAX_BOX_CORNERS = 4096
-BOX_ENCODINGS = ("auto", "corners", "generators")
-HULLS = ("exact", "interval")
-DISJUNCTION_MODES = ("auto", "fix", "milp")
 #: From this many free inputs on, ``auto`` encodes a box by its generators (2^3 corners > 3 generators).
 MIN_GENERATOR_DIMS = 3
-
-
-@dataclass
-class PolytopeRepairOptions(PointRepairOptions):
-    shift_start: int = 0  # first affine layer a shift LP may change; earlier ones must already be affine
-    shift_delta_bound: float | None = None  # delta bound of the shift LPs (default: delta_bound)
-    box_encoding: str = "auto"  # boxes: auto, corners, generators (centre + one generator per free input)
-    disjunctions: str = "auto"  # fix: one row per disjunction and region (an LP); milp: binaries; auto: fix, then milp
-    hull: str = "exact"  # exact: shift LPs, then the assert at the vertices; interval: see _repair_interval
-
-    def validate(self) -> None:
-        super().validate()
-        if self.disjunctions not in DISJUNCTION_MODES:
-            raise InputError(f"unknown disjunction mode {self.disjunctions!r}; choose one of "
-                             f"{', '.join(DISJUNCTION_MODES)}")
-        if self.hull not in HULLS:
-            raise InputError(f"unknown hull {self.hull!r}; choose one of {', '.join(HULLS)}")
-        if self.box_encoding not in BOX_ENCODINGS:
-            raise InputError(f"unknown box encoding {self.box_encoding!r}; choose one of {', '.join(BOX_ENCODINGS)}")
 
 
 @dataclass
