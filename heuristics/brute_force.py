@@ -37,7 +37,7 @@ def evaluate_candidate(repair_fn: Callable[..., Any], net, spec, layer: int, val
     """Repair at one layer and measure the validation drawdown (runs in a worker process)."""
     import torch
 
-    from provrepair.evaluate.metrics import accuracy
+    from provrepair.models.inference import accuracy
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:

@@ -67,7 +67,7 @@ from tqdm import tqdm
 
 from ..data import augment as _aug
 from ..errors import InputError, ModelFormatError
-from ..evaluate.metrics import accuracy, predictions
+from ..models.inference import accuracy, predictions
 from ..models import ModelMeta, get_meta, load_model, normalize_model, set_meta
 
 __all__ = [

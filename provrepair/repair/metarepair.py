@@ -59,7 +59,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..evaluate.metrics import accuracy, predictions
+from ..models.inference import accuracy, predictions
 from . import frechet
 from .deeppatch import _check_seed, _fingerprint, as_canonical, resolve_device
 
