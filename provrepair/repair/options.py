@@ -207,3 +207,7 @@ class PolytopeRepairOptions(PointRepairOptions):
         "exact", "regions: exact (shift LPs make the network affine on each region, then the assert at its "
                  "vertices) or interval (the last layer only, over each region's CROWN interval at its input: "
                  "no shift LP, one small LP; try it when a shift LP fails)", choices=HULLS)
+
+
+# --------------------------------------------------------------------------------------------------
+# the statistical repairers
