@@ -5,37 +5,39 @@
 >>> spec = provrepair.PointSpec.load("points.npz", where={"group": 0})
 >>> result = provrepair.repair(net, spec, layer=5)
 >>> result.certified, result.timings["total"]
+
+Every name below is imported on first use (PEP 562), so ``import provrepair.cli`` or
+``import solvers`` pays for torch and the repairers only when they are used.
 """
 
-import types as _types
+from __future__ import annotations
 
-from . import certify as _certify_package
-from . import repair as _repair_package
-from .api import MetaRepairResult, RepairResult, StatisticalRepairResult, deeppatch, load_patched, metarepair
-from .api import certify as _certify
-from .api import repair as _repair
+import importlib
+
 from .errors import ProvRepairError
-from .evaluate.harness import compare
-from .models import load_model, save_model
-from .repair.aprnn import PointRepairOptions
-from .repair.pipeline import polish
-from .specs import OutputProperty, PointSpec, RegionSpec
+
+# public name -> "module:attribute" (attribute defaults to the name)
+_LAZY = {
+    "load_model": "provrepair.models", "save_model": "provrepair.models",
+    "PointSpec": "provrepair.specs", "RegionSpec": "provrepair.specs", "OutputProperty": "provrepair.specs",
+    "RepairResult": "provrepair.repair.protocol", "PointRepairOptions": "provrepair.repair.options",
+    "deeppatch": "provrepair.api", "load_patched": "provrepair.api", "metarepair": "provrepair.api",
+    "polish": "provrepair.api", "compare": "provrepair.evaluate.harness",
+    "repair": "provrepair.repair", "certify": "provrepair.certify",
+}
+
+__all__ = ["ProvRepairError", *_LAZY]
 
 
-class _CallablePackage(_types.ModuleType):
-    """``provrepair.repair`` and ``provrepair.certify`` are both the API functions the product
-    promises and the subpackages the layout promises; calling the package calls the function."""
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'provrepair' has no attribute {name!r}")
+    module = importlib.import_module(target)
+    value = module if target == f"{__name__}.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
 
-    def __call__(self, *args, **kwargs):
-        return self.__call_target__(*args, **kwargs)
 
-
-for _pkg, _fn in ((_repair_package, _repair), (_certify_package, _certify)):
-    _pkg.__class__ = _CallablePackage
-    _pkg.__call_target__ = _fn
-repair = _repair_package
-certify = _certify_package
-
-__all__ = ["load_model", "save_model", "PointSpec", "RegionSpec", "OutputProperty", "deeppatch", "load_patched", "metarepair", "MetaRepairResult",
-           "StatisticalRepairResult", "PointRepairOptions", "repair", "certify", "RepairResult",
-           "ProvRepairError", "compare", "polish"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

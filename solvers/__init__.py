@@ -1,29 +1,37 @@
 """LP/MILP backends behind one small interface (see ``solvers.base.Backend``).
 
-``solvers`` imports nothing from ``provrepair.repair``: it only knows sparse matrices.
+``solvers`` imports nothing from ``provrepair.repair``: it only knows sparse matrices. The names of
+``solvers.base`` load on first use, so the CLI can read ``SOLVERS``/``METHODS`` without numpy/scipy.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
 from provrepair.errors import InputError
 
-from .base import (
-    ERROR,
-    FEASIBLE,
-    INFEASIBLE,
-    OPTIMAL,
-    TIME_LIMIT,
-    UNBOUNDED,
-    Backend,
-    SolveResult,
-    SolverOptions,
-)
-
 from .names import METHODS, SOLVERS
+
+if TYPE_CHECKING:
+    from .base import Backend, SolverOptions
+
+_BASE = ("ERROR", "FEASIBLE", "INFEASIBLE", "OPTIMAL", "TIME_LIMIT", "UNBOUNDED", "Backend", "SolveResult",
+         "SolverOptions")
+
+
+def __getattr__(name: str):
+    if name in _BASE:
+        value = getattr(importlib.import_module(".base", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'solvers' has no attribute {name!r}")
 
 
 def create(name: str = "highs", options: SolverOptions | None = None, **kw) -> Backend:
     """A fresh, empty problem on backend ``name``; keyword arguments fill ``SolverOptions``."""
+    from .base import SolverOptions
     if options is None:
         options = SolverOptions(**kw)
     elif kw:
@@ -40,22 +48,7 @@ def create(name: str = "highs", options: SolverOptions | None = None, **kw) -> B
 
 def available() -> list[str]:
     """Backends whose Python package imports here."""
-    import importlib.util
     return [n for n, mod in (("highs", "highspy"), ("gurobi", "gurobipy")) if importlib.util.find_spec(mod)]
 
 
-__all__ = [
-    "ERROR",
-    "FEASIBLE",
-    "INFEASIBLE",
-    "METHODS",
-    "OPTIMAL",
-    "SOLVERS",
-    "TIME_LIMIT",
-    "UNBOUNDED",
-    "Backend",
-    "SolveResult",
-    "SolverOptions",
-    "available",
-    "create",
-]
+__all__ = [*_BASE, "METHODS", "SOLVERS", "available", "create"]

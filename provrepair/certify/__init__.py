@@ -1,6 +1,7 @@
 """Independent checks of a network (never trusts the repairer): exact points, bound propagation
 (IBP, CROWN), and the complete MILP check of input regions."""
 
+from ..callable_package import make_callable
 from .bounds import BoundPropagator, InputSet, NetworkBounds
 from .points import PointCertificate, certify_points
 from .regions import RegionCertificate, RegionVerdict, certify_regions
@@ -15,3 +16,5 @@ __all__ = [
            "certify_points",
            "certify_regions",
 ]
+
+make_callable(__name__, "provrepair.api:certify")
