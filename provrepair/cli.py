@@ -81,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provrepair", description="Repair neural networks and prove the repair.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_repair_parser, _certify_parser, _inspect_parsers, _patch_parser, _metarepair_parser,
+                _compare_parser, _evaluate_parser, _data_parser):
+        add(sub)
+    return parser
 
+
+def _repair_parser(sub) -> None:
+    from .repair.options import PolytopeRepairOptions, add_flags, options_of
     p = sub.add_parser("repair", help="repair a network on points, boxes or polytopes (provable LP/MILP repair)")
     _add_model_args(p)
     _add_spec_args(p, regions=True)
@@ -89,32 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="affine layer to repair (0 = first Linear/Conv2d, negative counts from the end), "
                         "or 'auto' to rank the layers and fall back on infeasibility")
     p.add_argument("--heuristic", help="layer ranking for --layer auto (default: the benchmark's best)")
-    p.add_argument("--solver", default="highs", choices=["highs", "gurobi"])
-    p.add_argument("--delta-bound", type=float, default=3.0, help="bound on every parameter change (default 3)")
-    p.add_argument("--margin", type=float, default=1e-3, help="required output margin in the LP (default 1e-3)")
-    p.add_argument("--objective", default="linf+l1", choices=["linf+l1", "l1", "linf"])
-    p.add_argument("--strategy", default="generate", choices=["generate", "full"],
-                   help="generate activation-pattern rows lazily (default) or build them all up front")
-    p.add_argument("--shift-start", type=int, default=0,
-                   help="regions: first affine layer the shift LPs may change (default 0)")
+    p.set_defaults(option_names=add_flags(p, options_of(PolytopeRepairOptions)))
     p.add_argument("--keep", metavar="FILE",
                    help="regions: a points file (with labels) whose outputs the repair must keep, e.g. correctly "
                         "classified training images; holds the rest of the network in place (less drawdown)")
-    p.add_argument("--box-encoding", default="auto", choices=["auto", "corners", "generators"],
-                   help="boxes: centre + one generator per free input (rows grow linearly with the inputs), "
-                        "or every corner (2^n); auto uses generators from 3 free inputs on where the "
-                        "property is a conjunction")
-    p.add_argument("--hull", default="exact", choices=["exact", "interval"],
-                   help="regions: exact (shift LPs make the network affine on each region, then the assert at its "
-                        "vertices) or interval (the last layer only, over each region's CROWN interval at its "
-                        "input: no shift LP, one small LP; try it when a shift LP fails)")
-    p.add_argument("--time-limit", type=float, help="seconds for the whole LP repair")
-    p.add_argument("--threads", type=int, help="solver threads")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="repaired model; its suffix picks the format, and a .pt copy is always written too")
     p.add_argument("--report", metavar="FILE", help="write the full result as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the outcome")
 
+
+def _certify_parser(sub) -> None:
+    from solvers.names import SOLVERS
     p = sub.add_parser("certify", help="check a network on points (exactly) or on input regions (bounds, MILP)")
     _add_model_args(p)
     _add_spec_args(p, regions=True)
@@ -122,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regions: ibp/crown bounds only (sound, may say unknown), milp = complete check, "
                         "auto = the cheapest that decides (default)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="regions: complete-check budget per region")
-    p.add_argument("--solver", default="highs", choices=["highs", "gurobi"], help="regions: MILP solver")
+    p.add_argument("--solver", default="highs", choices=SOLVERS, help="regions: MILP solver")
     p.add_argument("--threads", type=int, help="regions: solver threads")
     p.add_argument("--device", default="cpu", help="regions: torch device for bound propagation (cpu, cuda, auto)")
     p.add_argument("--report", metavar="FILE", help="write the certificate as JSON")
     p.add_argument("--quiet", action="store_true")
 
+
+def _inspect_parsers(sub) -> None:
     p = sub.add_parser("layers", help="rank the repair layers with every heuristic, side by side")
     _add_model_args(p)
     _add_spec_args(p)
@@ -147,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=50, help="misclassified fogged training images to repair (default 50)")
     p.add_argument("--quiet", action="store_true")
 
+
+def _patch_parser(sub) -> None:
     p = sub.add_parser("patch", help="DeepPatch: add replacement filters for robustness, switched in per sample")
     _add_model_args(p)
     p.add_argument("--dataset", required=True, help="mnist, fashion-mnist or digits (its train/val/test splits)")
@@ -173,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the metrics and patch details as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _metarepair_parser(sub) -> None:
     p = sub.add_parser("metarepair", help="MetaRepair: repair a corruption by meta-learning from other corruptions' repairs")
     _add_model_args(p)
     p.add_argument("--dataset", required=True, help="mnist or fashion-mnist (train split: experiences, test split: target)")
@@ -198,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write the metrics and details as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="run several repair methods on the same model and compare them (report + plots)")
     p.add_argument("--model", help="zoo model name (mnist_cnn, fashion_cnn, mnist_mlp) or a model file")
     p.add_argument("--dataset", help="mnist, fashion-mnist or digits")
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the methods and their options, then exit")
     p.add_argument("--quiet", action="store_true")
 
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="test a model without repairing it: accuracy, robustness, constraint/confusion")
     p.add_argument("model", help="zoo model name or a model file")
     p.add_argument("--dataset", required=True, help="mnist, fashion-mnist or digits")
@@ -237,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=10000, help="test images (default 10000)")
     p.add_argument("--out", metavar="DIR", help="write results.json and report.md here")
 
+
+def _data_parser(sub) -> None:
     p = sub.add_parser("data", help="datasets and their corrupted versions: build, list, contact sheet")
     data = p.add_subparsers(dest="data_command", required=True, metavar="{build,sheet,list}")
     d = data.add_parser("build", help="build (or reuse) cached corrupted copies of a dataset split")
@@ -256,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="test", help="split the image comes from (default test)")
     d.add_argument("--index", type=int, default=0, help="position of the image in the split (default 0)")
     d = data.add_parser("list", help="datasets, splits and corruptions by group")
-    return parser
 
 
 def _version() -> str:
@@ -359,6 +363,7 @@ def _torch_copy_path(out: Path) -> Path | None:
 
 def _cmd_repair(args) -> int:
     from .api import repair
+    from .repair.options import given_flags
     from .models import save_model
     out = Path(args.out)
     pt_copy = _torch_copy_path(out)
@@ -370,22 +375,22 @@ def _cmd_repair(args) -> int:
         raise InputError(f"--out {out}: unknown model suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}")
     net = _load(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    common = dict(progress=say, delta_bound=args.delta_bound, margin=args.margin, objective=args.objective,
-                  solver=args.solver, time_limit=args.time_limit, threads=args.threads, strategy=args.strategy)
+    given = given_flags(args, args.option_names)
     if region_file is None:
         if args.keep:
             raise InputError("--keep applies to --box/--polytope/--vnnlib repair; for points, add the points to "
                              "keep to the --points file")
-        result = repair(net, _load_spec(args), layer=args.layer, heuristic=args.heuristic, **common)
+        spec = _load_spec(args)
     else:
         from .specs import PointSpec, RegionSpec
         kind = "vnnlib" if args.vnnlib else "box" if args.box else "polytope"
         if args.heuristic:
             raise InputError("--heuristic ranks layers for point repair; for regions, --layer auto tries the "
                              "layers from the last one back")
-        keep = PointSpec.load(args.keep) if args.keep else None
-        result = repair(net, RegionSpec.load(region_file, kind=kind), layer=args.layer, keep=keep,
-                        shift_start=args.shift_start, box_encoding=args.box_encoding, hull=args.hull, **common)
+        spec = RegionSpec.load(region_file, kind=kind)
+        if args.keep:
+            given["keep"] = PointSpec.load(args.keep)
+    result = repair(net, spec, layer=args.layer, heuristic=args.heuristic, progress=say, **given)
     written = []
     if result.model is not None and result.certified:
         protect = tuple(p for p in inputs if p)
@@ -435,10 +440,10 @@ def _cmd_layers(args) -> int:
     from heuristics.scorers import rank, score_all
     from heuristics.select import DEFAULT_HEURISTIC, candidate_layers
 
-    from .api import _prepare
     from .models import affine_layers
+    from .repair.provable import prepare_points
     net = _load(args)
-    spec, _ = _prepare(net, _load_spec(args))
+    spec, _ = prepare_points(net, _load_spec(args))
     pairs = None
     if args.pairs:
         pairs = np.load(args.pairs).astype(np.float64).reshape(spec.inputs.shape)
@@ -460,9 +465,9 @@ def _cmd_analyze(args) -> int:
     spec = _load_spec(args)
     net = None
     if args.model:
-        from .api import _prepare
+        from .repair.provable import prepare_points
         net = _load(args)
-        spec, _ = _prepare(net, spec)
+        spec, _ = prepare_points(net, spec)
     report = analyze(spec, net)
     print(format_analysis(report))
     if args.report:
@@ -543,7 +548,6 @@ def _cmd_patch(args) -> int:
                        train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
                        **{k: v for k, v in given.items() if v is not None})
     return _save_trained(result, out, args)
-
 
 
 def _save_trained(result, out: Path, args) -> int:

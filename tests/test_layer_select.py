@@ -56,17 +56,18 @@ def test_unsupported_candidate_is_an_outcome_not_a_crash():
 
 def test_auto_falls_back_when_the_first_choice_fails(monkeypatch):
     net, spec, _ = _net_and_spec(1)
-    real = api._repair_at
+    from provrepair.repair.provable import PointRepairer
+    real = PointRepairer._at
     calls = []
 
-    def fake(net_, spec_, n_out, layer, options, progress):
+    def fake(self, net_, spec_, n_out, layer, options, progress):
         calls.append(layer)
-        res = real(net_, spec_, n_out, layer, options, progress)
+        res = real(self, net_, spec_, n_out, layer, options, progress)
         if layer == 2:  # pretend the top-ranked layer is infeasible
             res.status, res.model = "infeasible", None
         return res
 
-    monkeypatch.setattr(api, "_repair_at", fake)
+    monkeypatch.setattr(PointRepairer, "_at", fake)
     monkeypatch.setattr("heuristics.select.rank_layers", lambda *a, **k: [2, 1, 0])
     res = provrepair.repair(net, spec, layer="auto")
     assert calls[:2] == [2, 1]

@@ -19,8 +19,8 @@ from solvers.names import METHODS, SOLVERS
 
 from ..errors import InputError
 
-__all__ = ["Option", "option", "options_of", "add_flags", "given_flags", "check_choice",
-           "PointRepairOptions", "PolytopeRepairOptions", "OBJECTIVES", "STRATEGIES", "BOX_ENCODINGS", "HULLS",
+__all__ = ["Option", "option", "options_of", "add_flags", "given_flags", "build", "check_choice",
+           "PointRepairOptions", "PolytopeRepairOptions", "PolishOptions", "OBJECTIVES", "STRATEGIES", "BOX_ENCODINGS", "HULLS",
            "DISJUNCTION_MODES"]
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -140,6 +140,20 @@ def given_flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def build(cls: type, options: Any = None, **changes: Any) -> Any:
+    """``options`` (or the defaults of ``cls``) with keyword ``changes``; an unknown name is the
+    user's error, reported with the names that exist."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} has: {', '.join(sorted(known))}")
+    if options is None:
+        return cls(**changes)
+    if not isinstance(options, cls):
+        raise InputError(f"options must be a {cls.__name__}, got {type(options).__name__}")
+    return dataclasses.replace(options, **changes) if changes else options
+
+
 def check_choice(value: Any, choices: Sequence[str], what: str) -> str:
     if value not in choices:
         raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
@@ -182,6 +196,10 @@ class PointRepairOptions:
                            choices=STRATEGIES)
     pattern_tol: float = 1e-7  # a pattern counts as kept while the pre-activation is off by less
     max_rounds: int = 100
+    # which layer: an affine index (negative counts from the end) or "auto" (ranked by ``heuristic``,
+    # default the benchmark's best, tried in order until one certifies); the CLI's --layer/--heuristic
+    layer: int | str = -1
+    heuristic: str | None = None
 
     def validate(self) -> None:
         if not self.delta_bound > 0:
@@ -207,6 +225,16 @@ class PolytopeRepairOptions(PointRepairOptions):
         "exact", "regions: exact (shift LPs make the network affine on each region, then the assert at its "
                  "vertices) or interval (the last layer only, over each region's CROWN interval at its input: "
                  "no shift LP, one small LP; try it when a shift LP fails)", choices=HULLS)
+    keep: Any = None  # a PointSpec whose outputs the repair must keep (locality); see RegionRepairer
+    certify_method: str = "auto"  # how the repaired regions are certified (provrepair.certify)
+    certify_timeout: float | None = None
+
+
+@dataclass
+class PolishOptions(PointRepairOptions):
+    """The certified pipelines' LP polish: the point LP at the last affine layers, last first."""
+
+    max_layers: int = option(2, "how many of the last affine layers the polish may try, last first")
 
 
 # --------------------------------------------------------------------------------------------------

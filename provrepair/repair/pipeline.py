@@ -23,53 +23,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..certify import certify_points
 from ..errors import InputError
+from ..models import ModelMeta, affine_layers, get_meta, set_meta
+from ..specs import PointSpec
+from .deeppatch import PatchedNet
+from .options import PolishOptions, build
+from .protocol import CERTIFIED, NOT_CERTIFIED, Progress, RepairResult, say
+from .provable import PointRepairer, as_network, prepare_points
 
-__all__ = ["PolishResult", "polish"]
-
-#: How many of the last affine layers the polish may try, from the last one backwards.
-DEFAULT_MAX_LAYERS = 2
-
-
-@dataclass
-class PolishResult:
-    """``status``: ``certified`` (every repair point certified after the polish, or already before
-    it), or the last LP outcome (``infeasible``, ``not_certified``, ...). ``model``: the polished
-    network (the stage's own network when no polish was needed; ``None`` when it failed).
-    ``before`` / ``after``: the independent certificates of the stage's and the polished network.
-    ``layer``: the affine layer the LP changed (None when nothing was changed)."""
-
-    status: str
-    model: nn.Module | None
-    before: Any
-    after: Any | None
-    layer: int | None
-    tried: list = field(default_factory=list)
-    repair: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def certified(self) -> bool:
-        return self.status == "certified"
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "certified": self.certified, "layer": self.layer, "tried": self.tried,
-                "before": self.before.to_dict() if self.before is not None else None,
-                "after": self.after.to_dict() if self.after is not None else None,
-                "repair": self.repair, "timings": self.timings}
+__all__ = ["PolishRepairer", "polish"]
 
 
 def _sequential(model: nn.Module) -> tuple[nn.Sequential, int]:
     """The ``nn.Sequential`` holding the layers to polish and the first module index the polish may
     touch (after every DeepPatch replacement filter)."""
-    from ..repair.deeppatch import PatchedNet
     if isinstance(model, PatchedNet):
         return model.base, max(model.patched_layers) + 1
     if isinstance(model, nn.Sequential):
@@ -95,63 +69,98 @@ def _layer_inputs(model: nn.Module, base: nn.Sequential, m: int, x: np.ndarray) 
     return seen[0].cpu().numpy()
 
 
-def polish(model: nn.Module, spec, *, max_layers: int = DEFAULT_MAX_LAYERS, options=None,
-           progress: Callable[[str], None] | None = None) -> PolishResult:
-    """Make every point of ``spec`` (a :class:`~provrepair.specs.PointSpec`) hold on ``model``
-    provably, by the LP point repair at the last affine layer (then the one before, up to
-    ``max_layers``). ``options``: :class:`~provrepair.repair.aprnn.PointRepairOptions`. The input
-    model is never modified."""
-    from ..api import certify, repair
-    from ..models import ModelMeta, affine_layers, get_meta, set_meta
-    from .aprnn import PointRepairOptions
+def _certify(model: nn.Module, spec: PointSpec):
+    """The independent point check of ``model`` as the user runs it (a DeepPatch model with its switch)."""
+    net = model if isinstance(model, PatchedNet) else as_network(model)
+    return certify_points(net, prepare_points(net, spec)[0])
 
-    if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
-        raise InputError(f"max_layers must be a positive integer, got {max_layers!r}")
-    say = progress or (lambda msg: None)
-    options = options or PointRepairOptions()
-    t0 = time.perf_counter()
-    base, first = _sequential(model)
-    before = certify(model, spec)
-    timings = {"certify_before": time.perf_counter() - t0}
-    if before.certified:
+
+def _copy_parameters(polished: nn.Module, m: int, suffix: nn.Sequential) -> None:
+    """Write the repaired suffix's parameters into ``polished`` from its module ``m`` on."""
+    pbase, _ = _sequential(polished)
+    with torch.no_grad():
+        for j, module in enumerate(suffix):
+            target = pbase[m + j]
+            for name, p in module.named_parameters(recurse=False):
+                getattr(target, name).copy_(p.detach().to(getattr(target, name).dtype))
+
+
+class PolishRepairer:
+    """The certified pipelines' second stage (see the module docstring): ``run(model, spec, options)``
+    makes every point of ``spec`` hold on ``model`` provably. The input model is never modified."""
+
+    name = "polish"
+    kind = "pipeline"
+    Options = PolishOptions
+
+    def run(self, model: nn.Module, target: PointSpec, options: PolishOptions | None = None,
+            progress: Progress | None = None) -> RepairResult:
+        options = options or PolishOptions()
+        m_layers = options.max_layers
+        if isinstance(m_layers, bool) or not isinstance(m_layers, int) or m_layers < 1:
+            raise InputError(f"max_layers must be a positive integer, got {m_layers!r}")
+        t0 = time.perf_counter()
+        base, first = _sequential(model)
+        before = _certify(model, target)
+        timings = {"certify_before": time.perf_counter() - t0}
+        result = RepairResult(CERTIFIED, model, method=self.name, certificate=before, before=before,
+                              message="no polish needed", timings=timings, options=dataclasses.asdict(options),
+                              details={"tried": []})
+        if not before.certified:
+            aff = affine_layers(base)
+            candidates = [k for k in range(len(aff) - 1, -1, -1) if aff[k] >= first][:m_layers]
+            if not candidates:
+                raise InputError("the network has no affine layer after its patched convolutions; the LP polish "
+                                 "needs a dense layer at the end")
+            self._polish(model, base, aff, candidates, target, options, result, progress)
         timings["total"] = time.perf_counter() - t0
-        return PolishResult("certified", model, before, before, None, [], {"message": "no polish needed"}, timings)
-    aff = affine_layers(base)
-    candidates = [k for k in range(len(aff) - 1, -1, -1) if aff[k] >= first][:max_layers]
-    if not candidates:
-        raise InputError("the network has no affine layer after its patched convolutions; the LP polish "
-                         "needs a dense layer at the end")
-    tried, status, last = [], "error", {}
-    for k in candidates:
-        m = aff[k]
-        t1 = time.perf_counter()
-        feats = _layer_inputs(model, base, m, spec.inputs)
-        suffix = copy.deepcopy(nn.Sequential(*list(base)[m:])).float().eval()
-        set_meta(suffix, ModelMeta(format="torch", input_shape=tuple(feats.shape[1:])))
-        feat_spec = dataclasses.replace(spec, inputs=feats, source="polish features")
-        say(f"polish: LP repair at affine layer {k} on {feats.shape[0]} points")
-        result = repair(suffix, feat_spec, layer=0, options=options)
-        entry = {"layer": k, "status": result.status, "seconds": time.perf_counter() - t1}
-        last = {k2: v for k2, v in result.to_dict().items() if k2 != "certificate"}
-        if result.model is None:
-            tried.append(entry)
-            status = result.status
-            continue
-        polished = copy.deepcopy(model)
-        pbase, _ = _sequential(polished)
-        with torch.no_grad():
-            for j, module in enumerate(result.model):
-                target = pbase[m + j]
-                for name, p in module.named_parameters(recurse=False):
-                    getattr(target, name).copy_(p.detach().to(getattr(target, name).dtype))
-        set_meta(polished, get_meta(model))
-        after = certify(polished, spec)
-        entry["certified"] = bool(after.certified)
-        tried.append(entry)
-        if after.certified:
-            timings["polish"] = time.perf_counter() - t1
-            timings["total"] = time.perf_counter() - t0
-            return PolishResult("certified", polished, before, after, k, tried, last, timings)
-        status = "not_certified"
-    timings["total"] = time.perf_counter() - t0
-    return PolishResult(status, None, before, None, None, tried, last, timings)
+        return result
+
+    def _polish(self, model: nn.Module, base: nn.Sequential, aff: list[int], candidates: list[int],
+                spec: PointSpec, options: PolishOptions, result: RepairResult, progress: Progress | None) -> None:
+        """Try the candidate layers, last first; fill ``result`` with the first certified polish (or
+        with the last failure)."""
+        result.status, result.model, result.certificate, result.message = "error", None, None, ""
+        for k in candidates:
+            m = aff[k]
+            t1 = time.perf_counter()
+            feats = _layer_inputs(model, base, m, spec.inputs)
+            suffix = copy.deepcopy(nn.Sequential(*list(base)[m:])).float().eval()
+            set_meta(suffix, ModelMeta(format="torch", input_shape=tuple(feats.shape[1:])))
+            feat_spec = dataclasses.replace(spec, inputs=feats, source="polish features")
+            say(progress)(f"polish: LP repair at affine layer {k} on {feats.shape[0]} points")
+            lp = PointRepairer().run(suffix, feat_spec, build(PointRepairer.Options, _point_options(options), layer=0))
+            entry = {"layer": k, "status": lp.status, "seconds": time.perf_counter() - t1}
+            result.details["tried"].append(entry)
+            result.details["repair"] = {k2: v for k2, v in lp.to_dict().items() if k2 != "certificate"}
+            result.status, result.message = lp.status, lp.message
+            if lp.model is None:
+                continue
+            polished = copy.deepcopy(model)
+            _copy_parameters(polished, m, lp.model)
+            set_meta(polished, get_meta(model))
+            after = _certify(polished, spec)
+            entry["certified"] = bool(after.certified)
+            if after.certified:
+                result.timings["polish"] = time.perf_counter() - t1
+                result.status, result.model, result.certificate, result.layer = CERTIFIED, polished, after, k
+                result.lp, result.solver, result.delta = lp.lp, lp.solver, lp.delta
+                return
+            result.status = NOT_CERTIFIED
+
+
+def _point_options(options: PolishOptions):
+    """The point-repair part of the polish options."""
+    names = {f.name for f in dataclasses.fields(PointRepairer.Options)}
+    return PointRepairer.Options(**{n: getattr(options, n) for n in names})
+
+
+def polish(model: nn.Module, spec: PointSpec, *, max_layers: int = PolishOptions.max_layers, options: Any = None,
+           progress: Progress | None = None) -> RepairResult:
+    """:class:`PolishRepairer` with the point LP's ``options`` (a ``PointRepairOptions``) and ``max_layers``."""
+    if options is None:
+        opts = PolishOptions(max_layers=max_layers)
+    else:
+        opts = PolishOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)},
+                             max_layers=max_layers)
+    return PolishRepairer().run(model, spec, opts, progress)

@@ -1,0 +1,206 @@
+"""The provable repairers behind the protocol: points (``aprnn``) and regions (``polytope``).
+
+Each runs its LP repairer and then certifies the output with :mod:`provrepair.certify`, which
+shares no code with the LP: a result is called certified only when that check passes. With
+``layer="auto"`` the candidate layers are tried in order until one certifies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+from torch import nn
+
+from ..certify import certify_points, certify_regions
+from ..errors import InputError
+from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
+from ..specs import PointSpec, RegionSpec
+from .aprnn import repair_points
+from .options import PointRepairOptions, PolytopeRepairOptions
+from .polytope import repair_polytopes
+from .protocol import CERTIFIED, ERROR, INFEASIBLE, NOT_CERTIFIED, TIME_LIMIT, Progress, RepairResult, say
+
+__all__ = ["PointRepairer", "RegionRepairer", "as_network", "prepare_points", "prepare_regions"]
+
+_LP_STATUS = {"infeasible": INFEASIBLE, "time_limit": TIME_LIMIT}
+
+
+def as_network(model: Any) -> nn.Sequential:
+    """A model path or module as the canonical ``nn.Sequential`` (a canonical one is used as it is)."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, nn.Module):
+        if isinstance(model, nn.Sequential) and getattr(model, "provrepair_meta", None) is not None:
+            return model
+        return normalize_model(model)
+    raise InputError(f"expected a model path or a torch.nn.Module, got {type(model).__name__}")
+
+
+def prepare_points(net: nn.Module, spec: PointSpec) -> tuple[PointSpec, int]:
+    """The spec reshaped to the model's input and validated against it, and the output count."""
+    if not isinstance(spec, PointSpec):
+        raise InputError(f"expected a PointSpec, got {type(spec).__name__}")
+    shape = get_meta(net).input_shape or tuple(spec.inputs.shape[1:])
+    n_out = num_outputs(net, tuple(shape))
+    return spec.validate(tuple(shape), n_out), n_out
+
+
+def prepare_regions(net: nn.Module, spec: RegionSpec) -> tuple[RegionSpec, int]:
+    """The region spec validated against the model's input shape and output count."""
+    shape = tuple(get_meta(net).input_shape or spec.input_shape)
+    n_out = num_outputs(net, shape)
+    return spec.validate(shape, n_out), n_out
+
+
+def _check_layer(layer: Any) -> None:
+    if layer != "auto" and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise InputError(f"layer must be an affine layer index or 'auto', got {layer!r}")
+
+
+def _record(options: Any) -> dict:
+    """The options as JSON-able values (a keep-set is data, recorded by its size)."""
+    out = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    if out.get("keep") is not None:
+        out["keep"] = f"{out['keep'].n_points} points"
+    return out
+
+
+def _try_layers(ranking: list[int], attempt: Callable[[int], RepairResult], selection: dict,
+                progress: Progress | None, t0: float) -> RepairResult:
+    """``attempt`` each layer in order until one certifies (layer auto), and record
+    what was tried in ``result.layer_selection`` (``t0``: when the choice began)."""
+    tried, result = [], None
+    for k in ranking:
+        result = attempt(k)
+        tried.append({"layer": k, "status": result.status, "seconds": result.timings["total"]})
+        if result.certified:
+            break
+        say(progress)(f"layer {k}: {result.status}; falling back to the next candidate")
+    result.layer_selection = {**selection, "ranking": ranking, "tried": tried,
+                              "chosen": result.layer if result.certified else None,
+                              "seconds": time.perf_counter() - t0}
+    result.timings["total"] = time.perf_counter() - t0
+    return result
+
+
+class PointRepairer:
+    """APRNN point repair: the LP at one affine layer, then the exact point check."""
+
+    name = "aprnn"
+    kind = "provable"
+    Options = PointRepairOptions
+
+    def run(self, model: Any, target: PointSpec, options: PointRepairOptions | None = None,
+            progress: Progress | None = None) -> RepairResult:
+        options = options or PointRepairOptions()
+        options.validate()
+        _check_layer(options.layer)
+        net = as_network(model)
+        spec, n_out = prepare_points(net, target)
+        if options.layer != "auto":
+            return self._at(net, spec, n_out, options.layer, options, progress)
+        from heuristics.select import DEFAULT_HEURISTIC, rank_layers
+        t0 = time.perf_counter()
+        heuristic = options.heuristic or DEFAULT_HEURISTIC
+        ranking = rank_layers(net, spec, heuristic=heuristic)
+        say(progress)(f"layer auto ({heuristic}): trying layers {ranking} in this order")
+        return _try_layers(ranking, lambda k: self._at(net, spec, n_out, k, options, progress),
+                           {"heuristic": heuristic}, progress, t0)
+
+    def _at(self, net: nn.Sequential, spec: PointSpec, n_out: int, layer: int, options: PointRepairOptions,
+            progress: Progress | None) -> RepairResult:
+        t0 = time.perf_counter()
+        A, b, point_index = spec.output_constraints(n_out)
+        outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
+        certificate, t_cert = None, 0.0
+        if outcome.model is not None:
+            set_meta(outcome.model, get_meta(net))
+            t1 = time.perf_counter()
+            certificate = certify_points(outcome.model, spec)
+            t_cert = time.perf_counter() - t1
+            status = CERTIFIED if certificate.certified else NOT_CERTIFIED
+            message = ("every repair point is certified" if certificate.certified else
+                       f"the LP repair did not certify: {certificate.n_points - certificate.n_passed} points fail "
+                       "the independent check (try a larger --margin)")
+        else:
+            status, message = _LP_STATUS.get(outcome.status, ERROR), outcome.message
+        timings = {"build": outcome.build_time, "solve": outcome.solve_time, "check": outcome.check_time,
+                   "certify": t_cert, "total": time.perf_counter() - t0}
+        lp = {"final": outcome.lp_size, "full": outcome.full_lp_size, "rounds": outcome.rounds}
+        return RepairResult(status, outcome.model, method=self.name, message=message, certificate=certificate,
+                            layer=outcome.layer, lp=lp, solver=dict(outcome.solver, objective=outcome.objective),
+                            timings=timings, delta=outcome.delta, options=_record(options))
+
+
+class RegionRepairer:
+    """Polytope/box repair (shift LPs, then the assert), then the certification engine on every region.
+
+    ``layer="auto"`` tries the affine layers from the last one back and keeps the first whose repair
+    certifies (a later layer needs more shift LPs but changes less of the network). ``keep``: points
+    whose output spec the assert LP must keep; ``result.lp["kept"]`` says how many still pass."""
+
+    name = "polytope"
+    kind = "provable"
+    Options = PolytopeRepairOptions
+
+    def run(self, model: Any, target: RegionSpec, options: PolytopeRepairOptions | None = None,
+            progress: Progress | None = None) -> RepairResult:
+        options = options or PolytopeRepairOptions()
+        options.validate()
+        _check_layer(options.layer)
+        if options.heuristic is not None:
+            raise InputError("a heuristic ranks layers for point repair; for regions, layer auto tries the "
+                             "layers from the last one back")
+        net = as_network(model)
+        spec, n_out = prepare_regions(net, target)
+        keep = self._keep(net, options.keep, n_out)
+        n_aff = len(affine_layers(net))
+        if options.layer != "auto":
+            return self._at(net, spec, keep, options.layer, options, progress)
+        # an interval hull exists at the last layer only
+        ranking = [n_aff - 1] if options.hull == "interval" else list(range(n_aff - 1, -1, -1))
+        return _try_layers(ranking, lambda k: self._at(net, spec, keep, k, options, progress),
+                           {"heuristic": "last-first"}, progress, time.perf_counter())
+
+    @staticmethod
+    def _keep(net: nn.Sequential, keep: Any, n_out: int) -> tuple | None:
+        if keep is None:
+            return None
+        if not isinstance(keep, PointSpec):
+            raise InputError(f"keep must be a PointSpec (points with labels or output rows), got {type(keep).__name__}")
+        keep, _ = prepare_points(net, keep)
+        return keep, (keep.inputs, *keep.output_constraints(n_out))
+
+    def _at(self, net: nn.Sequential, spec: RegionSpec, keep: tuple | None, layer: int,
+            options: PolytopeRepairOptions, progress: Progress | None) -> RepairResult:
+        t0 = time.perf_counter()
+        out = repair_polytopes(net, spec.regions, spec.properties, layer, options, progress=progress,
+                               keep=keep[1] if keep else None)
+        t_repair = time.perf_counter() - t0
+        certificate, t_cert = None, 0.0
+        if out.model is not None:
+            set_meta(out.model, get_meta(net))
+            t1 = time.perf_counter()
+            certificate = certify_regions(out.model, spec, method=options.certify_method,
+                                          timeout=options.certify_timeout, solver=options.solver,
+                                          threads=options.threads)
+            t_cert = time.perf_counter() - t1
+            c = certificate.counts
+            status = CERTIFIED if certificate.certified else NOT_CERTIFIED
+            message = ("every region is certified by the certification engine" if certificate.certified else
+                       f"the repair did not certify: {c['violated']} regions violated, {c['unknown']} unknown "
+                       "(try a larger --margin)")
+        else:
+            status, message = _LP_STATUS.get(out.status, ERROR), out.message
+        size = {s["stage"] + str(s["layer"]): s.get("size") for s in out.stages if s.get("size")}
+        lp = {"stages": out.stages, "final": size, "vertices": out.vertices, "generators": out.generators,
+              "disjunctions": out.disjunctions}
+        if keep is not None and out.model is not None:
+            kept = certify_points(out.model, keep[0])
+            lp["kept"] = {"points": kept.n_points, "passed": kept.n_passed}
+        return RepairResult(status, out.model, method=self.name, message=message, certificate=certificate,
+                            layer=out.layer, lp=lp, solver=out.solver, delta=out.delta, options=_record(options),
+                            timings={"repair": t_repair, "certify": t_cert, "total": time.perf_counter() - t0})
