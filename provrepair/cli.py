@@ -282,17 +282,8 @@ def _load_spec(args):
 
 
 def _write_json(path: str, payload: dict, protect: Sequence[str]) -> None:
-    from .fileio import write_text_atomic
-    write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n", protect=tuple(protect))
-
-
-def _json_default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    from .fileio import json_default, write_text_atomic
+    write_text_atomic(path, json.dumps(payload, indent=2, default=json_default) + "\n", protect=tuple(protect))
 
 
 def _check_outputs(paths: Sequence[str | None], inputs: Sequence[str | None]) -> None:
@@ -622,9 +613,9 @@ def _cmd_compare(args) -> int:
     if args.list:
         for name in available_methods():
             m = get_method(name)
-            state = "" if m.available() else "  [not available here]"
-            print(f"{name:<18} {m.kind:<12} {m.summary}{state}")
-            for o in m.options:
+            usable = m.available()
+            print(f"{name:<18} {m.kind:<12} {m.summary}{'' if usable else '  [not available here]'}")
+            for o in m.options if usable else ():
                 extra = f" ({'|'.join(o.choices)})" if o.choices else ""
                 print(f"    {name}.{o.name}={o.default!r}  {o.type}{extra}: {o.help}")
         return EXIT_OK

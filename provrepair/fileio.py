@@ -47,3 +47,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def json_default(o: object) -> object:
+    """``json.dumps(default=...)`` for the numbers and arrays results carry (numpy scalars and arrays,
+    tuples and sets as lists); anything else as its text."""
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)

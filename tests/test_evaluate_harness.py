@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from provrepair.evaluate import registry
 from provrepair.evaluate.harness import compare
 from provrepair.evaluate.report import fmt
 from provrepair.evaluate.tasks import TaskConfig
+from provrepair.repair.options import option
+from provrepair.repair.protocol import TRAINED, RepairResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="mnist_cnn", dataset="mnist", corruption="fog", severity=3, repair_points=5, heldout=40,
@@ -94,8 +97,8 @@ def test_a_missing_repairer_gives_a_clear_error_and_all_skips_it(monkeypatch):
 
 def test_new_methods_plug_in_without_touching_the_harness(tmp_path):
     registry.register_method(registry.Method(
-        "identity-test", "statistical", "returns the network unchanged", f"{__name__}:identity_runner",
-        (registry.Option("note", "str", "x"),)), replace=True)
+        "identity-test", "statistical", "returns the network unchanged", f"{__name__}:IdentityRepairer", "points"),
+        replace=True)
     try:
         run = compare([TaskConfig(**TINY)], registry.resolve_methods("identity-test"), [0], run_dir=None,
                       executor="serial")
@@ -106,9 +109,18 @@ def test_new_methods_plug_in_without_touching_the_harness(tmp_path):
         registry._REGISTRY.pop("identity-test", None)
 
 
-def identity_runner(net, data, *, seed, options):
-    from provrepair.evaluate.methods import MethodOutput
-    return MethodOutput(net, details={"note": options["note"]})
+@dataclass
+class IdentityOptions:
+    note: str = option("x", "a note the repairer reports")
+
+
+class IdentityRepairer:
+    """A repairer that returns its input: plugging it in is its class and one registry line."""
+
+    name, kind, Options = "identity-test", "statistical", IdentityOptions
+
+    def run(self, model, target, options, progress=None):
+        return RepairResult(TRAINED, model, method=self.name, details={"note": options.note})
 
 
 # ---------------------------------------------------------------------------------------------- runs

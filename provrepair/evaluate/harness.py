@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, json_default, write_text_atomic
 from .registry import Method, get_method
 from .tasks import TaskConfig
 
@@ -179,6 +179,7 @@ def _run_method(record, method, data, original, seed, options, payload, timings)
     import torch
 
     from .measure import measure
+    from .methods import run_method
     task, net = data.config, data.net
     stage_model, stage_out = None, None
     if method.kind == "pipeline":
@@ -189,19 +190,19 @@ def _run_method(record, method, data, original, seed, options, payload, timings)
             stage_model = _load_stage(path)
             if stage_model is None:
                 torch.manual_seed(seed)
-                stage_out = stage.load()(net, data, seed=seed, options=payload["stage_options"])
+                stage_out = run_method(stage, net, data, seed=seed, options=payload["stage_options"])
                 stage_model = stage_out.model
                 _save_stage(path, stage_model)
         record["stage"] = {"method": stage.name, "options": payload["stage_options"],
                            "reused": stage_out is None,
                            "details": None if stage_out is None else stage_out.details}
-        from ..repair.aprnn import PointRepairOptions
-        from ..repair.pipeline import polish
-        popts = PointRepairOptions(delta_bound=options["delta_bound"], margin=options["margin"],
-                                   objective=options["objective"], time_limit=options["time_limit"], threads=1)
+        from ..repair.options import build
+        polisher = method.repairer_instance()
+        popts = build(polisher.Options, **{k: v for k, v in options.items() if v is not None})
         with measure(timings, "polish"):
-            result = polish(stage_model, data.spec(), max_layers=options["max_layers"], options=popts)
-        record["polish"] = {k: v for k, v in result.to_dict().items() if k not in ("before", "after")}
+            result = polisher.run(stage_model, data.spec(), popts)
+        record["polish"] = {k: v for k, v in result.to_dict().items()
+                            if k not in ("before", "certificate", "method", "message")}
         model, status = result.model, ("ok" if result.certified else result.status)
         message = "" if result.certified else f"the polish did not certify ({result.status})"
         with measure(timings, "evaluate_stage"):
@@ -210,7 +211,7 @@ def _run_method(record, method, data, original, seed, options, payload, timings)
     else:
         with measure(timings, "repair"):
             torch.manual_seed(seed)
-            out = method.load()(net, data, seed=seed, options=options)
+            out = run_method(method, net, data, seed=seed, options=options)
         model, status, message = out.model, out.status, out.message
         record["details"] = out.details
         record["method_timings"] = out.timings
@@ -364,6 +365,46 @@ def compare(tasks: Sequence[TaskConfig], methods: Sequence[Method], seeds: Seque
 
     ``options``: ``{method name: {option: value}}`` (a stage's options apply inside its pipelines
     too). ``on_cell(record)`` is called after each cell's record is written."""
+    _check_grid(tasks, methods, seeds, executor, workers, threads)
+    say = progress or (lambda msg: None)
+    options = options or {}
+    run = Path(run_dir) if run_dir is not None else None
+    resolved = {m.name: m.resolve_options(options.get(m.name)) for m in methods}
+    stage_opts = {m.name: get_method(m.stage).resolve_options(options.get(m.stage)) for m in methods if m.stage}
+    payloads, reused, records = _plan(tasks, methods, seeds, resolved, stage_opts, threads, run, resume)
+    say(f"{len(payloads)} cells to run, {len(reused)} reused from {run}" if reused else
+        f"{len(payloads)} cells to run")
+    computed = []
+    t_start = time.perf_counter()
+
+    def on_done(payload, record):
+        ident = (record["task"], record["method"], record["seed"])
+        records[ident] = record
+        computed.append(ident)
+        if run is not None:
+            text = json.dumps(_finite(json.loads(json.dumps(record, default=json_default))), indent=1)
+            write_text_atomic(_cell_path(run, *ident), text + "\n")
+        m = record.get("metrics") or {}
+        say(f"[{len(computed)}/{len(payloads)}] {ident[0]} {ident[1]} seed {ident[2]}: {record['status']}"
+            + (f", efficacy {m['efficacy']:.2f}, certified {m.get('certified_efficacy', 0):.2f}, "
+               f"test {m['test_accuracy']:.4f}" if "efficacy" in m else ""))
+        if on_cell is not None:
+            on_cell(record)
+
+    if payloads:
+        if executor == "serial":
+            _run_serial(payloads, on_done)
+        elif executor == "local":
+            _run_local(payloads, on_done, workers, threads)
+        else:
+            _run_ray(payloads, on_done, workers, threads, address)
+    results = _write_results(tasks, methods, seeds, resolved, stage_opts, records, notes, executor, workers,
+                             threads, t_start, run, plots)
+    return CompareRun(results, computed, reused, run)
+
+
+def _check_grid(tasks, methods, seeds, executor: str, workers: int, threads: int) -> None:
+    """Refuse a grid the user got wrong before any cell runs."""
     if executor not in EXECUTORS:
         raise InputError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     if not tasks or not methods or not seeds:
@@ -375,11 +416,11 @@ def compare(tasks: Sequence[TaskConfig], methods: Sequence[Method], seeds: Seque
     for n in (workers, threads):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"workers and threads must be positive integers, got {n!r}")
-    say = progress or (lambda msg: None)
-    options = options or {}
-    run = Path(run_dir) if run_dir is not None else None
-    resolved = {m.name: m.resolve_options(options.get(m.name)) for m in methods}
-    stage_opts = {m.name: get_method(m.stage).resolve_options(options.get(m.stage)) for m in methods if m.stage}
+
+
+def _plan(tasks, methods, seeds, resolved: dict, stage_opts: dict, threads: int, run: Path | None,
+          resume: bool) -> tuple[list[dict], list[tuple], dict]:
+    """The payloads of the cells to compute, and the cells a resumed run already has (same key)."""
     payloads, reused, records = [], [], {}
     for task in tasks:
         for m in sorted(methods, key=_order):
@@ -400,32 +441,12 @@ def compare(tasks: Sequence[TaskConfig], methods: Sequence[Method], seeds: Seque
                         reused.append(ident)
                         continue
                 payloads.append(payload)
-    say(f"{len(payloads)} cells to run, {len(reused)} reused from {run}" if reused else
-        f"{len(payloads)} cells to run")
-    computed = []
-    t_start = time.perf_counter()
+    return payloads, reused, records
 
-    def on_done(payload, record):
-        ident = (record["task"], record["method"], record["seed"])
-        records[ident] = record
-        computed.append(ident)
-        if run is not None:
-            text = json.dumps(_finite(json.loads(json.dumps(record, default=_json_default))), indent=1)
-            write_text_atomic(_cell_path(run, *ident), text + "\n")
-        m = record.get("metrics") or {}
-        say(f"[{len(computed)}/{len(payloads)}] {ident[0]} {ident[1]} seed {ident[2]}: {record['status']}"
-            + (f", efficacy {m['efficacy']:.2f}, certified {m.get('certified_efficacy', 0):.2f}, "
-               f"test {m['test_accuracy']:.4f}" if "efficacy" in m else ""))
-        if on_cell is not None:
-            on_cell(record)
 
-    if payloads:
-        if executor == "serial":
-            _run_serial(payloads, on_done)
-        elif executor == "local":
-            _run_local(payloads, on_done, workers, threads)
-        else:
-            _run_ray(payloads, on_done, workers, threads, address)
+def _write_results(tasks, methods, seeds, resolved: dict, stage_opts: dict, records: dict, notes, executor: str,
+                   workers: int, threads: int, t_start: float, run: Path | None, plots: bool) -> dict:
+    """``results.json`` (and the report) from every cell's record and each task's original network."""
     # the originals, measured once per task in this process
     originals = {}
     for task in tasks:
@@ -445,12 +466,12 @@ def compare(tasks: Sequence[TaskConfig], methods: Sequence[Method], seeds: Seque
     }
     from .report import summarize
     results["summary"] = summarize(results)
-    results = _finite(json.loads(json.dumps(results, default=_json_default)))
+    results = _finite(json.loads(json.dumps(results, default=json_default)))
     if run is not None:
         from .report import write_report
         write_text_atomic(run / "results.json", json.dumps(results, indent=1) + "\n")
         write_report(results, run, plots=plots)
-    return CompareRun(results, computed, reused, run)
+    return results
 
 
 def _method_rank(methods, name):
@@ -458,18 +479,6 @@ def _method_rank(methods, name):
         if m.name == name:
             return i
     return len(methods)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return str(o)
 
 
 def _finite(obj):

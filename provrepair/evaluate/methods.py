@@ -1,30 +1,33 @@
-"""The built-in methods of the comparison harness and their runners.
+"""The built-in methods of the comparison harness.
 
-Every runner has the signature ``runner(net, data, *, seed, options) -> MethodOutput`` and imports
-its repairer only when it runs, so a repairer that is missing breaks nothing but itself.
-Pipelines (``<stage>+aprnn``) have no runner of their own: the harness runs the stage's runner and
-then :func:`provrepair.repair.pipeline.polish`.
+A method is a registered repairer (:mod:`provrepair.repair.registry`), the *target* the harness
+builds for it from a task's data (the repair set's points, a training task for the statistical
+repairers), and the defaults the harness runs it with (fewer epochs, one solver thread). Its
+options are the repairer's typed options (:func:`provrepair.repair.options.options_of`), so an
+option is written once, in the repairer's options dataclass. Pipelines (``<stage>+aprnn``) run the
+stage's method and then the ``polish`` repairer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError
-from .registry import Method, Option, register_method
+from ..repair.options import Option, build, options_of
+from .registry import Method, register_method
 
-__all__ = ["MethodOutput", "robustness_task", "POLISH_OPTIONS"]
+__all__ = ["MethodOutput", "run_method", "robustness_task", "TARGETS"]
 
 
 @dataclass
 class MethodOutput:
-    """A runner's answer: the repaired network (None when the method found none), what the method
-    reports about itself (JSON-able), and its own timings in seconds."""
+    """A method's answer in the harness: the repaired network (None when the method found none),
+    what the method reports about itself (JSON-able), and its own timings in seconds."""
 
     model: nn.Module | None
     status: str = "ok"
@@ -42,32 +45,17 @@ def _layer(value: str) -> int | str:
         raise InputError(f"option aprnn.layer must be an affine layer index or 'auto', got {value!r}") from None
 
 
-def _point_options(options: dict):
-    from ..repair.aprnn import PointRepairOptions
-    return PointRepairOptions(delta_bound=options["delta_bound"], margin=options["margin"],
-                              objective=options["objective"], time_limit=options["time_limit"], threads=1)
-
-
-def run_aprnn(net, data, *, seed: int, options: dict) -> MethodOutput:
-    """APRNN point repair of the repair set (LP; certified by the independent point check)."""
-    from ..api import repair
-    result = repair(net, data.spec(), layer=_layer(options["layer"]), options=_point_options(options))
-    details = {k: v for k, v in result.to_dict().items() if k not in ("certificate", "options")}
-    return MethodOutput(result.model, "ok" if result.model is not None else result.status, details,
-                        {k: float(v) for k, v in result.timings.items()}, result.message)
-
-
 def robustness_task(data, device="auto"):
-    """The training harness of the statistical repairers (:class:`~provrepair.repair.deeppatch.RobustnessTask`)
+    """The training task of the statistical repairers (:class:`~provrepair.repair.training.RobustnessTask`)
     for ``data``: its clean training and validation subsets, the task's corruption as the augmentor."""
-    from ..repair.deeppatch import RobustnessTask, resolve_device
+    from ..repair.training import RobustnessTask, resolve_device
     from .tasks import corruption_augmentor
     if data.config.corruption is None:
         raise InputError("the statistical methods train on a corruption; give --corruption (a repair-set file "
                          "alone does not say what to train on)")
     aug = corruption_augmentor(data.config.corruption)
     dev = resolve_device(device)
-    t = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)
+    t = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
     xv, yv = t(data.val[0]), t(data.val[1], torch.int64)
     levels = aug.static(xv, 0)
     val_aug = (torch.cat(list(levels.values())), yv.repeat(len(levels)))
@@ -78,114 +66,65 @@ def robustness_task(data, device="auto"):
                           test_y, {"clean": t(data.repair[0])})
 
 
-def _statistical(result) -> MethodOutput:
-    d = result.to_dict()
-    details = {"training": d["training"], "details": d["details"], "options": d["options"]}
-    return MethodOutput(result.model.cpu().eval(), "ok", details, dict(result.timings))
-
-
-def _train_options(lr: float = 0.01, lr_help: str = "SGD learning rate") -> tuple[Option, ...]:
-    """The training options every statistical method takes (DeepPatch with its own learning rate)."""
-    return (Option("epochs", "int", 2, "training epochs"), Option("lr", "float", lr, lr_help),
-            Option("batch_size", "int", 128, "training batch size"),
-            Option("device", "str", "auto", "auto (GPU when present), cpu or cuda"))
-
-
-_TRAIN = _train_options()
-
-
-def run_finetune(net, data, *, seed: int, options: dict) -> MethodOutput:
-    from ..repair.finetune import finetune
-    task = robustness_task(data, options["device"])
-    return _statistical(finetune(net, dataset=None, augment=task.augmentor.name, epochs=options["epochs"],
-                                 lr=options["lr"], batch_size=options["batch_size"], seed=seed, progress=False,
-                                 task=task))
-
-
-def run_augmix(net, data, *, seed: int, options: dict) -> MethodOutput:
-    from ..repair.augmix import augmix
-    task = robustness_task(data, options["device"])
-    return _statistical(augmix(net, dataset=None, augment=task.augmentor.name, epochs=options["epochs"],
-                               lr=options["lr"], batch_size=options["batch_size"], seed=seed, progress=False,
-                               jsd_weight=options["jsd_weight"], task=task))
-
-
-def run_deeppatch(net, data, *, seed: int, options: dict) -> MethodOutput:
-    from ..repair.deeppatch import deeppatch
-    task = robustness_task(data, options["device"])
-    out = _statistical(deeppatch(net, dataset=None, augment=task.augmentor.name, ratio=options["ratio"],
-                                 variant=options["variant"], ranking=options["ranking"], init=options["init"],
-                                 epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"],
-                                 seed=seed, progress=False, task=task))
-    out.details["details"].pop("assessment", None)  # per-filter scores: large, and in the DeepPatch report
-    return out
-
-
-def run_metarepair(net, data, *, seed: int, options: dict) -> MethodOutput:
-    from ..repair.metarepair import metarepair
+def _corruption_target(data, options: dict):
+    """MetaRepair's target: the task's dataset under its corruption and severity."""
+    from ..repair.metarepair import MetaRepairTarget
     cfg = data.config
     if cfg.corruption is None:
         raise InputError("MetaRepair repairs a corruption; give --corruption")
-    opts = {k: v for k, v in options.items() if k not in ("device", "experiences") and v is not None}
-    if "collect" in opts and opts["collect"] >= 1:
-        opts["collect"] = int(opts["collect"])
-    result = metarepair(net, dataset=cfg.dataset, target=cfg.corruption, severity=cfg.severity,
-                        experiences=options["experiences"], device=options["device"], seed=seed, progress=False,
-                        **opts)
-    d = result.to_dict() if hasattr(result, "to_dict") else {"metrics": getattr(result, "metrics", {})}
-    timings = dict(getattr(result, "timings", {}) or {})
-    model = result.model.cpu().eval()
-    return MethodOutput(model, "ok", {k: v for k, v in d.items() if k != "model"}, timings)
+    return MetaRepairTarget.create(dataset=cfg.dataset, target=cfg.corruption, severity=cfg.severity,
+                                   experiences=options.pop("experiences"), device=options.get("device", "auto"),
+                                   train_limit=options.get("train_limit"), test_limit=options.get("test_limit"))
 
 
-#: Options of the LP polish in every pipeline.
-POLISH_OPTIONS = (
-    Option("max_layers", "int", 2, "how many of the last affine layers the polish may try, last first"),
-    Option("delta_bound", "float", 3.0, "bound on every parameter change of the LP"),
-    Option("margin", "float", 1e-3, "output margin the LP requires"),
-    Option("objective", "str", "linf+l1", "LP objective", choices=("linf+l1", "l1", "linf")),
-    Option("time_limit", "float", None, "seconds for each LP", optional=True),
-)
+#: target kind -> builder(data, options) (a builder may consume harness-only options)
+TARGETS: dict[str, Callable[[Any, dict], Any]] = {
+    "points": lambda data, options: data.spec(),
+    "robustness": lambda data, options: robustness_task(data, options.get("device", "auto")),
+    "corruption": _corruption_target,
+}
 
-_HERE = __name__
+
+def run_method(method: Method, net: nn.Module, data, *, seed: int, options: dict) -> MethodOutput:
+    """Build the method's target from ``data``, run its repairer, and keep what the harness records."""
+    repairer = method.repairer_instance()
+    opts = dict(options)
+    target = TARGETS[method.target](data, opts)
+    if "layer" in opts:
+        opts["layer"] = _layer(opts["layer"])
+    known = {o.name for o in options_of(repairer.Options)} | {"layer"}
+    typed = {k: v for k, v in opts.items() if k in known and v is not None}
+    if "seed" in {f for f in repairer.Options.__dataclass_fields__}:
+        typed["seed"] = seed
+    result = repairer.run(net, target, build(repairer.Options, **typed))
+    details = {k: v for k, v in result.to_dict().items() if k not in ("certificate", "before", "options", "model")}
+    details.get("details", {}).pop("assessment", None)  # DeepPatch's per-filter scores: large, in its own report
+    model = result.model.cpu().eval() if result.model is not None and repairer.kind == "statistical" else result.model
+    return MethodOutput(model, "ok" if model is not None else result.status, details,
+                        {k: float(v) for k, v in result.timings.items()}, "" if model is not None else result.message)
+
+
+_DEVICE = Option("device", "str", "auto", "auto (GPU when present), cpu or cuda")
+_TRAIN = {"epochs": 2}  # the harness's training budget (the API's default is longer)
 
 register_method(Method(
     "aprnn", "provable", "APRNN point repair (LP at one layer; provably correct on the repair set)",
-    f"{_HERE}:run_aprnn",
-    (Option("layer", "str", "-1", "affine layer index (default -1: the last one, the smallest LP), or auto (ranked "
-                                   "by the layer heuristic, with fallback; its LP can be far larger)"),
-     *POLISH_OPTIONS[1:])))
+    "aprnn", "points", defaults={"threads": 1},
+    extra=(Option("layer", "str", "-1", "affine layer index (default -1: the last one, the smallest LP), or auto "
+                                        "(ranked by the layer heuristic, with fallback; its LP can be far larger)"),)))
 register_method(Method("finetune", "statistical", "fine-tuning of the whole network on corrupted training data",
-                       f"{_HERE}:run_finetune", _TRAIN, imports=("provrepair.repair.finetune",)))
+                       "finetune", "robustness", defaults=_TRAIN))
 register_method(Method("augmix", "statistical", "AugMix-style training (augmentation chains + JS consistency)",
-                       f"{_HERE}:run_augmix", (*_TRAIN, Option("jsd_weight", "float", 12.0, "JS loss weight")),
-                       imports=("provrepair.repair.augmix",)))
+                       "augmix", "robustness", defaults=_TRAIN))
+register_method(Method("deeppatch", "statistical", "DeepPatch: replacement filters switched in per sample",
+                       "deeppatch", "robustness", defaults=_TRAIN, requires=("conv",)))
 register_method(Method(
-    "deeppatch", "statistical", "DeepPatch: replacement filters switched in per sample",
-    f"{_HERE}:run_deeppatch",
-    (*_train_options(0.2, "SGD learning rate of the replacement filters"),
-     Option("ratio", "float", 0.25, "blamed ratio per conv layer"),
-     Option("init", "str", "clone", "how replacement filters start", choices=("clone", "random")),
-     Option("variant", "str", "gamma", "routing", choices=("gamma", "beta", "fallback")),
-     Option("ranking", "str", "alpha", "filter ranking", choices=("alpha", "random", "bottom"))),
-    requires=("conv",), imports=("provrepair.repair.deeppatch",)))
-register_method(Method(
-    "metarepair", "statistical", "MetaRepair: meta-learning over corruption repair experiences",
-    f"{_HERE}:run_metarepair",
-    (Option("experiences", "str", "auto", "auto (nearest by Frechet distance) or corruption names a,b"),
-     Option("device", "str", "auto", "auto (GPU when present), cpu or cuda"),
-     Option("train_limit", "int", 2000, "training images MetaRepair builds its experiences from", optional=True),
-     Option("test_limit", "int", 2000, "test images of MetaRepair's own metrics", optional=True),
-     Option("episodes", "int", None, "meta-training episodes (default: MetaRepair's)", optional=True),
-     Option("replay", "float", None, "clean training images per failure in every batch (default: MetaRepair's; "
-                                     "4 kept clean accuracy within 1.4 pp on MNIST fog-3, 1 lost 36 pp)",
-            optional=True),
-     Option("collect", "float", 0.25, "|D_collect| per corruption: a count, or a fraction in (0, 1) of the failures "
-                                      "(a fraction fits the harness's small test sets)", optional=True)),
-    install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair",
-    imports=("provrepair.repair.metarepair",)))
+    "metarepair", "statistical", "MetaRepair: meta-learning over corruption repair experiences", "metarepair",
+    "corruption", defaults={"train_limit": 2000, "test_limit": 2000, "collect": 0.25},
+    extra=(Option("experiences", "str", "auto", "auto (nearest by Frechet distance) or corruption names a,b"),),
+    install_hint="MetaRepair (provrepair.repair.metarepair) is not in this checkout yet; update provrepair"))
 for _stage in ("deeppatch", "finetune", "metarepair"):
     register_method(Method(
         f"{_stage}+aprnn", "pipeline",
         f"{_stage}, then the LP polish at the last affine layer(s) so every repair point is certified",
-        "provrepair.repair.pipeline:polish", POLISH_OPTIONS, stage=_stage))
+        "polish", "points", defaults={"threads": 1}, stage=_stage))

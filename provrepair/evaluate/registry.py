@@ -1,101 +1,80 @@
-"""The repairer registry: every method the harness can run, under one name, with typed options.
+"""The methods the comparison harness can run, each under one name, with typed options.
 
-A :class:`Method` names a *runner* by import path (``"module:function"``), so registering a method
-imports nothing: a repairer that is missing (or fails to import) is reported when it is asked for,
-with a message that says what to do, and never breaks the others. A runner has the signature
-
-    runner(net, data: TaskData, *, seed: int, options: dict) -> MethodOutput
-
-(see :mod:`provrepair.evaluate.methods`). New methods plug in with :func:`register_method`; the
-harness only ever looks methods up here.
+A :class:`Method` is a repairer of :mod:`provrepair.repair.registry` (by name, so registering a
+method imports nothing), the kind of target the harness builds for it (see
+:mod:`provrepair.evaluate.methods`), and the harness's defaults. Its options are the repairer's
+typed options plus the few the harness itself consumes (``extra``). A repairer that is missing (or
+fails to import) is reported when it is asked for, with a message that says what to do, and never
+breaks the others. New methods plug in with :func:`register_method`; the harness only ever looks
+methods up here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
+from ..repair.options import Option, options_of
+from ..repair.protocol import KINDS, Repairer
+from ..repair.registry import RepairerUnavailableError, repairer_class
 
 __all__ = ["Option", "Method", "MethodUnavailableError", "register_method", "get_method", "available_methods",
            "resolve_methods", "parse_option_assignments", "KINDS"]
 
-KINDS = ("provable", "statistical", "pipeline")
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-class MethodUnavailableError(InputError):
-    """A registered method cannot run here (its module is missing or does not import)."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a method: its name, type (``int``, ``float``, ``str``, ``bool``; ``optional``:
-    ``None`` is allowed), default and help text; ``choices`` restricts a ``str`` option."""
-
-    name: str
-    type: str
-    default: Any
-    help: str = ""
-    choices: tuple[str, ...] | None = None
-    optional: bool = False
-
-    def coerce(self, value: Any, method: str) -> Any:
-        where = f"option {method}.{self.name}"
-        if value is None or (isinstance(value, str) and value.lower() == "none" and self.optional):
-            if self.optional:
-                return None
-            raise InputError(f"{where} needs a {self.type} value, got None")
-        kind = _TYPES[self.type]
-        try:
-            if kind is bool:
-                if isinstance(value, str):
-                    low = value.lower()
-                    if low not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError
-                    out = low in ("true", "1", "yes")
-                elif isinstance(value, (bool, int)):
-                    out = bool(value)
-                else:
-                    raise ValueError
-            elif kind is int:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError
-                out = int(value)
-            elif kind is float:
-                if isinstance(value, bool):
-                    raise ValueError
-                out = float(value)
-            else:
-                out = str(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{where} needs a {self.type} value, got {value!r}") from None
-        if self.choices is not None and out not in self.choices:
-            raise InputError(f"{where} must be one of {', '.join(self.choices)}, got {out!r}")
-        return out
+#: A registered method cannot run here (its repairer is missing or does not import).
+MethodUnavailableError = RepairerUnavailableError
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered repair method.
+    """A registered method.
 
     ``kind``: ``provable`` (LP/MILP, certified by construction), ``statistical`` (training) or
-    ``pipeline`` (a statistical ``stage`` method, then the LP polish). ``requires``: what the model
-    must have (``"conv"``: at least one Conv2d). ``runner``: ``"module:function"``, imported on use.
-    ``imports``: modules the runner needs (the repairer itself), checked when the method is loaded.
+    ``pipeline`` (a statistical ``stage`` method, then the LP polish). ``repairer``: a name in
+    :data:`provrepair.repair.registry.REPAIRERS` or ``"module:Class"``. ``target``: a key of
+    :data:`provrepair.evaluate.methods.TARGETS`. ``defaults``: the harness's own defaults for some
+    of the repairer's options; ``extra``: options the harness consumes itself. ``requires``: what
+    the model must have (``"conv"``: at least one Conv2d).
     """
 
     name: str
     kind: str
     summary: str
-    runner: str
-    options: tuple[Option, ...] = ()
+    repairer: str
+    target: str
+    defaults: dict = field(default_factory=dict)
+    extra: tuple[Option, ...] = ()
     requires: tuple[str, ...] = ()
     stage: str | None = None
     install_hint: str = ""
-    imports: tuple[str, ...] = ()
+
+    def repairer_class(self) -> type:
+        if ":" in self.repairer:
+            import importlib
+            module, _, cls = self.repairer.partition(":")
+            try:
+                return getattr(importlib.import_module(module), cls)
+            except (ImportError, AttributeError) as exc:
+                raise MethodUnavailableError(f"method {self.name!r} is registered but cannot be loaded "
+                                             f"({type(exc).__name__}: {exc}); "
+                                             f"{self.install_hint or 'leave it out of --methods'}") from None
+        try:
+            return repairer_class(self.repairer, self.install_hint)
+        except MethodUnavailableError as exc:
+            raise MethodUnavailableError(f"method {self.name!r} is registered but cannot be loaded "
+                                         f"({str(exc).split('(', 1)[-1]}") from None
+
+    def repairer_instance(self) -> Repairer:
+        return self.repairer_class()()
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        defaults = {k: v for k, v in self.defaults.items()
+                    if k in {f.name for f in dataclasses.fields(self.repairer_class().Options)}}
+        return (*self.extra, *options_of(self.repairer_class().Options, **defaults))
 
     def option(self, name: str) -> Option:
         for o in self.options:
@@ -104,12 +83,9 @@ class Method:
         known = ", ".join(o.name for o in self.options) or "(none)"
         raise InputError(f"method {self.name!r} has no option {name!r}; its options: {known}")
 
-    def defaults(self) -> dict[str, Any]:
-        return {o.name: o.default for o in self.options}
-
     def resolve_options(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overridden by ``given``, each value checked and converted to its declared type."""
-        out = self.defaults()
+        out = {o.name: o.default for o in self.options}
         for key, value in (given or {}).items():
             out[key] = self.option(key).coerce(value, self.name)
         return out
@@ -124,19 +100,9 @@ class Method:
                 raise InputError(f"method {self.name!r} needs a convolutional network (it patches conv filters) "
                                  "but the model has no Conv2d layer; leave it out or give a CNN")
 
-    def load(self) -> Callable:
-        """The runner function (imported now)."""
-        module, _, func = self.runner.partition(":")
-        try:
-            for name in self.imports:
-                importlib.import_module(name)
-            mod = importlib.import_module(module)
-            fn = getattr(mod, func)
-        except (ImportError, AttributeError) as exc:
-            hint = self.install_hint or "update provrepair, or leave the method out of --methods"
-            raise MethodUnavailableError(f"method {self.name!r} is registered but cannot be loaded "
-                                         f"({type(exc).__name__}: {exc}); {hint}") from None
-        return fn
+    def load(self) -> type:
+        """The repairer class (imported now; raises :class:`MethodUnavailableError`)."""
+        return self.repairer_class()
 
     def available(self) -> bool:
         try:

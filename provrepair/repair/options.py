@@ -90,7 +90,8 @@ def option(default: Any, help: str, *, choices: Sequence[str] | None = None) -> 
 
 def _declared(annotation: str) -> tuple[str, bool]:
     """``"float | None"`` -> ``("float", True)``."""
-    parts = [p.strip() for p in str(annotation).split("|")]
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    parts = [p.strip() for p in text.split("|")]
     optional = "None" in parts
     kinds = [p for p in parts if p != "None"]
     if len(kinds) != 1 or kinds[0] not in _TYPES:
