@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import InputError
 from ..repair.options import Option, options_of
 from ..repair.protocol import KINDS, Repairer
-from ..repair.registry import RepairerUnavailableError, repairer_class
+from ..repair.registry import REPAIRERS, RepairerUnavailableError, load_class
 
 __all__ = ["Option", "Method", "MethodUnavailableError", "register_method", "get_method", "available_methods",
            "resolve_methods", "parse_option_assignments", "KINDS"]
@@ -52,20 +52,7 @@ class Method:
     install_hint: str = ""
 
     def repairer_class(self) -> type:
-        if ":" in self.repairer:
-            import importlib
-            module, _, cls = self.repairer.partition(":")
-            try:
-                return getattr(importlib.import_module(module), cls)
-            except (ImportError, AttributeError) as exc:
-                raise MethodUnavailableError(f"method {self.name!r} is registered but cannot be loaded "
-                                             f"({type(exc).__name__}: {exc}); "
-                                             f"{self.install_hint or 'leave it out of --methods'}") from None
-        try:
-            return repairer_class(self.repairer, self.install_hint)
-        except MethodUnavailableError as exc:
-            raise MethodUnavailableError(f"method {self.name!r} is registered but cannot be loaded "
-                                         f"({str(exc).split('(', 1)[-1]}") from None
+        return load_class(REPAIRERS.get(self.repairer, self.repairer), f"method {self.name!r}", self.install_hint)
 
     def repairer_instance(self) -> Repairer:
         return self.repairer_class()()
