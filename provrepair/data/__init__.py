@@ -1,18 +1,19 @@
 """Datasets that ship offline (MNIST, Fashion-MNIST, scikit-learn digits), corruptions and augmentors.
 
-The corruption suite (:mod:`.corruptions`) and DeepPatch's augmentors (:mod:`.augment`) need
-scipy; their names are imported on first use so that ``import provrepair.data`` stays light.
+Every name is imported on first use, so that ``import provrepair.data`` stays light: the
+corruption suite (:mod:`.corruptions`) and DeepPatch's augmentors (:mod:`.augment`) need scipy, the
+loaders numpy, and the repairers' options (which the CLI's ``--help`` reads) need only
+:mod:`.checks`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .build import build_corrupted, load_corrupted, read_corrupted
-from .datasets import DATASETS, SPLITS, dataset_info, load_dataset
-from .mnist import load_mnist
-
 _LAZY = {
+    **dict.fromkeys(("build_corrupted", "load_corrupted", "read_corrupted"), "build"),
+    **dict.fromkeys(("DATASETS", "SPLITS", "dataset_info", "load_dataset"), "datasets"),
+    "load_mnist": "mnist",
     **dict.fromkeys(("corrupt", "corrupt_all", "corruption_group", "CORRUPTIONS", "GROUPS", "SEVERITIES"),
                     "corruptions"),
     **dict.fromkeys(("BLUR_SIGMAS", "SPATIAL_RANGES", "SPATIAL_LEVELS", "SpatialRanges", "blur", "blur_dynamic",
@@ -31,5 +32,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["load_mnist", "load_dataset", "dataset_info", "DATASETS", "SPLITS", "build_corrupted", "load_corrupted",
-           "read_corrupted", *_LAZY]
+__all__ = [*_LAZY]

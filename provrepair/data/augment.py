@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from .checks import check_seed
 from .corruptions import sample_bilinear
 
 __all__ = [
@@ -311,13 +312,7 @@ def spatial_static(images, level: int, seed: int = 0, tau: float = 1.0, *, retur
     """The fixed spatial test set for grading ``level`` (1..5 = spat^{1/5} .. spat^{5/5}): every
     parameter's magnitude in ``(w_{i-1} tau r, w_i tau r]``, deterministic under ``seed``."""
     x, _ = _check(images)
-    rng = np.random.default_rng([_seed(seed), 7919, int(level) if isinstance(level, (int, np.integer)) else 0])
+    rng = np.random.default_rng([check_seed(seed), 7919, int(level) if isinstance(level, (int, np.integer)) else 0])
     params = spatial_params(x.shape[0], rng, tau, level=level)
     out = apply_spatial(images, params)
     return (out, params) if return_params else out
-
-
-def _seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)

@@ -46,11 +46,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_path
+from .checks import check_seed
 from .datasets import (
     DATASETS,
-    _check_name,
-    _check_seed,
-    _check_split,
+    check_dataset_name,
+    check_split,
     dataset_info,
     load_dataset,
     split_indices,
@@ -271,9 +271,9 @@ def build_corrupted(dataset: str, split: str, corruptions: str | Iterable[str] =
     validated before any work starts. ``progress`` shows a tqdm bar over the pairs on stderr.
     """
     start = time.perf_counter()
-    _check_name(dataset)
-    _check_split(split)
-    seed = _check_seed(seed)
+    check_dataset_name(dataset)
+    check_split(split)
+    seed = check_seed(seed)
     limit = _check_limit(limit)
     levels = parse_severities(severities)
     mod = _suite()

@@ -55,6 +55,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from .checks import check_seed
 
 __all__ = [
     "CIFAR10C_PARAMS",
@@ -63,6 +64,8 @@ __all__ = [
     "MAX_SIZE",
     "MIN_SIZE",
     "SEVERITIES",
+    "check_corruption_name",
+    "check_severity",
     "corrupt",
     "corrupt_all",
     "corruption_group",
@@ -127,7 +130,8 @@ _CHUNK_VALUES = 1 << 23  # values per processing chunk (~32 MB of float32)
 # validation
 
 
-def _check_name(name) -> str:
+def check_corruption_name(name) -> str:
+    """``name`` if it is a corruption of the suite, else an error that suggests the nearest one."""
     if isinstance(name, str) and name in _FUNCS:
         return name
     valid = ", ".join(CORRUPTIONS)
@@ -140,16 +144,15 @@ def _check_name(name) -> str:
     raise InputError(f"unknown corruption {name!r}.{hint} Valid names: {valid}")
 
 
-def _check_severity(severity) -> int:
+#: the old private name, still imported by provrepair/cli.py; remove once it imports check_corruption_name
+_check_name = check_corruption_name
+
+
+def check_severity(severity) -> int:
+    """A corruption severity, an integer 1-5."""
     if isinstance(severity, (bool, np.bool_)) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise InputError(f"corruption severity must be an integer from 1 to 5, got {severity!r}")
     return int(severity)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _check_images(images) -> tuple[np.ndarray, bool]:
@@ -782,7 +785,7 @@ assert sorted(sum(GROUPS.values(), ())) == sorted(CORRUPTIONS)
 def corruption_group(name: str) -> str:
     """The MetaRepair group of a corruption: ``noise``, ``blur``, ``weather``, ``image_property`` or
     ``digital_error``."""
-    name = _check_name(name)
+    name = check_corruption_name(name)
     return next(g for g, members in GROUPS.items() if name in members)
 
 
@@ -796,9 +799,9 @@ def corrupt(images, name: str, severity: int, *, seed: int = 0) -> np.ndarray:
     name (listing the valid ones and the closest match), a severity outside 1-5, or images of an
     unsupported shape, size, type or range.
     """
-    name = _check_name(name)
-    sev = _check_severity(severity)
-    seed = _check_seed(seed)
+    name = check_corruption_name(name)
+    sev = check_severity(severity)
+    seed = check_seed(seed)
     x, squeeze = _check_images(images)
     n, c, h, w = x.shape
     out = np.empty_like(x)
@@ -829,9 +832,9 @@ def corrupt_all(
     is called after each pair as ``progress(done, total, name, severity)``. For a dictionary:
     ``{(n, s): a for n, s, a in corrupt_all(x)}``.
     """
-    names = tuple(_check_name(nm) for nm in names)
-    severities = tuple(_check_severity(s) for s in severities)
-    seed = _check_seed(seed)
+    names = tuple(check_corruption_name(nm) for nm in names)
+    severities = tuple(check_severity(s) for s in severities)
+    seed = check_seed(seed)
     x, squeeze = _check_images(images)
     if squeeze:
         x = x[:, 0]

