@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +33,8 @@ from torch import nn
 from ..errors import InputError, UnsupportedLayerError
 from ..models import Normalize, get_meta
 
-__all__ = ["METHODS", "BoundPropagator", "InputSet", "NetworkBounds", "as_tensor", "crown_bounds", "ibp_bounds"]
+__all__ = ["AFFINE", "MAXPOOL", "METHODS", "RELU", "BoundPropagator", "InputSet", "NetworkBounds", "as_tensor",
+           "crown_bounds", "ibp_bounds"]
 
 METHODS = ("ibp", "crown")
 
@@ -41,6 +43,13 @@ DTYPE = torch.float64
 #: Largest number of float64 entries one backward pass may hold in its coefficient tensor; the
 #: rows of an intermediate layer are processed in chunks below it.
 MAX_COEFFICIENTS = 2**24
+
+#: An operator's ``kind``: what another encoding of the network (the complete MILP) must do with it.
+#: An affine operator gives its map through ``matrix``; a MaxPool its windows through ``index``/``hw``.
+AFFINE, RELU, MAXPOOL = "affine", "relu", "maxpool"
+
+#: Rows of an affine map's identity pushed through its transpose at once when building its matrix.
+_MATRIX_CHUNK = 2048
 
 
 def as_tensor(v, device=None) -> torch.Tensor:
@@ -109,6 +118,7 @@ class InputSet:
 class _Affine:
     """An affine map ``x -> L x + c`` with its transpose, on (N, *shape) batches."""
 
+    kind = AFFINE
     mixing = True  # False for maps that act on each coordinate alone (interval bounds stay exact)
 
     def apply(self, x):  # pragma: no cover - interface
@@ -124,6 +134,24 @@ class _Affine:
     def bias_dot(self, lam):
         """``lam . c`` for lam (N, *out_shape) -> (N,)."""
         return lam.new_zeros(lam.shape[0])
+
+    def matrix(self, in_shape, out_shape, device) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The map on flattened tensors as ``(L, c)`` with ``y = L x + c``: an exact encoding for a
+        solver. This default rebuilds ``L`` from ``back`` in row chunks; layers that hold ``L``
+        directly override it."""
+        n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+        blocks = []
+        for start in range(0, n_out, _MATRIX_CHUNK):
+            rows = torch.arange(start, min(n_out, start + _MATRIX_CHUNK), device=device)
+            eye = torch.zeros((rows.numel(), n_out), dtype=DTYPE, device=device)
+            eye[torch.arange(rows.numel(), device=device), rows] = 1.0
+            back = self.back(eye.reshape(-1, *out_shape)).reshape(rows.numel(), n_in)
+            blocks.append(sp.csr_matrix(back.cpu().numpy()))
+        return sp.vstack(blocks, format="csr"), self._offset(in_shape, device)
+
+    def _offset(self, in_shape, device) -> np.ndarray:
+        """``c``, the image of the zero input, flattened."""
+        return self.apply(torch.zeros((1, *in_shape), dtype=DTYPE, device=device)).reshape(-1).cpu().numpy()
 
 
 class _Linear(_Affine):
@@ -146,6 +174,9 @@ class _Linear(_Affine):
 
     def bias_dot(self, lam):
         return lam @ self.b
+
+    def matrix(self, in_shape, out_shape, device):
+        return sp.csr_matrix(self.w.cpu().numpy()), self._offset(in_shape, device)
 
 
 class _Conv(_Affine):
@@ -195,6 +226,9 @@ class _Elementwise(_Affine):
     def bias_dot(self, lam):
         return (lam * self.shift).flatten(1).sum(1)
 
+    def matrix(self, in_shape, out_shape, device):
+        return sp.diags(self.scale.reshape(-1).cpu().numpy(), format="csr"), self._offset(in_shape, device)
+
 
 class _Reshape(_Affine):
     mixing = False
@@ -210,6 +244,9 @@ class _Reshape(_Affine):
 
     def back(self, lam):
         return lam.reshape(lam.shape[0], *self.in_shape)
+
+    def matrix(self, in_shape, out_shape, device):
+        return sp.identity(int(np.prod(in_shape)), format="csr"), self._offset(in_shape, device)
 
 
 class _AvgPool(_Affine):
@@ -233,6 +270,8 @@ class _AvgPool(_Affine):
 
 
 class _ReLU:
+    kind = RELU
+
     def interval(self, lo, hi):
         return lo.clamp(min=0), hi.clamp(min=0)
 
@@ -255,6 +294,10 @@ class _ReLU:
 
 
 class _MaxPool:
+    """``index`` (K, L): the input position of each window slot, padding at the sentinel ``hw``."""
+
+    kind = MAXPOOL
+
     def __init__(self, m: nn.MaxPool2d, in_shape, device):
         if m.ceil_mode:
             raise UnsupportedLayerError(

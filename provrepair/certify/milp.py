@@ -28,25 +28,12 @@ import solvers
 from solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
 
 from ..errors import SolverError
-from .bounds import (
-    DTYPE,
-    BoundPropagator,
-    InputSet,
-    _Affine,
-    _Elementwise,
-    _Linear,
-    _MaxPool,
-    _ReLU,
-    _Reshape,
-)
+from .bounds import AFFINE, MAXPOOL, RELU, BoundPropagator, InputSet
 from .points import forward_outputs, network_copy
 
 __all__ = ["CERTIFIED", "UNKNOWN", "VIOLATED", "MilpOutcome", "affine_matrix", "complete_check"]
 
 CERTIFIED, VIOLATED, UNKNOWN = "certified", "violated", "unknown"
-
-#: Rows of an affine map's identity pushed through its transpose at once when building its matrix.
-_MATRIX_CHUNK = 2048
 
 
 @dataclass
@@ -60,24 +47,10 @@ class MilpOutcome:
     solver: dict = field(default_factory=dict)
 
 
-def affine_matrix(op: _Affine, in_shape, out_shape, device) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The map of ``op`` on flattened tensors as ``(L, c)`` with ``y = L x + c``."""
-    n_in = int(np.prod(in_shape))
-    n_out = int(np.prod(out_shape))
-    c = op.apply(torch.zeros((1, *in_shape), dtype=DTYPE, device=device)).reshape(-1).cpu().numpy()
-    if isinstance(op, _Linear):
-        return sp.csr_matrix(op.w.cpu().numpy()), c
-    if isinstance(op, _Reshape):
-        return sp.identity(n_in, format="csr"), c
-    if isinstance(op, _Elementwise):
-        return sp.diags(op.scale.reshape(-1).cpu().numpy(), format="csr"), c
-    blocks = []
-    for start in range(0, n_out, _MATRIX_CHUNK):
-        rows = torch.arange(start, min(n_out, start + _MATRIX_CHUNK), device=device)
-        eye = torch.zeros((rows.numel(), n_out), dtype=DTYPE, device=device)
-        eye[torch.arange(rows.numel(), device=device), rows] = 1.0
-        blocks.append(sp.csr_matrix(op.back(eye.reshape(-1, *out_shape)).reshape(rows.numel(), n_in).cpu().numpy()))
-    return sp.vstack(blocks, format="csr"), c
+def affine_matrix(op, in_shape, out_shape, device) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The map of an affine operator of a ``BoundPropagator`` on flattened tensors as ``(L, c)``
+    with ``y = L x + c``."""
+    return op.matrix(in_shape, out_shape, device)
 
 
 def _widen(M: sp.csr_matrix, n_cols: int) -> sp.csr_matrix:
@@ -106,13 +79,13 @@ class _Encoding:
                 backend.add_rows(sp.csr_matrix(A), hi=rhs)
         self.input_expr = (M.copy(), c.copy())
         for i, op in enumerate(prop.ops):
-            if isinstance(op, _Affine):
-                L, bias = affine_matrix(op, prop.shapes[i], prop.shapes[i + 1], device)
+            if op.kind == AFFINE:
+                L, bias = op.matrix(prop.shapes[i], prop.shapes[i + 1], device)
                 M, c = sp.csr_matrix(L @ _widen(M, backend.n_vars)), L @ c + bias
-            elif isinstance(op, _ReLU):
+            elif op.kind == RELU:
                 lo, hi = (t[0].reshape(-1).cpu().numpy() for t in pre[i])
                 M, c = self._relu(_widen(M, backend.n_vars), c, lo, hi)
-            elif isinstance(op, _MaxPool):
+            elif op.kind == MAXPOOL:
                 lo, hi = (t[0].cpu().numpy() for t in pre[i])
                 M, c = self._maxpool(op, _widen(M, backend.n_vars), c, lo, hi)
             else:  # pragma: no cover - BoundPropagator only compiles the types above
@@ -141,7 +114,7 @@ class _Encoding:
         M_out = _widen(M_out, n) + sp.csr_matrix((np.ones(k), (idx, z)), shape=(M.shape[0], n))
         return sp.csr_matrix(M_out), c_out
 
-    def _maxpool(self, op: _MaxPool, M, c, lo, hi):
+    def _maxpool(self, op, M, c, lo, hi):
         """One output per window: the dominant input's expression, or a new variable with binaries."""
         C = lo.shape[0]
         hw = op.hw
@@ -204,13 +177,13 @@ def _into_hpolytope(x: np.ndarray, A: np.ndarray, b: np.ndarray, interior: np.nd
 
 def _chebyshev_centre(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
     """The centre of the largest ball inside ``A x <= b`` within the box, or None if it is empty."""
-    from scipy.optimize import linprog
-
     n = lo.size
-    norms = np.linalg.norm(A, axis=1)
-    res = linprog(np.r_[np.zeros(n), -1.0], A_ub=np.c_[A, norms], b_ub=b,
-                  bounds=list(zip(lo, hi)) + [(0, None)], method="highs")
-    return res.x[:n] if res.status == 0 and res.x[n] > 0 else None
+    backend = solvers.create("highs")
+    backend.add_variables(n, lb=lo, ub=hi)
+    backend.add_variables(1, lb=0.0, ub=np.inf, cost=-1.0)  # the radius, maximised
+    backend.add_rows(np.c_[A, np.linalg.norm(A, axis=1)], hi=b)
+    res = backend.solve()
+    return res.x[:n] if res.status == OPTIMAL and res.x[n] > 0 else None
 
 
 def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, input_shape, interior=None):

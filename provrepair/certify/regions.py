@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import solvers
+
 from ..errors import InputError, SolverUnavailableError
 from ..specs.regions import HPolytope, RegionSpec, VPolytope
 from .bounds import BoundPropagator, InputSet, as_tensor
@@ -250,10 +252,8 @@ def certify_regions(net: nn.Sequential, spec: RegionSpec, *, method: str = "auto
         _bound_step(prop, items, step, tolerance, batch_size)
         say(f"{step}: {sum(it.verdict is not None and it.verdict.status == CERTIFIED for it in items)} certified")
     if method in ("milp", "auto"):
-        if solver == "highs":
-            import importlib.util
-            if importlib.util.find_spec("highspy") is None:
-                raise SolverUnavailableError("the complete check needs HiGHS: run `pip install highspy`")
+        if solver == "highs" and "highs" not in solvers.available():
+            raise SolverUnavailableError("the complete check needs HiGHS: run `pip install highspy`")
         pending = [it for it in items if it.verdict is None]
         for n, it in enumerate(pending):
             say(f"complete check: region {it.index} ({n + 1} of {len(pending)})")

@@ -544,7 +544,7 @@ class HPolytope(Region):
         Degenerate box coordinates (lower == upper) are left out of the ball, so a polytope that is
         thin along them still has a centre.
         """
-        from scipy.optimize import linprog
+        import solvers  # only here: loading a spec needs no solver
 
         d = self.A.shape[1]
         lo, hi = self.lower.ravel(), self.upper.ravel()
@@ -553,16 +553,12 @@ class HPolytope(Region):
         rows = np.vstack([self.A, eye, -eye])
         norms = np.concatenate([np.linalg.norm(self.A[:, free], axis=1), np.ones(2 * free.size)])
         rhs = np.concatenate([self.b, hi[free], -lo[free]])
-        c = np.zeros(d + 1)
-        c[-1] = -1.0  # maximise the radius
-        res = linprog(
-            c,
-            A_ub=np.hstack([rows, norms[:, None]]) if rows.shape[0] else None,
-            b_ub=rhs if rows.shape[0] else None,
-            bounds=list(zip(lo, hi)) + [(0.0, None)],
-            method="highs",
-        )
-        if res.status != 0 or res.x is None:
+        backend = solvers.create("highs")
+        backend.add_variables(d, lb=lo, ub=hi)
+        backend.add_variables(1, lb=0.0, ub=np.inf, cost=-1.0)  # the radius, maximised
+        backend.add_rows(np.hstack([rows, norms[:, None]]), hi=rhs)
+        res = backend.solve()
+        if res.status != solvers.OPTIMAL or res.x is None:
             raise SpecError(
                 "the H-polytope is empty (its constraints A x <= b have no solution inside its box); "
                 "check the region's constraints"
