@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -64,6 +63,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError, SpecError
+from .common import NO_LABEL, NPZ_ERRORS, readonly
 
 __all__ = ["PointSpec", "validate_point_spec", "INPUT_KEYS", "LABEL_KEYS"]
 
@@ -71,15 +71,6 @@ __all__ = ["PointSpec", "validate_point_spec", "INPUT_KEYS", "LABEL_KEYS"]
 INPUT_KEYS = ("inputs", "points", "x")
 #: Keys looked up (in this order) for the labels of an ``.npz`` repair set.
 LABEL_KEYS = ("labels", "y")
-
-#: ``labels`` value of a point that has explicit constraints only (mixed JSON files).
-NO_LABEL = -1
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
 
 def _as_float_array(value: Any, what: str) -> np.ndarray:
     try:
@@ -163,7 +154,7 @@ class PointSpec:
                 "for a single point add a leading axis (x[None])"
             )
         n = x.shape[0]
-        object.__setattr__(self, "inputs", _readonly(x))
+        object.__setattr__(self, "inputs", readonly(x))
 
         if self.labels is not None:
             labels = _as_int_array(self.labels, "labels")
@@ -174,7 +165,7 @@ class PointSpec:
                 )
             if labels.shape[0] != n:
                 raise SpecError(f"got {labels.shape[0]} labels for {n} input points; give exactly one label per point")
-            object.__setattr__(self, "labels", _readonly(labels.copy()))
+            object.__setattr__(self, "labels", readonly(labels.copy()))
 
         parts = (self.constraint_A, self.constraint_b, self.constraint_point)
         if any(p is not None for p in parts):
@@ -191,9 +182,9 @@ class PointSpec:
             if pi.size and (pi.min() < 0 or pi.max() >= n):
                 raise SpecError(f"a constraint row refers to point {int(pi.max())} but there are {n} points")
             order = np.argsort(pi, kind="stable")
-            object.__setattr__(self, "constraint_A", _readonly(A[order]))
-            object.__setattr__(self, "constraint_b", _readonly(b[order]))
-            object.__setattr__(self, "constraint_point", _readonly(pi[order]))
+            object.__setattr__(self, "constraint_A", readonly(A[order]))
+            object.__setattr__(self, "constraint_b", readonly(b[order]))
+            object.__setattr__(self, "constraint_point", readonly(pi[order]))
 
         covered = np.zeros(n, dtype=bool)
         if self.labels is not None:
@@ -516,15 +507,12 @@ def validate_point_spec(spec: PointSpec, input_shape: Sequence[int] | None, n_ou
 
 
 # ---------------------------------------------------------------------- readers
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError)
-
-
 def _read_npz(p: Path):
     try:
         # open the file ourselves: np.load leaks its handle when the archive is corrupt
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except _NPZ_ERRORS as exc:
+    except NPZ_ERRORS as exc:
         raise SpecError(f"cannot read the repair set {p} as .npz ({type(exc).__name__}: {exc}); re-save it with numpy.savez") from None
     xkey = next((k for k in INPUT_KEYS if k in arrays), None)
     if xkey is None:
@@ -560,7 +548,7 @@ def _read_npy(p: Path) -> np.ndarray:
             if isinstance(arr, np.lib.npyio.NpzFile):  # an .npz saved under a .npy name
                 arr.close()
                 raise SpecError(f"{p} is an .npz archive; rename it to .npz")
-    except _NPZ_ERRORS as exc:
+    except NPZ_ERRORS as exc:
         raise SpecError(f"cannot read the repair set {p} as .npy ({type(exc).__name__}: {exc}); re-save it with numpy.save") from None
     return _as_float_array(arr, f"{p}: inputs")
 
@@ -684,7 +672,7 @@ def _labels_argument(labels: Any, n: int) -> np.ndarray:
                     raw = np.load(fh, allow_pickle=False)
             else:
                 raw = np.loadtxt(lp, ndmin=1)
-        except _NPZ_ERRORS as exc:
+        except NPZ_ERRORS as exc:
             raise SpecError(f"cannot read the labels file {lp} ({type(exc).__name__}: {exc}); give a .npy or a text file of integers") from None
         lab = _as_int_array(raw, f"labels in {lp}").reshape(-1)
     else:

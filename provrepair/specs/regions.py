@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,28 +59,22 @@ import numpy as np
 
 from ..errors import InputError, SpecError
 from ..fileio import atomic_path, write_text_atomic
+from .common import NO_LABEL, NPZ_ERRORS, readonly
 
 __all__ = ["REGION_KINDS", "Box", "HPolytope", "OutputProperty", "Region", "RegionSpec", "VPolytope"]
 
 #: ``kind=`` values of :meth:`RegionSpec.load`.
 REGION_KINDS = ("box", "polytope", "hpolytope", "vnnlib")
 
-#: Label entry of a region whose property is not a label.
-NO_LABEL = -1
-
 #: A polytope file describes sets of inputs; one vertex is a point, which is most likely a mistake.
 _ONE_VERTEX = ("{where}: a polytope needs at least 2 vertices, got 1; give single inputs as a points file "
                "(--points), or a box")
 
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError)
-
 
 # ---------------------------------------------------------------------- helpers
-def _readonly(a: np.ndarray) -> np.ndarray:
+def _frozen(a: Any) -> np.ndarray:
     """A private float64 copy that nobody can modify (specs are shared between stages)."""
-    a = np.array(a, dtype=np.float64, copy=True)
-    a.flags.writeable = False
-    return a
+    return readonly(np.array(a, dtype=np.float64, copy=True))
 
 
 def _floats(value: Any, what: str) -> np.ndarray:
@@ -189,7 +182,7 @@ class OutputProperty:
                 )
             _finite(G, f"unsafe disjunct {d}: G")
             _finite(h, f"unsafe disjunct {d}: h")
-            out.append((_readonly(G), _readonly(h)))
+            out.append((_frozen(G), _frozen(h)))
         object.__setattr__(self, "disjuncts", tuple(out))
 
     # ------------------------------------------------------------------ constructors
@@ -366,8 +359,8 @@ class Box(Region):
         lo = _floats(self.lower, "box lower bound")
         hi = _floats(self.upper, "box upper bound")
         _check_box(lo, hi, "box")
-        object.__setattr__(self, "lower", _readonly(lo))
-        object.__setattr__(self, "upper", _readonly(hi))
+        object.__setattr__(self, "lower", _frozen(lo))
+        object.__setattr__(self, "upper", _frozen(hi))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -429,7 +422,7 @@ class VPolytope(Region):
                 f"polytope vertices have shape {v.shape}; give (k, *input_shape) with at least one vertex"
             )
         _finite(v, "polytope vertices")
-        object.__setattr__(self, "vertices", _readonly(v))
+        object.__setattr__(self, "vertices", _frozen(v))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -499,7 +492,7 @@ class HPolytope(Region):
         _finite(A, "H-polytope A")
         _finite(b, "H-polytope b")
         for name, arr in (("A", A), ("b", b), ("lower", lo), ("upper", hi)):
-            object.__setattr__(self, name, _readonly(arr))
+            object.__setattr__(self, name, _frozen(arr))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -1071,7 +1064,7 @@ def _read_npz(p: Path) -> RegionSpec:
     try:
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except _NPZ_ERRORS as exc:
+    except NPZ_ERRORS as exc:
         raise SpecError(f"cannot read the region spec {p} as .npz ({type(exc).__name__}: {exc}); re-save it with numpy.savez") from None
     found = ", ".join(sorted(arrays)) or "none"
     n_outputs = None
