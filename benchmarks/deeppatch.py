@@ -93,13 +93,9 @@ def time_inference(models: dict, x: torch.Tensor, repeats: int) -> dict:
 
 def run_case(model_name: str, augment: str, args) -> dict:
     from provrepair.repair.augmix import augmix
-    from provrepair.repair.deeppatch import (
-        RobustnessTask,
-        assess_filters,
-        deeppatch,
-        parameter_count,
-    )
+    from provrepair.repair.deeppatch import assess_filters, deeppatch
     from provrepair.repair.finetune import finetune
+    from provrepair.repair.training import RobustnessTask, parameter_count
     from provrepair.zoo import load_zoo
 
     t_case = time.perf_counter()
@@ -228,7 +224,7 @@ def main(argv=None) -> int:
     if args.out is None:
         args.out = str(RESULTS / ("deeppatch-quick.json" if args.quick else "deeppatch.json"))
     from provrepair.fileio import write_text_atomic
-    from provrepair.repair.deeppatch import DEFAULT_EPOCHS
+    from provrepair.repair.options import DEFAULT_EPOCHS
 
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS

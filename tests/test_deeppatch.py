@@ -19,7 +19,6 @@ from provrepair.models import normalize_model, save_model
 from provrepair.repair.augmix import augment_and_mix, augmix, jensen_shannon
 from provrepair.repair.deeppatch import (
     PatchedNet,
-    RobustnessTask,
     assess_filters,
     calibrate_boundary,
     corrective_rate,
@@ -29,6 +28,7 @@ from provrepair.repair.deeppatch import (
     select_filters,
 )
 from provrepair.repair.finetune import finetune
+from provrepair.repair.training import RobustnessTask
 
 BLAMED = {0: [1, 3], 2: [0, 5, 7]}
 

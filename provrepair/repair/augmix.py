@@ -21,19 +21,17 @@ import torch
 import torch.nn.functional as F
 
 from ..data import augment as _aug
-from .deeppatch import (
-    DEFAULT_BATCH,
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
-    RobustnessTask,
-    StatisticalRepairResult,
-)
-from .finetune import retrain
+from .finetune import retrain, training_options
+from .options import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, JSD_WEIGHT, AugmixOptions
+from .protocol import Progress, RepairResult
+from .training import RobustnessTask
 
-__all__ = ["augment_and_mix", "augmix", "jensen_shannon"]
+__all__ = ["AugmixRepairer", "JSD_WEIGHT", "augment_and_mix", "augmix", "augmix_loss", "generic_ops", "jensen_shannon",
+           "task_ops"]
 
-#: AugMix's defaults: 3 chains of depth 1..3, Dirichlet/Beta parameter 1, JS weight 12.
-WIDTH, MAX_DEPTH, ALPHA, JSD_WEIGHT = 3, 3, 1.0, 12.0
+#: AugMix's defaults: 3 chains of depth 1..3, Dirichlet/Beta parameter 1 (the JS weight, 12, is
+#: :data:`~provrepair.repair.options.JSD_WEIGHT`).
+WIDTH, MAX_DEPTH, ALPHA = 3, 3, 1.0
 _SEVERITY = 0.3  # AugMix's severity 3 of 10
 
 
@@ -84,9 +82,15 @@ def _task_op(augment: str):
     return op
 
 
-def _ops(augment: str):
+def generic_ops() -> list:
+    """AugMix's own eight operations, without any perturbation of the repair's task."""
     return [_autocontrast, _equalize, _posterize, _solarize, _geometric("rotate"), _geometric("shear"),
-            _geometric("tx"), _geometric("ty"), _task_op(augment)]
+            _geometric("tx"), _geometric("ty")]
+
+
+def task_ops(augment: str) -> list:
+    """AugMix's operations plus the augmentor's own perturbation (as DeepPatch's authors did for blur)."""
+    return generic_ops() + [_task_op(augment)]
 
 
 def augment_and_mix(x: torch.Tensor, rng: np.random.Generator, ops, *, width: int = WIDTH,
@@ -118,22 +122,40 @@ def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
     return sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in probs) / len(probs)
 
 
-def augmix(model, *, dataset, augment: str, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
-           batch_size: int = DEFAULT_BATCH, device="auto", seed: int = 0, progress: bool | None = None,
-           train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
-           jsd_weight: float = JSD_WEIGHT, task: RobustnessTask | None = None) -> StatisticalRepairResult:
-    """Train the whole of ``model`` AugMix-style (same arguments as
-    :func:`provrepair.repair.finetune.finetune`; ``jsd_weight``: the consistency loss's weight)."""
-    if task is None:
-        task = RobustnessTask.create(dataset=dataset, augment=augment, device=device, train_limit=train_limit,
-                                     val_limit=val_limit, test_limit=test_limit)
-    ops = _ops(task.augmentor.name)
+def augmix_loss(ops, jsd_weight: float):
+    """AugMix's batch loss: cross-entropy on the image plus ``jsd_weight`` times the Jensen-Shannon
+    consistency of it and two AugMix views made with ``ops``."""
 
     def loss(net, x, y, rng):
         views = torch.cat([x, augment_and_mix(x, rng, ops), augment_and_mix(x, rng, ops)])
         clean, a1, a2 = net(views).chunk(3)
         return F.cross_entropy(clean, y) + jsd_weight * jensen_shannon(clean, a1, a2)
 
-    return retrain("augmix", model, loss, dataset=dataset, augment=augment, epochs=epochs, lr=lr,
-                   batch_size=batch_size, device=device, seed=seed, progress=progress, train_limit=train_limit,
-                   val_limit=val_limit, test_limit=test_limit, task=task, details={"jsd_weight": jsd_weight})
+    return loss
+
+
+class AugmixRepairer:
+    """AugMix-style training behind the repairer protocol: ``target`` is a :class:`RobustnessTask`."""
+
+    name = "augmix"
+    kind = "statistical"
+    Options = AugmixOptions
+
+    def run(self, model, target: RobustnessTask, options: AugmixOptions,
+            progress: Progress | None = None) -> RepairResult:
+        loss = augmix_loss(task_ops(target.augmentor.name), options.jsd_weight)
+        return retrain("augmix", model, loss, target, options, progress=progress,
+                       details={"jsd_weight": options.jsd_weight})
+
+
+def augmix(model, *, dataset, augment: str, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
+           batch_size: int = DEFAULT_BATCH, device="auto", seed: int = 0, progress: Progress | bool | None = None,
+           train_limit: int | None = None, val_limit: int | None = None, test_limit: int | None = None,
+           jsd_weight: float = JSD_WEIGHT, task: RobustnessTask | None = None) -> RepairResult:
+    """Train the whole of ``model`` AugMix-style (same arguments as
+    :func:`provrepair.repair.finetune.finetune`; ``jsd_weight``: the consistency loss's weight). The
+    API's form of :class:`AugmixRepairer`."""
+    opts, task = training_options(AugmixOptions, dataset=dataset, augment=augment, device=device,
+                                  train_limit=train_limit, val_limit=val_limit, test_limit=test_limit, task=task,
+                                  epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, jsd_weight=jsd_weight)
+    return AugmixRepairer().run(model, task, opts, progress)

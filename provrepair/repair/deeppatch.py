@@ -41,22 +41,23 @@ boundary, variant) lives in its buffers; ``provrepair.models.save_model(patched,
 and :func:`load_patched` reads it back, no training code involved. Each sample's output depends on
 that sample alone.
 
-The training harness shared with the baselines (:mod:`provrepair.repair.finetune`,
-:mod:`provrepair.repair.augmix`) is :class:`RobustnessTask`: data, augmentor, device, the
-per-epoch model selection on ``T_val°`` and the test metrics (standard accuracy, accuracy per level,
-nRob/sRob as the paper defines them: the mean over the clean set and every level, and the joint
-accuracy ``std + nRob/sRob``).
+The data, the augmentor, the training loop and the test metrics are shared with the baselines
+(:mod:`provrepair.repair.finetune`, :mod:`provrepair.repair.augmix`) in
+:mod:`provrepair.repair.training`; DeepPatch's target is a
+:class:`~provrepair.repair.training.RobustnessTask` and its options are
+:class:`~provrepair.repair.options.DeepPatchOptions`.
 """
+
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,57 +66,42 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data import augment as _aug
 from ..errors import InputError, ModelFormatError
-from ..models.inference import accuracy, predictions
-from ..models import ModelMeta, get_meta, load_model, normalize_model, set_meta
+from ..models import ModelMeta, get_meta, set_meta
+from ..models.inference import predictions
+from ..data.checks import check_int, check_seed
+from .options import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_INIT, INITS, PATCH_LR, RANKINGS, VARIANTS, DeepPatchOptions, build
+from .protocol import Progress, RepairResult, say
+from .training import (
+    EVAL_BATCH,
+    RobustnessTask,
+    as_canonical,
+    augmented_cross_entropy,
+    check_one_of,
+    chunks,
+    conv_indices,
+    parameter_count,
+    robustness_summary,
+    show_bars,
+    trained_result,
+)
 
 __all__ = [
-    "AUGMENTS",
-    "RANKINGS",
-    "VARIANTS",
-    "Augmentor",
+    "DeepPatchRepairer",
     "FilterAssessment",
     "PatchedNet",
-    "RobustnessTask",
-    "StatisticalRepairResult",
     "assess_filters",
     "calibrate_boundary",
     "corrective_rate",
     "deeppatch",
-    "get_augmentor",
     "kappa_percent",
     "load_patched",
     "select_filters",
 ]
 
-VARIANTS = ("gamma", "beta", "fallback")
-RANKINGS = ("alpha", "random", "bottom")
-INITS = ("random", "clone")
-AUGMENTS = ("blur", "spatial")
 _VARIANT_CODES = {"beta": 0, "gamma": 1, "fallback": 2}
-
-#: Training defaults, chosen so that the benchmark fits a 2-core CPU (see benchmarks/deeppatch.py).
-DEFAULT_EPOCHS = 3
-#: Learning rate of the baselines, which fine-tune trained weights (the paper's SGD setting).
-DEFAULT_LR = 0.01
-#: Learning rate of the replacement filters: the only trainable weights, few of them, behind frozen
-#: layers. At 0.01 they are still far from converged after the default 3 epochs.
-PATCH_LR = 0.2
-#: How replacement filters start: "clone" (copies of the blamed filters, the default) or "random"
-#: (the paper's re-initialisation). See the module docstring.
-DEFAULT_INIT = "clone"
-DEFAULT_BATCH = 128
-#: Samples per forward pass when evaluating (on a 2-core CPU 256 is faster than larger batches).
-EVAL_BATCH = 256
 #: The most samples in one forward pass of the batched filter assessment.
 ASSESS_BATCH = 4096
-#: SGD settings of the paper (Sec. 4.2.1); the learning rate decays to 0 by cosine over the run.
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
-#: Seed of the train/val split and of the subsets drawn by the ``*_limit`` options: fixed, so that
-#: runs with different training seeds see the same data.
-DATA_SEED = 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,86 +121,6 @@ def kappa_percent(ratio) -> float:
     return r * 100.0 if r <= 1.0 else r
 
 
-def _check_choice(value, choices: Sequence[str], what: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise InputError(f"unknown {what} {value!r}; use one of: {', '.join(choices)}")
-    return value
-
-
-def _check_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_limit(value, what: str) -> int | None:
-    return None if value is None else _check_positive_int(value, what)
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` is the GPU when one is present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``."""
-    name = str(device) if device is not None else "auto"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return dev
-
-
-# --------------------------------------------------------------------------------------------------
-# augmentors
-
-
-@dataclass(frozen=True)
-class Augmentor:
-    """One perturbation family: a dynamic training augmentor and fixed, graded test sets.
-
-    ``dynamic(x, rng)``: each sample kept with probability 1/2, else perturbed at a random strength
-    (the paper's Eq. 2). ``static(x, seed)``: ``{level name: every sample perturbed at that level}``.
-    ``metric``: the paper's name of the mean accuracy over the clean set and all levels.
-    """
-
-    name: str
-    metric: str
-    levels: tuple[str, ...]
-    dynamic: Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
-    static: Callable[[torch.Tensor, int], dict[str, torch.Tensor]]
-
-
-def _blur_static(x: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    return {f"blur{s:g}": _aug.blur(x, s) for s in _aug.BLUR_SIGMAS}
-
-
-def _spatial_dynamic(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    chosen = np.flatnonzero(rng.random(x.shape[0]) < 0.5)
-    out = x.clone()
-    if chosen.size:
-        idx = torch.as_tensor(chosen, device=x.device)
-        out[idx] = _aug.spatial(x[idx], rng)
-    return out
-
-
-def _spatial_static(x: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    n = len(_aug.SPATIAL_LEVELS)
-    return {f"spat{i}/{n}": _aug.spatial_static(x, i, seed) for i in range(1, n + 1)}
-
-
-_AUGMENTORS = {
-    "blur": Augmentor("blur", "nRob", tuple(f"blur{s:g}" for s in _aug.BLUR_SIGMAS), _aug.blur_dynamic, _blur_static),
-    "spatial": Augmentor("spatial", "sRob", tuple(f"spat{i}/{len(_aug.SPATIAL_LEVELS)}" for i in
-                                               range(1, len(_aug.SPATIAL_LEVELS) + 1)), _spatial_dynamic, _spatial_static),
-}
-
-
-def get_augmentor(name: str) -> Augmentor:
-    """The augmentor ``"blur"`` (Gaussian blur, sigma 0.5..3) or ``"spatial"`` (SENSEI's transforms)."""
-    return _AUGMENTORS[_check_choice(name, AUGMENTS, "augmentor")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,10 +152,6 @@ def calibrate_boundary(rate_clean, rate_augmented) -> tuple[float, int]:
 # the patched network
 
 
-def _conv_indices(net: nn.Sequential) -> list[int]:
-    return [i for i, m in enumerate(net) if isinstance(m, nn.Conv2d)]
-
-
 class PatchedNet(nn.Module):
     """A network with replacement filters for some filters of its conv layers and a gamma switch.
 
@@ -262,7 +164,7 @@ class PatchedNet(nn.Module):
     def __init__(self, base: nn.Sequential, blamed: Mapping[int, Sequence[int]], *, boundary: float = 0.0,
                  side: int = 1, variant: str = "gamma", seed: int = 0, init: str = "random"):
         super().__init__()
-        init = _check_choice(init, INITS, "init")
+        init = check_one_of(init, INITS, "init")
         if not isinstance(base, nn.Sequential):
             raise InputError(f"PatchedNet needs an nn.Sequential, got {type(base).__name__}")
         self.base = base
@@ -300,7 +202,7 @@ class PatchedNet(nn.Module):
             raise InputError("no filter is blamed in any conv layer; raise the ratio so that at least one filter is patched")
         self.register_buffer("boundary", torch.tensor(float(boundary), dtype=torch.float32))
         self.register_buffer("side", torch.tensor(1 if side >= 0 else -1))
-        self.register_buffer("variant_code", torch.tensor(_VARIANT_CODES[_check_choice(variant, VARIANTS, "variant")]))
+        self.register_buffer("variant_code", torch.tensor(_VARIANT_CODES[check_one_of(variant, VARIANTS, "variant")]))
         meta = get_meta(base)
         set_meta(self, ModelMeta(format="torch", source=None, input_shape=meta.input_shape,
                                  extra={"repair": "deeppatch"}))
@@ -327,7 +229,7 @@ class PatchedNet(nn.Module):
 
     def set_variant(self, variant: str) -> PatchedNet:
         """Switch between ``"gamma"``, ``"beta"`` and ``"fallback"`` (returns self)."""
-        self.variant_code.fill_(_VARIANT_CODES[_check_choice(variant, VARIANTS, "variant")])
+        self.variant_code.fill_(_VARIANT_CODES[check_one_of(variant, VARIANTS, "variant")])
         return self
 
     # -- computation
@@ -441,6 +343,7 @@ def load_patched(path: str | os.PathLike, *, map_location="cpu") -> PatchedNet:
     return obj.eval()
 
 
+
 # --------------------------------------------------------------------------------------------------
 # filter assessment (alpha units)
 
@@ -472,13 +375,8 @@ class FilterAssessment:
                 "scores": {str(i): [round(float(v), 6) for v in s] for i, s in self.scores.items()}}
 
 
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
 def assess_filters(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, max_batch: int = ASSESS_BATCH,
-                   progress: bool | None = None) -> FilterAssessment:
+                   progress: Progress | None = None) -> FilterAssessment:
     """Zero every filter of every conv layer in turn and measure the accuracy on ``(x, y)`` (the
     augmented validation set; tensors on the network's device).
 
@@ -486,7 +384,7 @@ def assess_filters(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, max_
     channel set to 0, go through the remaining layers together, up to ``max_batch`` samples a pass.
     """
     t0 = time.perf_counter()
-    convs = _conv_indices(net)
+    convs = conv_indices(net)
     y = y.to(x.device)
     n = x.shape[0]
     base = predictions(net, x, batch_size=EVAL_BATCH)
@@ -494,17 +392,17 @@ def assess_filters(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, max_
     scores: dict[int, np.ndarray] = {}
     passes = singles = 0
     bar = tqdm(total=sum(net[i].out_channels for i in convs), desc="assessing filters", unit="filter",
-               disable=not progress, leave=False)
+               disable=not show_bars(progress), leave=False)
     with torch.no_grad():
         for i in convs:
             m = net[i].out_channels
             per = max(1, min(n, max_batch // m))  # samples per chunk: every filter's copy in one pass if possible
             group = max(1, max_batch // per)  # filters per pass
             correct = np.zeros(m, dtype=np.int64)
-            for s0, s1 in _chunks(n, per):
+            for s0, s1 in chunks(n, per):
                 h = net[: i + 1](x[s0:s1])
                 yb = y[s0:s1]
-                for f0, f1 in _chunks(m, group):
+                for f0, f1 in chunks(m, group):
                     k = f1 - f0
                     z = h.unsqueeze(0).repeat(k, *([1] * h.dim()))  # (k, B, C, H, W)
                     z[torch.arange(k, device=z.device), :, torch.arange(f0, f1, device=z.device)] = 0
@@ -523,11 +421,11 @@ def select_filters(net: nn.Sequential, ratio, *, ranking: str = "alpha", assessm
     """Blamed filters per conv layer: ``floor(kappa * m)`` of its ``m`` filters, the top of the
     assessment (``"alpha"``), its bottom (``"bottom"``) or a random choice (``"random"``)."""
     kappa = kappa_percent(ratio)
-    _check_choice(ranking, RANKINGS, "ranking")
+    check_one_of(ranking, RANKINGS, "ranking")
     if ranking != "random" and assessment is None:
         raise InputError(f"ranking {ranking!r} needs a filter assessment; run assess_filters first")
     blamed: dict[int, list[int]] = {}
-    for i in _conv_indices(net):
+    for i in conv_indices(net):
         m = net[i].out_channels
         count = math.floor(kappa * m / 100.0 + 1e-9)
         if ranking == "random":
@@ -539,281 +437,105 @@ def select_filters(net: nn.Sequential, ratio, *, ranking: str = "alpha", assessm
         if count:
             blamed[i] = sorted(int(j) for j in order[:count])
     if not blamed:
-        widest = max(net[i].out_channels for i in _conv_indices(net))
+        widest = max(net[i].out_channels for i in conv_indices(net))
         raise InputError(f"ratio {kappa:g} % selects no filter (the widest conv layer has {widest} filters); "
                          f"use a ratio of at least {math.ceil(10000 / widest) / 100:g} %")
     return blamed
 
 
 # --------------------------------------------------------------------------------------------------
-# the shared training/evaluation harness
-
-
-def as_canonical(model, *, need_conv: bool = True) -> nn.Sequential:
-    """A canonical copy of ``model`` (a path or an ``nn.Module``); refuses a network without Conv2d."""
-    if isinstance(model, (str, os.PathLike)):
-        net = load_model(model)
-    elif isinstance(model, nn.Module):
-        net = normalize_model(model)
-    else:
-        raise InputError(f"expected a model path or a torch.nn.Module, got {type(model).__name__}")
-    if need_conv and not _conv_indices(net):
-        raise InputError("the model has no Conv2d layer; DeepPatch patches convolution filters, so give a "
-                         "convolutional network")
-    return net
-
-
-def _as_pair(value, split: str):
-    try:
-        x, y = value
-    except (TypeError, ValueError):
-        raise InputError(f"dataset[{split!r}] must be a pair (images, labels)") from None
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(y, dtype=np.int64)).reshape(-1)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise InputError(f"dataset[{split!r}] needs images (N, C, H, W) and N labels, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    return x, y
-
-
-def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, salt: int):
-    if limit is None or limit >= x.shape[0]:
-        return x, y
-    idx = np.sort(np.random.default_rng([DATA_SEED, salt]).permutation(x.shape[0])[:limit])
-    t = torch.as_tensor(idx)
-    return x[t], y[t]
-
-
-def _load_splits(dataset, limits: dict[str, int | None]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(dataset, str):
-        from ..data.datasets import load_dataset
-
-        raw = {s: load_dataset(dataset, s, seed=DATA_SEED) for s in ("train", "val", "test")}
-    elif isinstance(dataset, Mapping):
-        missing = [s for s in ("train", "val", "test") if s not in dataset]
-        if missing:
-            raise InputError(f"the dataset mapping lacks {', '.join(missing)}; give train, val and test pairs")
-        raw = {s: dataset[s] for s in ("train", "val", "test")}
-    else:
-        raise InputError(f"dataset must be a dataset name or a mapping of splits, got {type(dataset).__name__}")
-    out = {}
-    for salt, split in enumerate(("train", "val", "test")):
-        x, y = _as_pair(raw[split], split)
-        out[split] = _subset(x, y, limits.get(split), salt)
-    return out
-
-
-def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return accuracy(net, x, y, batch_size=EVAL_BATCH)
-
-
-def _replacement_share(net: PatchedNet, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        used = [net.uses_replacement(x[a:b]) for a, b in _chunks(x.shape[0], EVAL_BATCH)]
-    return float(torch.cat(used).float().mean())
-
-
-@dataclass
-class RobustnessTask:
-    """Data, augmentor and device of one robustness-repair run; shared by DeepPatch and the baselines.
-
-    ``val_aug`` / ``test_sets``: the static augmented sets (``test_sets`` starts with ``"clean"``).
-    """
-
-    augmentor: Augmentor
-    device: torch.device
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    val_aug: tuple[torch.Tensor, torch.Tensor]
-    test_y: torch.Tensor
-    test_sets: dict[str, torch.Tensor]
-    data_seconds: float = 0.0
-    _pretrained: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def create(cls, *, dataset, augment: str, device="auto", train_limit: int | None = None,
-               val_limit: int | None = None, test_limit: int | None = None) -> RobustnessTask:
-        """Load (or take) the splits, build the static augmented validation and test sets."""
-        t0 = time.perf_counter()
-        augmentor = get_augmentor(augment)
-        dev = resolve_device(device)
-        limits = {"train": _check_limit(train_limit, "train_limit"), "val": _check_limit(val_limit, "val_limit"),
-                  "test": _check_limit(test_limit, "test_limit")}
-        splits = _load_splits(dataset, limits)
-        xv, yv = splits["val"]
-        levels = augmentor.static(xv, DATA_SEED)
-        val_aug = (torch.cat(list(levels.values())), yv.repeat(len(levels)))
-        xt, yt = splits["test"]
-        test_sets = {"clean": xt, **augmentor.static(xt, DATA_SEED)}
-        on = lambda t: t.to(dev)
-        return cls(augmentor, dev, tuple(map(on, splits["train"])), (on(xv), on(yv)), tuple(map(on, val_aug)),
-                   on(yt), {k: on(v) for k, v in test_sets.items()}, time.perf_counter() - t0)
-
-    def check_model(self, net: nn.Module) -> None:
-        """Refuse a network whose input does not fit the data, before any training."""
-        x = self.val[0][:1]
-        try:
-            with torch.no_grad():
-                out = net.to(self.device)(x)
-        except RuntimeError as exc:
-            raise InputError(f"the model cannot take the dataset's images of shape {tuple(x.shape[1:])} "
-                             f"({str(exc).splitlines()[0]}); use a model made for this dataset") from None
-        if out.dim() != 2 or out.shape[1] <= int(torch.cat([self.train[1], self.val[1], self.test_y]).max()):
-            raise InputError(f"the model has outputs {tuple(out.shape[1:])}, too few for the dataset's labels; "
-                             "use a classifier made for this dataset")
-
-    def val_robustness(self, net: nn.Module) -> float:
-        """Accuracy on the augmented validation set (the model-selection score)."""
-        return _accuracy(net, *self.val_aug)
-
-    def metrics(self, net: nn.Module) -> dict[str, Any]:
-        """Standard accuracy, accuracy per level, nRob/sRob (mean over clean and all levels), joint."""
-        acc = {name: _accuracy(net, x, self.test_y) for name, x in self.test_sets.items()}
-        std = acc["clean"]
-        rob = float(np.mean(list(acc.values())))
-        out = {"standard_accuracy": std, "levels": {k: v for k, v in acc.items() if k != "clean"},
-               "robustness": rob, "metric": self.augmentor.metric, "joint": std + rob,
-               "test_samples": int(self.test_y.shape[0])}
-        if isinstance(net, PatchedNet):
-            out["replacement_share"] = {k: _replacement_share(net, x) for k, x in self.test_sets.items()}
-        return out
-
-    def pretrained_metrics(self, net: nn.Sequential) -> dict[str, Any]:
-        """:meth:`metrics` of the unpatched network, computed once per network (benchmarks patch one
-        network many times)."""
-        key = _fingerprint(net)
-        if key not in self._pretrained:
-            self._pretrained[key] = self.metrics(net)
-        return copy.deepcopy(self._pretrained[key])
-
-    def fit(self, model: nn.Module, params: list[torch.Tensor], batch_loss, *, epochs: int, lr: float,
-            batch_size: int, seed: int, progress: bool | None, desc: str,
-            initial_score: float | None = None) -> dict[str, Any]:
-        """Train ``params`` of ``model`` with SGD (momentum 0.9, weight decay 5e-4, cosine decay of
-        ``lr`` to 0) for ``epochs`` epochs over the training split; ``batch_loss(model, x, y, rng)``
-        gives a batch's loss. After each epoch the robustness accuracy on the augmented validation
-        set is measured and the best epoch's ``params`` are restored at the end. With
-        ``initial_score`` (the untrained model's score), epoch 0 competes too: no epoch beating it
-        means the parameters are restored to their initial values (the paper's rule)."""
-        epochs = _check_positive_int(epochs, "epochs")
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise InputError(f"lr must be a positive number, got {lr!r}")
-        x, y = self.train
-        n = x.shape[0]
-        steps = math.ceil(n / batch_size)
-        opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
-        rng = np.random.default_rng([_check_seed(seed), 1])
-        snapshot = lambda: [p.detach().clone() for p in params]
-        best_state = snapshot() if initial_score is not None else None
-        best_score, best_epoch = (initial_score, 0) if initial_score is not None else (-1.0, 0)
-        history = []
-        t0 = time.perf_counter()
-        for epoch in range(1, epochs + 1):
-            order = torch.as_tensor(rng.permutation(n), device=x.device)
-            model.train()
-            total = 0.0
-            for b in tqdm(range(steps), desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", disable=not progress,
-                          leave=False):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                loss = batch_loss(model, x[idx], y[idx], rng)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * idx.numel()
-            model.eval()
-            score = self.val_robustness(model)
-            history.append({"epoch": epoch, "train_loss": total / n, "val_robustness": score,
-                            "seconds": round(time.perf_counter() - t0, 3)})
-            if score > best_score:
-                best_score, best_epoch, best_state = score, epoch, snapshot()
-        with torch.no_grad():
-            for p, v in zip(params, best_state):
-                p.copy_(v)
-        model.eval()
-        return {"history": history, "best_epoch": best_epoch, "best_val_robustness": best_score,
-                "initial_val_robustness": initial_score, "seconds": time.perf_counter() - t0}
-
-
-def _fingerprint(net: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in net.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def parameter_count(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-@dataclass
-class StatisticalRepairResult:
-    """What a statistical repairer returns: the model, its test metrics next to the pretrained
-    model's, the model selection on the augmented validation set, method details and timings."""
-
-    method: str
-    model: nn.Module
-    metrics: dict[str, Any]
-    pretrained: dict[str, Any]
-    training: dict[str, Any]
-    details: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "metrics": self.metrics, "pretrained": self.pretrained,
-                "training": self.training, "details": self.details,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "options": self.options}
-
-    def summary(self) -> str:
-        m, p = self.metrics, self.pretrained
-        name = m["metric"]
-        lines = [(f"{self.method}: standard accuracy {100 * m['standard_accuracy']:.2f} % "
-                  f"(pretrained {100 * p['standard_accuracy']:.2f} %), {name} {100 * m['robustness']:.2f} % "
-                  f"(pretrained {100 * p['robustness']:.2f} %), joint {100 * m['joint']:.2f} "
-                  f"(pretrained {100 * p['joint']:.2f}) on {m['test_samples']} test images")]
-        share = m.get("replacement_share", {})
-        levels = "  ".join(
-            f"{k} {100 * v:.2f}/{100 * p['levels'][k]:.2f}" + (f" [{100 * share[k]:.0f}% repl]" if k in share else "")
-            for k, v in m["levels"].items())
-        lines.append(f"per level (after/before): {levels}")
-        lines.append(f"best epoch {self.training['best_epoch']} of {len(self.training['history'])}; "
-                     f"parameters {self.details.get('parameters')} (pretrained {self.details.get('parameters_pretrained')}); "
-                     f"total {self.timings.get('total', 0):.1f} s")
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
 # DeepPatch
 
 
-def augmented_cross_entropy(augmentor: Augmentor):
-    """The batch loss of adversarial training with dynamic augmentation: cross-entropy on the batch
-    after the augmentor perturbs each sample with probability 1/2."""
+def _checked(opts: DeepPatchOptions) -> DeepPatchOptions:
+    """Refuse bad options before any data is loaded or any network copied."""
+    check_one_of(opts.variant, VARIANTS, "variant")
+    check_one_of(opts.ranking, RANKINGS, "ranking")
+    check_one_of(opts.init, INITS, "init")
+    kappa_percent(opts.ratio)
+    return dataclasses.replace(opts, epochs=check_int(opts.epochs, "epochs"), seed=check_seed(opts.seed))
 
-    def loss(model, x, y, rng):
-        return F.cross_entropy(model(augmentor.dynamic(x, rng)), y)
 
-    return loss
+def _calibrate(patched: PatchedNet, task: RobustnessTask, variant: str) -> tuple[dict[str, torch.Tensor], float, int]:
+    """Set the gamma unit's boundary and side from the validation rates; returns the rates, the
+    boundary (unrounded: the buffer holds it in float32) and the side."""
+    with torch.no_grad():
+        rates = {name: torch.cat([patched.corrective_rate(x[a:b]) for a, b in chunks(x.shape[0], EVAL_BATCH)])
+                 for name, x in (("clean", task.val[0]), ("augmented", task.val_aug[0]))}
+    boundary, side = calibrate_boundary(rates["clean"], rates["augmented"])
+    patched.boundary.fill_(boundary)
+    patched.side.fill_(side)
+    patched.set_variant(variant)
+    return rates, boundary, side
+
+
+def _details(net: nn.Sequential, patched: PatchedNet, opts: DeepPatchOptions, blamed: dict,
+             calibration: tuple, assessment: FilterAssessment | None) -> dict[str, Any]:
+    rates, boundary, side = calibration
+    return {
+        "variant": opts.variant, "kappa_percent": kappa_percent(opts.ratio), "ranking": opts.ranking,
+        "boundary": boundary, "side": side,
+        "corrective_rate_mean": {k: float(v.mean()) for k, v in rates.items()},
+        "gamma_layer": patched.gamma_layer,
+        "blamed": {str(i): v for i, v in blamed.items()},
+        "blamed_count": sum(len(v) for v in blamed.values()),
+        "filters": sum(net[i].out_channels for i in conv_indices(net)),
+        "parameters": parameter_count(patched), "parameters_pretrained": parameter_count(net),
+        "assessment": assessment.to_dict() if assessment is not None else None,
+    }
+
+
+class DeepPatchRepairer:
+    """DeepPatch behind the repairer protocol: ``target`` is a :class:`RobustnessTask` (the data and
+    the augmentor to be robust against), ``options`` a :class:`DeepPatchOptions`."""
+
+    name = "deeppatch"
+    kind = "statistical"
+    Options = DeepPatchOptions
+
+    def run(self, model, target: RobustnessTask, options: DeepPatchOptions,
+            progress: Progress | None = None) -> RepairResult:
+        t_start = time.perf_counter()
+        opts, task = _checked(options), target
+        net = as_canonical(model)
+        task.check_model(net)
+        net = net.to(task.device)
+        timings = {"data": task.data_seconds}
+        t0 = time.perf_counter()
+        assessment = opts.assessment
+        if opts.ranking != "random" and assessment is None:
+            say(progress)("deeppatch: assessing the filters")
+            assessment = assess_filters(net, *task.val_aug, progress=progress)
+        timings["assess"] = time.perf_counter() - t0 if opts.ranking != "random" else 0.0
+        blamed = select_filters(net, opts.ratio, ranking=opts.ranking, assessment=assessment, seed=opts.seed)
+        patched = PatchedNet(copy.deepcopy(net), blamed, variant="beta", seed=opts.seed, init=opts.init).to(task.device)
+        params = list(patched.repl_weight.values()) + list(patched.repl_bias.values())
+        training = task.fit(patched, params, augmented_cross_entropy(task.augmentor), epochs=opts.epochs, lr=opts.lr,
+                            batch_size=opts.batch_size, seed=opts.seed, progress=progress, desc="patching")
+        timings["train"] = training.pop("seconds")
+        t0 = time.perf_counter()
+        calibration = _calibrate(patched, task, opts.variant)
+        timings["calibrate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pretrained = task.pretrained_metrics(net)
+        metrics = task.metrics(patched)
+        timings["evaluate"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        details = _details(net, patched, opts, blamed, calibration, assessment)
+        record = {**task.record(), "ratio": opts.ratio, "variant": opts.variant, "ranking": opts.ranking,
+                  "init": opts.init, "epochs": opts.epochs, "lr": opts.lr, "batch_size": opts.batch_size,
+                  "seed": opts.seed}
+        message = robustness_summary("deeppatch", metrics, pretrained, training, details, timings)
+        return trained_result("deeppatch", patched.eval(), message=message, metrics=metrics, pretrained=pretrained,
+                              training=training, details=details, timings=timings, options=record)
 
 
 def deeppatch(model, *, dataset, augment: str, ratio=0.25, variant: str = "gamma", epochs: int = DEFAULT_EPOCHS,
               ranking: str = "alpha", lr: float = PATCH_LR, batch_size: int = DEFAULT_BATCH, device="auto",
-              seed: int = 0, progress: bool | None = None, train_limit: int | None = None,
+              seed: int = 0, progress: Progress | bool | None = None, train_limit: int | None = None,
               val_limit: int | None = None, test_limit: int | None = None,
               assessment: FilterAssessment | None = None, task: RobustnessTask | None = None,
-              init: str = DEFAULT_INIT) -> StatisticalRepairResult:
+              init: str = DEFAULT_INIT) -> RepairResult:
     """Patch ``model`` (a path or an ``nn.Module``, convolutional) for robustness against ``augment``.
 
     ``dataset``: a dataset name (``mnist``, ``fashion-mnist``, ``digits``; its train/val/test splits)
@@ -824,61 +546,11 @@ def deeppatch(model, *, dataset, augment: str, ratio=0.25, variant: str = "gamma
     ``result.model.set_variant``). ``init``: ``clone`` (replacements start as copies of the blamed
     filters) or ``random`` (the paper's re-initialisation); ``lr``: the replacement filters' SGD step.
     ``assessment`` / ``task``: reuse a filter assessment or a loaded task (benchmarks run several
-    patches on one model). Returns the patched model and its metrics.
+    patches on one model). The API's form of :class:`DeepPatchRepairer`.
     """
-    t_start = time.perf_counter()
-    variant = _check_choice(variant, VARIANTS, "variant")
-    ranking = _check_choice(ranking, RANKINGS, "ranking")
-    init = _check_choice(init, INITS, "init")
-    kappa = kappa_percent(ratio)
-    epochs = _check_positive_int(epochs, "epochs")
-    seed = _check_seed(seed)
-    net = as_canonical(model)
+    opts = _checked(build(DeepPatchOptions, epochs=epochs, lr=lr, batch_size=batch_size, device=str(device),
+                          seed=seed, ratio=ratio, variant=variant, ranking=ranking, init=init, assessment=assessment))
     if task is None:
-        task = RobustnessTask.create(dataset=dataset, augment=augment, device=device,
-                                     train_limit=train_limit, val_limit=val_limit, test_limit=test_limit)
-    task.check_model(net)
-    net = net.to(task.device)
-    timings = {"data": task.data_seconds}
-
-    t0 = time.perf_counter()
-    if ranking != "random" and assessment is None:
-        assessment = assess_filters(net, *task.val_aug, progress=progress)
-    timings["assess"] = time.perf_counter() - t0 if ranking != "random" else 0.0
-    blamed = select_filters(net, kappa, ranking=ranking, assessment=assessment, seed=seed)
-
-    patched = PatchedNet(copy.deepcopy(net), blamed, variant="beta", seed=seed, init=init).to(task.device)
-    params = list(patched.repl_weight.values()) + list(patched.repl_bias.values())
-    training = task.fit(patched, params, augmented_cross_entropy(task.augmentor), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, desc="patching")
-    timings["train"] = training.pop("seconds")
-
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        rates = {name: torch.cat([patched.corrective_rate(x[a:b]) for a, b in _chunks(x.shape[0], EVAL_BATCH)])
-                 for name, x in (("clean", task.val[0]), ("augmented", task.val_aug[0]))}
-    boundary, side = calibrate_boundary(rates["clean"], rates["augmented"])
-    patched.boundary.fill_(boundary)
-    patched.side.fill_(side)
-    patched.set_variant(variant)
-    timings["calibrate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pretrained = task.pretrained_metrics(net)
-    metrics = task.metrics(patched)
-    timings["evaluate"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    details = {
-        "variant": variant, "kappa_percent": kappa, "ranking": ranking, "boundary": boundary, "side": side,
-        "corrective_rate_mean": {k: float(v.mean()) for k, v in rates.items()},
-        "gamma_layer": patched.gamma_layer,
-        "blamed": {str(i): v for i, v in blamed.items()},
-        "blamed_count": sum(len(v) for v in blamed.values()),
-        "filters": sum(net[i].out_channels for i in _conv_indices(net)),
-        "parameters": parameter_count(patched), "parameters_pretrained": parameter_count(net),
-        "assessment": assessment.to_dict() if assessment is not None else None,
-    }
-    options = {"dataset": dataset if isinstance(dataset, str) else "(arrays)", "augment": task.augmentor.name,
-               "ratio": ratio, "variant": variant, "ranking": ranking, "init": init, "epochs": epochs, "lr": lr,
-               "batch_size": batch_size, "device": str(task.device), "seed": seed, "train_samples":
-               int(task.train[1].shape[0]), "val_samples": int(task.val[1].shape[0])}
-    return StatisticalRepairResult("deeppatch", patched.eval(), metrics, pretrained, training, details, timings, options)
+        task = RobustnessTask.create(dataset=dataset, augment=augment, device=device, train_limit=train_limit,
+                                     val_limit=val_limit, test_limit=test_limit)
+    return DeepPatchRepairer().run(model, task, opts, progress)

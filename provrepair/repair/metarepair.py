@@ -45,10 +45,10 @@ The repaired network has the architecture of the input (a plain ``nn.Sequential`
 from __future__ import annotations
 
 import copy
-import math
+import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,16 +58,31 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
+from ..data.checks import check_seed
+from ..data.corruptions import CORRUPTIONS, check_corruption_name, check_severity
 from ..errors import InputError
-from ..models.inference import accuracy, predictions
+from ..models.inference import predictions
 from . import frechet
-from .deeppatch import _check_seed, _fingerprint, as_canonical, resolve_device
+from .options import UPDATES, MetaRepairOptions, check_positive_float
+from .protocol import Progress, RepairResult
+from .training import (
+    DATA_SEED,
+    as_canonical,
+    check_model_fits,
+    fingerprint,
+    load_splits,
+    measure_accuracy,
+    resolve_device,
+    show_bars,
+    trained_result,
+)
 
 __all__ = [
     "CorruptedData",
     "Experience",
     "MetaRepairOptions",
-    "MetaRepairResult",
+    "MetaRepairRepairer",
+    "MetaRepairTarget",
     "UPDATES",
     "augmix_collect",
     "candidate_experiences",
@@ -83,142 +98,20 @@ __all__ = [
     "task_probabilities",
 ]
 
-UPDATES = ("accumulated", "separate")
-META_OPTIMIZERS = ("sgd", "adam")
-#: Seed of the train split and of the corruption noise: fixed, so runs with different training seeds
-#: see the same data.
-DATA_SEED = 0
 #: Samples per forward pass when evaluating.
 EVAL_BATCH = 1024
-
-
-# --------------------------------------------------------------------------------------------------
-# options
-
-
-def _positive_int(value, what: str, *, zero: bool = False) -> int:
-    lo = 0 if zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InputError(f"{what} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0 \
-            or not math.isfinite(value):
-        raise InputError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
-
-
-@dataclass
-class MetaRepairOptions:
-    """Every tunable of MetaRepair (defaults chosen so that the benchmark fits a 2-core CPU).
-
-    ``replay``: clean training images added to every training batch per failure in it (0: none), so
-    that repairing the failures does not cost clean accuracy; every method (the baselines too) gets
-    the same. ``meta_lr``: Adam's step on the meta-gradient; 1e-3 (and SGD at 0.05) drove the zoo
-    Fashion-MNIST CNN's meta-trained weights to predicting nearly one class (74-82 points of clean
-    accuracy lost before the meta-test), 1e-4 loses 2-14 points there over 20 episodes (the meta-test's
-    replay then recovers most of it). ``collect``: ``|D_collect|`` per corruption, a count, or a fraction in (0, 1) of the failures.
-    ``min_fail``: the fewest target failures that must remain for ``D_fail^t``. ``k``: experiences
-    kept by ``experiences="auto"``. ``train_limit`` / ``test_limit``: use the first N images of the
-    training / test split (None: all).
-    """
-
-    collect: int | float = 1000
-    min_fail: int = 50
-    k: int = 5
-    features: str = "penultimate"
-    alpha: float | str = "auto"
-    beta: float | str = "auto"
-    confidence: bool = True
-    episodes: int = 40
-    tasks: int = 5
-    shots: int = 10
-    query: int = 100
-    inner_steps: int = 2
-    inner_lr: float = 0.05
-    second_order: bool = False
-    meta_lr: float = 0.0001
-    meta_optimizer: str = "adam"
-    adapt_steps: int = 30
-    adapt_lr: float = 0.05
-    adapt_batch: int = 64
-    update: str = "accumulated"
-    replay: float = 1.0
-    train_limit: int | None = 10000
-    test_limit: int | None = None
-
-    def __post_init__(self):
-        c = self.collect
-        if isinstance(c, (float, np.floating)) and not isinstance(c, bool) and 0 < c < 1:
-            self.collect = float(c)
-        else:
-            self.collect = _positive_int(c, "collect (a count, or a fraction in (0, 1) of the failures)")
-        self.min_fail = _positive_int(self.min_fail, "min_fail")
-        for name in ("k", "episodes", "tasks", "shots", "query", "adapt_steps", "adapt_batch"):
-            setattr(self, name, _positive_int(getattr(self, name), name))
-        self.inner_steps = _positive_int(self.inner_steps, "inner_steps")
-        for name in ("inner_lr", "meta_lr", "adapt_lr"):
-            setattr(self, name, _positive_float(getattr(self, name), name))
-        if self.alpha != "auto":
-            self.alpha = _positive_float(self.alpha, "alpha")
-        if self.beta != "auto":
-            if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float, np.integer, np.floating)):
-                raise InputError(f"beta must be a number or 'auto', got {self.beta!r}")
-            self.beta = float(self.beta)
-        if self.features not in frechet.FEATURES:
-            raise InputError(f"unknown features {self.features!r}; use one of: {', '.join(frechet.FEATURES)}")
-        if self.update not in UPDATES:
-            raise InputError(f"unknown update {self.update!r}; use one of: {', '.join(UPDATES)}")
-        if self.meta_optimizer not in META_OPTIMIZERS:
-            raise InputError(f"unknown meta_optimizer {self.meta_optimizer!r}; use one of: {', '.join(META_OPTIMIZERS)}")
-        if isinstance(self.replay, bool) or not isinstance(self.replay, (int, float, np.integer, np.floating)) \
-                or not 0 <= self.replay <= 16:
-            raise InputError(f"replay must be a number from 0 to 16 (clean images per failure in a batch), got {self.replay!r}")
-        self.replay = float(self.replay)
-        self.confidence = bool(self.confidence)
-        self.second_order = bool(self.second_order)
-        for name in ("train_limit", "test_limit"):
-            v = getattr(self, name)
-            setattr(self, name, None if v is None else _positive_int(v, name))
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> MetaRepairOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise InputError(f"unknown MetaRepair option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**kwargs)
-
-    def replace(self, **changes) -> MetaRepairOptions:
-        return MetaRepairOptions.from_kwargs(**{**asdict(self), **changes})
-
-    def n_collect(self, failures: int) -> int:
-        """``|D_collect|`` for a corruption with ``failures`` failures."""
-        if isinstance(self.collect, float):
-            return int(math.floor(self.collect * failures))
-        return self.collect
 
 
 # --------------------------------------------------------------------------------------------------
 # data
 
 
-def _check_corruption(name) -> str:
-    from ..data.corruptions import _check_name
-
-    return _check_name(name)
-
-
 def _severities(severity) -> tuple[int, ...]:
-    from ..data.corruptions import _check_severity
-
     if isinstance(severity, (list, tuple)):
         if not severity:
             raise InputError("severity must be an integer 1-5 or a non-empty list of them")
-        return tuple(sorted({_check_severity(s) for s in severity}))
-    return (_check_severity(severity),)
+        return tuple(sorted({check_severity(s) for s in severity}))
+    return (check_severity(severity),)
 
 
 class CorruptedData:
@@ -237,38 +130,13 @@ class CorruptedData:
         self.limits = {"train": train_limit, "test": test_limit}
         self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._preds: dict[tuple, torch.Tensor] = {}
-        if isinstance(dataset, str):
-            from ..data.datasets import load_dataset
-
-            self.name = dataset
-            raw = {s: load_dataset(dataset, s, seed=DATA_SEED) for s in ("train", "test")}
-        elif isinstance(dataset, Mapping):
-            missing = [s for s in ("train", "test") if s not in dataset]
-            if missing:
-                raise InputError(f"the dataset mapping lacks {', '.join(missing)}; give train and test pairs")
-            self.name = None
-            raw = {s: dataset[s] for s in ("train", "test")}
-        else:
-            raise InputError(f"dataset must be a dataset name or a mapping of splits, got {type(dataset).__name__}")
+        self.name = dataset if isinstance(dataset, str) else None
+        raw = load_splits(dataset, ("train", "test"))
         self._clean = {}
         for s in ("train", "test"):
-            x, y = self._as_pair(raw[s], s)
+            x, y = raw[s]
             lim = self.limits[s]
             self._clean[s] = (x[:lim], y[:lim]) if lim is not None else (x, y)
-
-    @staticmethod
-    def _as_pair(value, split):
-        try:
-            x, y = value
-        except (TypeError, ValueError):
-            raise InputError(f"dataset[{split!r}] must be a pair (images, labels)") from None
-        x = np.asarray(x, dtype=np.float32)
-        y = np.asarray(y, dtype=np.int64).reshape(-1)
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise InputError(f"dataset[{split!r}] needs images (N, C, H, W) and N labels, got {x.shape} and {y.shape}")
-        return x, y
 
     def clean(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._clean[split]
@@ -276,7 +144,7 @@ class CorruptedData:
 
     def corrupted(self, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The split under corruption ``name`` at every severity (concatenated in severity order)."""
-        name = _check_corruption(name)
+        name = check_corruption_name(name)
         key = (name, split)
         if key not in self._cache:
             xs, ys = [], []
@@ -297,7 +165,7 @@ class CorruptedData:
 
     def predictions(self, net: nn.Module, name: str, split: str) -> torch.Tensor:
         """``net``'s predictions on a corrupted split (``name="clean"``: the clean split), kept per network (by its weights)."""
-        key = (_fingerprint(net), name, split)
+        key = (fingerprint(net), name, split)
         if key not in self._preds:
             x = self.clean(split)[0] if name == "clean" else self.corrupted(name, split)[0]
             self._preds[key] = _predict(net, x)
@@ -326,8 +194,8 @@ def _predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(predictions(net, x, batch_size=EVAL_BATCH)).to(x.device)
 
 
-def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float("nan") if y.shape[0] == 0 else accuracy(net, x, y, batch_size=EVAL_BATCH)
+#: Accuracy at MetaRepair's evaluation batch (NaN on an empty set); the benchmarks use it too.
+_accuracy = functools.partial(measure_accuracy, batch_size=EVAL_BATCH)
 
 
 def _class_covering_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -386,7 +254,7 @@ def task_probabilities(q, *, alpha: float | str = "auto", beta: float | str = "a
         raise InputError("Fréchet distances must be finite and non-negative")
     if not confidence:
         return np.full(q.size, 1.0 / q.size)
-    a = (1.0 / q.mean() if q.mean() > 0 else 1.0) if alpha == "auto" else _positive_float(alpha, "alpha")
+    a = (1.0 / q.mean() if q.mean() > 0 else 1.0) if alpha == "auto" else check_positive_float(alpha, "alpha")
     b = q.min() if beta == "auto" else float(beta)
     z = -a * (q - b)
     z -= z.max()  # the normalisation cancels any shift; this keeps exp() in range
@@ -396,8 +264,6 @@ def task_probabilities(q, *, alpha: float | str = "auto", beta: float | str = "a
 
 def select_experiences(distances: Mapping[str, float], k: int) -> list[str]:
     """The ``k`` experiences nearest to the target (ties: the suite's order)."""
-    from ..data.corruptions import CORRUPTIONS
-
     rank = {c: i for i, c in enumerate(CORRUPTIONS)}
     return sorted(distances, key=lambda n: (distances[n], rank.get(n, len(rank))))[:k]
 
@@ -491,7 +357,7 @@ def _frozen(net: nn.Module) -> nn.Module:
 
 
 def meta_train(net: nn.Module, experiences: Sequence[Experience], probs, options: MetaRepairOptions, *,
-               seed: int = 0, progress: bool | None = None, clean=None) -> tuple[nn.Module, dict[str, Any]]:
+               seed: int = 0, progress: Progress | None = None, clean=None) -> tuple[nn.Module, dict[str, Any]]:
     """MAML over ``experiences`` sampled by ``probs``; returns a meta-trained copy of ``net`` and the
     training history (loss per episode, tasks drawn per experience, gradient evaluations)."""
     if not experiences:
@@ -499,7 +365,7 @@ def meta_train(net: nn.Module, experiences: Sequence[Experience], probs, options
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (len(experiences),) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
         raise InputError("probs must be one probability per experience, summing to 1")
-    rng = np.random.default_rng([_check_seed(seed), 11])
+    rng = np.random.default_rng([check_seed(seed), 11])
     meta = _trainable(copy.deepcopy(net)).train()
     params = list(meta.parameters())
     opt = (torch.optim.SGD(params, lr=options.meta_lr) if options.meta_optimizer == "sgd"
@@ -507,7 +373,7 @@ def meta_train(net: nn.Module, experiences: Sequence[Experience], probs, options
     drawn = np.zeros(len(experiences), dtype=np.int64)
     history = []
     t0 = time.perf_counter()
-    for _ in tqdm(range(options.episodes), desc="meta-training", unit="episode", disable=not progress, leave=False):
+    for _ in tqdm(range(options.episodes), desc="meta-training", unit="episode", disable=not show_bars(progress), leave=False):
         which = rng.choice(len(experiences), size=options.tasks, p=p)
         np.add.at(drawn, which, 1)
         tasks = [_sample_task(experiences[k], options, rng, clean) for k in which]
@@ -564,7 +430,7 @@ def _deal(labels: np.ndarray, parts: int, rng: np.random.Generator) -> list[np.n
 
 
 def meta_test(meta: nn.Module, collect: tuple[torch.Tensor, torch.Tensor], options: MetaRepairOptions, *,
-              seed: int = 0, update: str | None = None, progress: bool | None = None, clean=None) -> tuple[list[nn.Module], dict]:
+              seed: int = 0, update: str | None = None, progress: Progress | None = None, clean=None) -> tuple[list[nn.Module], dict]:
     """Adapt the meta-trained network to the target's tasks (``D_collect^t`` dealt into ``tasks``
     class-covering parts). Returns the network after each task and details. ``accumulated``: task
     ``s`` starts from the network after task ``s - 1`` (the last network is the repair);
@@ -572,12 +438,12 @@ def meta_test(meta: nn.Module, collect: tuple[torch.Tensor, torch.Tensor], optio
     update = options.update if update is None else update
     if update not in UPDATES:
         raise InputError(f"unknown update {update!r}; use one of: {', '.join(UPDATES)}")
-    rng = np.random.default_rng([_check_seed(seed), 12])
+    rng = np.random.default_rng([check_seed(seed), 12])
     x, y = collect
     parts = _deal(y.cpu().numpy(), options.tasks, rng)
     t0 = time.perf_counter()
     models, current = [], meta
-    for part in tqdm(parts, desc=f"meta-test ({update})", unit="task", disable=not progress, leave=False):
+    for part in tqdm(parts, desc=f"meta-test ({update})", unit="task", disable=not show_bars(progress), leave=False):
         idx = torch.as_tensor(part, device=x.device)
         start = current if update == "accumulated" else meta
         current = _sgd(copy.deepcopy(start), (x[idx], y[idx]), steps=options.adapt_steps, lr=options.adapt_lr,
@@ -595,7 +461,7 @@ def finetune_collect(net: nn.Module, collect, *, steps: int, lr: float, batch: i
                      replay: float = 0.0) -> nn.Module:
     """Fine-tuning baseline: ``steps`` plain SGD steps on ``D_collect^t`` from the pretrained weights."""
     return _sgd(copy.deepcopy(net), collect, steps=steps, lr=lr, batch=batch,
-                rng=np.random.default_rng([_check_seed(seed), 21]), clean=clean, replay=replay)
+                rng=np.random.default_rng([check_seed(seed), 21]), clean=clean, replay=replay)
 
 
 def joint_finetune(net: nn.Module, experiences: Sequence[Experience], collect, *, steps: int, lr: float, batch: int,
@@ -605,7 +471,7 @@ def joint_finetune(net: nn.Module, experiences: Sequence[Experience], collect, *
     xs = [e.collect[0] for e in experiences] + [collect[0]]
     ys = [e.collect[1] for e in experiences] + [collect[1]]
     return _sgd(copy.deepcopy(net), (torch.cat(xs), torch.cat(ys)), steps=steps, lr=lr, batch=batch,
-                rng=np.random.default_rng([_check_seed(seed), 22]), clean=clean, replay=replay)
+                rng=np.random.default_rng([check_seed(seed), 22]), clean=clean, replay=replay)
 
 
 def augmix_collect(net: nn.Module, collect, *, steps: int, lr: float, batch: int, seed: int = 0,
@@ -613,60 +479,15 @@ def augmix_collect(net: nn.Module, collect, *, steps: int, lr: float, batch: int
     """AugMix-style baseline: ``steps`` SGD steps on ``D_collect^t`` with AugMix's loss (cross-entropy
     on the image plus the Jensen-Shannon consistency of it and two AugMix views; AugMix's generic
     operations, without any corruption of the suite)."""
-    from .augmix import JSD_WEIGHT, _ops, augment_and_mix, jensen_shannon
+    from .augmix import JSD_WEIGHT, augmix_loss, generic_ops
 
-    ops = _ops("blur")[:-1]  # AugMix's own eight operations; the last one is DeepPatch's blur
-    weight = JSD_WEIGHT if jsd_weight is None else jsd_weight
-
-    def loss(model, xb, yb, rng):
-        views = torch.cat([xb, augment_and_mix(xb, rng, ops), augment_and_mix(xb, rng, ops)])
-        clean, a1, a2 = model(views).chunk(3)
-        return F.cross_entropy(clean, yb) + weight * jensen_shannon(clean, a1, a2)
-
+    loss = augmix_loss(generic_ops(), JSD_WEIGHT if jsd_weight is None else jsd_weight)
     return _sgd(copy.deepcopy(net), collect, steps=steps, lr=lr, batch=batch,
-                rng=np.random.default_rng([_check_seed(seed), 23]), loss_fn=loss, clean=clean, replay=replay)
+                rng=np.random.default_rng([check_seed(seed), 23]), loss_fn=loss, clean=clean, replay=replay)
 
 
 # --------------------------------------------------------------------------------------------------
 # the API
-
-
-@dataclass
-class MetaRepairResult:
-    """The repaired network (same architecture as the input), its metrics and how it was made."""
-
-    method: str
-    model: nn.Module
-    metrics: dict[str, Any]
-    details: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "metrics": self.metrics, "details": self.details,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "options": self.options}
-
-    def summary(self) -> str:
-        m = self.metrics
-        return (f"{self.method}: target {m['target']} (severity {m['severity']}): accuracy on D_fail^t "
-                f"{100 * m['fail_accuracy']:.2f} % ({m['fail_samples']} held-out failures; pretrained 0 %), on the "
-                f"corrupted test split {100 * m['target_accuracy']:.2f} % (pretrained "
-                f"{100 * m['target_accuracy_pretrained']:.2f} %); clean {100 * m['clean_accuracy']:.2f} % "
-                f"(pretrained {100 * m['clean_accuracy_pretrained']:.2f} %)\n"
-                f"experiences: {', '.join(f'{n} (p={p:.2f})' for n, p in self.details['probabilities'].items())}; "
-                f"total {self.timings.get('total', 0):.1f} s")
-
-
-def _check_model_fits(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    try:
-        with torch.no_grad():
-            out = net(x[:1])
-    except RuntimeError as exc:
-        raise InputError(f"the model cannot take the dataset's images of shape {tuple(x.shape[1:])} "
-                         f"({str(exc).splitlines()[0]}); use a model made for this dataset") from None
-    if out.dim() != 2 or out.shape[1] <= int(y.max()):
-        raise InputError(f"the model has outputs {tuple(out.shape[1:])}, too few for the dataset's labels; "
-                         "use a classifier made for this dataset")
 
 
 def repair_metrics(net: nn.Module, pretrained: nn.Module, data: CorruptedData, target: Experience,
@@ -720,7 +541,7 @@ def _cache_part(cache: dict | None, part: str, net, data, seed: int, options: Me
     """``cache[part]`` (a fresh dict without a cache), refusing a cache made for other inputs."""
     if cache is None:
         return {}
-    key = (_fingerprint(net), id(data), seed, tuple(sorted(asdict(options).items())))
+    key = (fingerprint(net), id(data), seed, tuple(sorted(asdict(options).items())))
     if cache.get("key") not in (None, key):
         raise InputError("prepare's cache was made for another network, dataset, seed or options; use a fresh dict")
     cache["key"] = key
@@ -729,15 +550,13 @@ def _cache_part(cache: dict | None, part: str, net, data, seed: int, options: Me
 
 def candidate_experiences(net: nn.Module, data: CorruptedData, names: Sequence[str], options: MetaRepairOptions, *,
                           seed: int = 0, cache: dict | None = None,
-                          progress: bool | None = None) -> dict[str, Experience | None]:
+                          progress: Progress | None = None) -> dict[str, Experience | None]:
     """Each corruption's training-split experience (None where it has too few failures).
 
     They do not depend on the target, so ``cache`` (a dict kept between calls with the same ``net``,
     ``data``, ``options`` and ``seed``) makes each one once."""
-    from ..data.corruptions import CORRUPTIONS
-
     made = _cache_part(cache, "experiences", net, data, seed, options)
-    for n in tqdm(names, desc="repair experiences", unit="corruption", disable=not progress, leave=False):
+    for n in tqdm(names, desc="repair experiences", unit="corruption", disable=not show_bars(progress), leave=False):
         if n not in made:
             made[n] = make_experience(net, *data.corrupted(n, "train"), n, options,
                                       np.random.default_rng([seed, 2, CORRUPTIONS.index(n)]), split="train",
@@ -756,23 +575,21 @@ def experience_fits(net: nn.Module, exps: Mapping[str, Experience], options: Met
 
 
 def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, options: MetaRepairOptions, *,
-            seed: int = 0, progress: bool | None = None, cache: dict | None = None) -> Preparation:
+            seed: int = 0, progress: Progress | None = None, cache: dict | None = None) -> Preparation:
     """Build the target task and the experiences, and compute distances, selection and probabilities.
 
     ``cache``: a dict kept between calls with the same ``net``, ``data``, ``options`` and ``seed`` (a
     benchmark repairing several targets): the candidate experiences and their Gaussian fits, which do
     not depend on the target, are made once and reused."""
-    from ..data.corruptions import CORRUPTIONS
-
     t0 = time.perf_counter()
-    target = _check_corruption(target)
+    target = check_corruption_name(target)
     if isinstance(experiences, str) and experiences != "auto":
         experiences = [e.strip() for e in experiences.split(",") if e.strip()]
     explicit = not (isinstance(experiences, str) and experiences == "auto")
     if explicit:
         if not isinstance(experiences, Sequence) or not experiences:
             raise InputError("experiences must be 'auto' or a non-empty list of corruption names")
-        names = [_check_corruption(e) for e in experiences]
+        names = [check_corruption_name(e) for e in experiences]
         if target in names:
             raise InputError(f"the target {target!r} cannot be one of its own experiences; remove it from the list")
         if len(set(names)) != len(names):
@@ -780,7 +597,7 @@ def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, optio
     else:
         names = [c for c in CORRUPTIONS if c != target]
     xt, yt = data.corrupted(target, "test")
-    _check_model_fits(net, xt, yt)
+    check_model_fits(net, xt, int(yt.max()))
     tgt = make_experience(net, xt, yt, target, options, np.random.default_rng([seed, 1]), split="test", strict=True,
                           predicted=data.predictions(net, target, "test"),
                           context=f" at severity {','.join(map(str, data.severities))}")
@@ -803,43 +620,54 @@ def prepare(net: nn.Module, data: CorruptedData, target: str, experiences, optio
     return Preparation(tgt, cands, dist, kept, _task_weights(kept, dist, options), skipped, time.perf_counter() - t0)
 
 
-def metarepair(model, *, dataset, target: str, severity=5, experiences="auto", device="auto", seed: int = 0,
-               progress: bool | None = None, data: CorruptedData | None = None, **options) -> MetaRepairResult:
-    """Repair ``model`` (a path or an ``nn.Module``) for corruption ``target`` with MetaRepair.
+def metarepair_summary(metrics: dict, details: dict, timings: dict) -> str:
+    """The report of a MetaRepair run."""
+    m = metrics
+    return (f"metarepair: target {m['target']} (severity {m['severity']}): accuracy on D_fail^t "
+            f"{100 * m['fail_accuracy']:.2f} % ({m['fail_samples']} held-out failures; pretrained 0 %), on the "
+            f"corrupted test split {100 * m['target_accuracy']:.2f} % (pretrained "
+            f"{100 * m['target_accuracy_pretrained']:.2f} %); clean {100 * m['clean_accuracy']:.2f} % "
+            f"(pretrained {100 * m['clean_accuracy_pretrained']:.2f} %)\n"
+            f"experiences: {', '.join(f'{n} (p={p:.2f})' for n, p in details['probabilities'].items())}; "
+            f"total {timings.get('total', 0):.1f} s")
 
-    ``dataset``: ``mnist`` / ``fashion-mnist`` or ``{"train": (x, y), "test": (x, y)}``; ``severity``:
-    1-5 or a list (the corrupted sets of those severities together); ``experiences``: ``"auto"`` (the
-    ``k`` nearest by Fréchet distance) or a list / comma-separated string of corruption names;
-    ``options``: see :class:`MetaRepairOptions`. ``data``: a :class:`CorruptedData` to reuse (its
-    dataset and severity then win). Deterministic under ``seed``. Returns the repaired network (same
-    architecture, plain ``nn.Sequential``) with its metrics.
-    """
-    t_start = time.perf_counter()
-    opts = MetaRepairOptions.from_kwargs(**options)
-    seed = _check_seed(seed)
-    target = _check_corruption(target)
-    dev = resolve_device(device)
-    net = _frozen(as_canonical(model, need_conv=False).to(dev))
-    if data is None:
-        data = CorruptedData(dataset, severity, train_limit=opts.train_limit, test_limit=opts.test_limit, device=dev)
-    prep = prepare(net, data, target, experiences, opts, seed=seed, progress=progress)
+
+@dataclass
+class MetaRepairTarget:
+    """What MetaRepair repairs: corruption ``target`` of ``data`` (the clean and corrupted splits),
+    learning from ``experiences`` (``"auto"``: the ``k`` nearest by Fréchet distance, or a list /
+    comma-separated string of corruption names). ``dataset`` names the data in the reports."""
+
+    data: CorruptedData
+    target: str
+    experiences: str | Sequence[str] = "auto"
+    dataset: str = "(arrays)"
+
+    @classmethod
+    def create(cls, *, dataset, target: str, severity=5, experiences="auto", device="auto",
+               train_limit: int | None = 10000, test_limit: int | None = None) -> MetaRepairTarget:
+        """``dataset``: ``mnist`` / ``fashion-mnist`` or ``{"train": (x, y), "test": (x, y)}``;
+        ``severity``: 1-5 or a list (the corrupted sets of those severities together); the limits:
+        the first N images of each split."""
+        target = check_corruption_name(target)
+        data = CorruptedData(dataset, severity, train_limit=train_limit, test_limit=test_limit,
+                             device=resolve_device(device))
+        return cls(data, target, experiences, dataset if isinstance(dataset, str) else "(arrays)")
+
+
+def _repair(net: nn.Module, task: MetaRepairTarget, opts: MetaRepairOptions, progress) -> tuple:
+    """Prepare, meta-train and meta-test; returns the repaired network, the meta-trained one, every
+    task network, the preparation and the details and timings of the stages."""
+    data = task.data
+    prep = prepare(net, data, task.target, task.experiences, opts, seed=opts.seed, progress=progress)
     timings = {"prepare": prep.seconds}
     kept = [prep.candidates[n] for n in prep.kept]
     clean = data.clean("train")
-    meta, training = meta_train(net, kept, [prep.probabilities[n] for n in prep.kept], opts, seed=seed,
+    meta, training = meta_train(net, kept, [prep.probabilities[n] for n in prep.kept], opts, seed=opts.seed,
                                 progress=progress, clean=clean)
     timings["meta_train"] = training.pop("seconds")
-    models, testing = meta_test(meta, prep.target.collect, opts, seed=seed, progress=progress, clean=clean)
+    models, testing = meta_test(meta, prep.target.collect, opts, seed=opts.seed, progress=progress, clean=clean)
     timings["meta_test"] = testing.pop("seconds")
-    t0 = time.perf_counter()
-    repaired = models[-1]
-    metrics = {"target": target, "severity": list(data.severities) if len(data.severities) > 1 else data.severities[0],
-               **repair_metrics(repaired, net, data, prep.target, target)}
-    if testing["update"] == "separate":
-        metrics["fail_accuracy_task_mean"] = float(np.mean([_accuracy(m, *prep.target.fail) for m in models]))
-    metrics["meta_trained_fail_accuracy"] = _accuracy(meta, *prep.target.fail)
-    timings["evaluate"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
     details = {
         "experiences": prep.kept, "probabilities": prep.probabilities,
         "distances": {n: round(v, 6) for n, v in sorted(prep.distances.items(), key=lambda kv: kv[1])},
@@ -847,8 +675,58 @@ def metarepair(model, *, dataset, target: str, severity=5, experiences="auto", d
         "experience_tasks": {n: prep.candidates[n].to_dict() for n in prep.kept},
         "meta_training": training, "meta_test": testing,
     }
-    record = asdict(opts)
-    record.update(dataset=dataset if isinstance(dataset, str) else "(arrays)", target=target,
-                  severity=metrics["severity"], experiences=experiences if isinstance(experiences, str) else list(experiences),
-                  device=str(dev), seed=seed)
-    return MetaRepairResult("metarepair", repaired, metrics, details, timings, record)
+    return models[-1], meta, models, prep, details, timings
+
+
+class MetaRepairRepairer:
+    """MetaRepair behind the repairer protocol: ``target`` is a :class:`MetaRepairTarget`,
+    ``options`` a :class:`MetaRepairOptions` (its ``device`` is the target data's)."""
+
+    name = "metarepair"
+    kind = "statistical"
+    Options = MetaRepairOptions
+
+    def run(self, model, target: MetaRepairTarget, options: MetaRepairOptions,
+            progress: Progress | None = None) -> RepairResult:
+        t_start = time.perf_counter()
+        opts = replace(options, seed=check_seed(options.seed), device=str(target.data.device))
+        data = target.data
+        net = _frozen(as_canonical(model, need_conv=False).to(data.device))
+        repaired, meta, models, prep, details, timings = _repair(net, target, opts, progress)
+        t0 = time.perf_counter()
+        severity = list(data.severities) if len(data.severities) > 1 else data.severities[0]
+        metrics = {"target": target.target, "severity": severity,
+                   **repair_metrics(repaired, net, data, prep.target, target.target)}
+        if details["meta_test"]["update"] == "separate":
+            metrics["fail_accuracy_task_mean"] = float(np.mean([_accuracy(m, *prep.target.fail) for m in models]))
+        metrics["meta_trained_fail_accuracy"] = _accuracy(meta, *prep.target.fail)
+        timings["evaluate"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        record = asdict(opts)
+        experiences = target.experiences
+        record.update(dataset=target.dataset, target=target.target, severity=severity,
+                      experiences=experiences if isinstance(experiences, str) else list(experiences))
+        return trained_result("metarepair", repaired, message=metarepair_summary(metrics, details, timings),
+                              metrics=metrics, details=details, timings=timings, options=record)
+
+
+def metarepair(model, *, dataset, target: str, severity=5, experiences="auto", device="auto", seed: int = 0,
+               progress: Progress | bool | None = None, data: CorruptedData | None = None,
+               **options) -> RepairResult:
+    """Repair ``model`` (a path or an ``nn.Module``) for corruption ``target`` with MetaRepair.
+
+    ``dataset``: ``mnist`` / ``fashion-mnist`` or ``{"train": (x, y), "test": (x, y)}``; ``severity``:
+    1-5 or a list (the corrupted sets of those severities together); ``experiences``: ``"auto"`` (the
+    ``k`` nearest by Fréchet distance) or a list / comma-separated string of corruption names;
+    ``options``: see :class:`MetaRepairOptions`. ``data``: a :class:`CorruptedData` to reuse (its
+    dataset and severity then win). Deterministic under ``seed``. Returns the repaired network (same
+    architecture, plain ``nn.Sequential``) with its metrics. The API's form of :class:`MetaRepairRepairer`.
+    """
+    opts = MetaRepairOptions.from_kwargs(**options, seed=seed, device=str(device))
+    if data is None:
+        task = MetaRepairTarget.create(dataset=dataset, target=target, severity=severity, experiences=experiences,
+                                       device=device, train_limit=opts.train_limit, test_limit=opts.test_limit)
+    else:
+        task = MetaRepairTarget(data, check_corruption_name(target), experiences,
+                                dataset if isinstance(dataset, str) else "(arrays)")
+    return MetaRepairRepairer().run(model, task, opts, progress)

@@ -240,3 +240,178 @@ class PolishOptions(PointRepairOptions):
 
 # --------------------------------------------------------------------------------------------------
 # the statistical repairers
+
+__all__ += ["TrainingOptions", "FinetuneOptions", "AugmixOptions", "DeepPatchOptions", "MetaRepairOptions",
+            "check_positive_float", "AUGMENTS", "VARIANTS", "RANKINGS", "INITS", "UPDATES", "META_OPTIMIZERS",
+            "FEATURES", "DEFAULT_EPOCHS", "DEFAULT_LR", "PATCH_LR", "DEFAULT_INIT", "DEFAULT_BATCH", "JSD_WEIGHT"]
+
+AUGMENTS = ("blur", "spatial")
+VARIANTS = ("gamma", "beta", "fallback")
+RANKINGS = ("alpha", "random", "bottom")
+INITS = ("random", "clone")
+UPDATES = ("accumulated", "separate")
+META_OPTIMIZERS = ("sgd", "adam")
+FEATURES = ("penultimate", "inception")
+
+#: Training defaults, chosen so that the benchmark fits a 2-core CPU (see benchmarks/deeppatch.py).
+DEFAULT_EPOCHS = 3
+#: Learning rate of the baselines, which fine-tune trained weights (the paper's SGD setting).
+DEFAULT_LR = 0.01
+#: Learning rate of DeepPatch's replacement filters: the only trainable weights, few of them, behind
+#: frozen layers. At 0.01 they are still far from converged after the default 3 epochs.
+PATCH_LR = 0.2
+#: How replacement filters start: "clone" (copies of the blamed filters) or "random" (the paper's).
+DEFAULT_INIT = "clone"
+DEFAULT_BATCH = 128
+#: AugMix's weight of the Jensen-Shannon consistency loss.
+JSD_WEIGHT = 12.0
+
+
+@dataclass
+class TrainingOptions:
+    """What every training repairer (fine-tuning, AugMix, DeepPatch) takes; the data and the augmentor
+    are its target (:class:`~provrepair.repair.training.RobustnessTask`)."""
+
+    epochs: int = option(DEFAULT_EPOCHS, "training epochs")
+    lr: float = option(DEFAULT_LR, "SGD learning rate, cosine-decayed to 0")
+    batch_size: int = option(DEFAULT_BATCH, "training batch size")
+    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda; a given task keeps its own")
+    seed: int = option(0, "initialisation, data order and augmentation")
+
+
+@dataclass
+class FinetuneOptions(TrainingOptions):
+    """Fine-tuning of the whole network: the training options alone."""
+
+
+@dataclass
+class AugmixOptions(TrainingOptions):
+    """AugMix-style training: the training options and the consistency loss's weight."""
+
+    jsd_weight: float = option(JSD_WEIGHT, "weight of the Jensen-Shannon consistency loss")
+
+
+@dataclass
+class DeepPatchOptions(TrainingOptions):
+    """DeepPatch: which filters get replacements, how they start, how the patched model routes."""
+
+    lr: float = option(PATCH_LR, "SGD learning rate of the replacement filters, cosine-decayed to 0")
+    ratio: float = option(0.25, "blamed ratio kappa per conv layer: a fraction (0.25) or a percentage (25)")
+    variant: str = option("gamma", "gamma (per-sample switch), beta (always the replacements), fallback "
+                                   "(the originals)", choices=VARIANTS)
+    ranking: str = option("alpha", "which filters get replacements: alpha (assessment), bottom or random",
+                          choices=RANKINGS)
+    init: str = option(DEFAULT_INIT, "how replacement filters start: clone (copies of the blamed filters) or "
+                                     "random (the paper's re-initialisation)", choices=INITS)
+    assessment: Any = None  # a FilterAssessment to reuse (benchmarks patch one network many times)
+
+
+def _real(value) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_float(value, what: str) -> float:
+    """``value`` as a finite ``float`` > 0."""
+    import math
+
+    if not _real(value) or not value > 0 or not math.isfinite(value):
+        raise InputError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class MetaRepairOptions:
+    """Every tunable of MetaRepair (defaults chosen so that the benchmark fits a 2-core CPU).
+
+    ``replay``: clean training images added to every training batch per failure in it (0: none), so
+    that repairing the failures does not cost clean accuracy; every method (the baselines too) gets
+    the same. ``meta_lr``: Adam's step on the meta-gradient; 1e-3 (and SGD at 0.05) drove the zoo
+    Fashion-MNIST CNN's meta-trained weights to predicting nearly one class (74-82 points of clean
+    accuracy lost before the meta-test), 1e-4 loses 2-14 points there over 20 episodes (the meta-test's
+    replay then recovers most of it). ``collect``: ``|D_collect|`` per corruption, a count, or a fraction
+    in (0, 1) of the failures. ``min_fail``: the fewest target failures that must remain for
+    ``D_fail^t``. ``k``: experiences kept by ``experiences="auto"``. ``train_limit`` / ``test_limit``:
+    use the first N images of the training / test split (None: all; they size the target's data).
+    ``alpha`` / ``beta``: the confidence's temperature and shift, a number or ``"auto"``.
+    """
+
+    collect: float = option(1000, "collected failures per corruption: a count or a fraction < 1")
+    min_fail: int = option(50, "fewest target failures left for evaluation")
+    k: int = option(5, "experiences kept by experiences=auto")
+    features: str = option("penultimate", "features of the Frechet distance", choices=FEATURES)
+    alpha: float | str = "auto"
+    beta: float | str = "auto"
+    confidence: bool = option(True, "sample experiences by their Frechet confidence (off: uniformly)")
+    episodes: int = option(40, "meta-training episodes")
+    tasks: int = option(5, "tasks per episode (and target tasks of the meta-test)")
+    shots: int = option(10, "collected failures per class in a meta-training task")
+    query: int = option(100, "held-out failures in a meta-training task's test part")
+    inner_steps: int = option(2, "inner-loop SGD steps of meta-training")
+    inner_lr: float = option(0.05, "inner-loop SGD step")
+    second_order: bool = option(False, "second-order MAML (default: first-order)")
+    meta_lr: float = option(0.0001, "meta-training step")
+    meta_optimizer: str = option("adam", "optimiser of the meta-gradient", choices=META_OPTIMIZERS)
+    adapt_steps: int = option(30, "meta-test SGD steps per task")
+    adapt_lr: float = option(0.05, "meta-test SGD step")
+    adapt_batch: int = option(64, "meta-test mini-batch")
+    update: str = option("accumulated", "meta-test updates: accumulated (task s starts where s-1 ended) or "
+                                        "separate", choices=UPDATES)
+    replay: float = option(1.0, "clean training images per failure in every training batch, 0-16")
+    train_limit: int | None = option(10000, "use the first N training images")
+    test_limit: int | None = option(None, "use the first N test images")
+    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda; a given target keeps its own")
+    seed: int = option(0, "task sampling and data order")
+
+    def __post_init__(self):
+        from ..data.checks import check_int
+
+        c = self.collect
+        if _real(c) and not float(c).is_integer() and 0 < c < 1:
+            self.collect = float(c)
+        else:  # a count; a whole float (a --collect flag's 1000.0) counts too
+            c = int(c) if _real(c) and float(c).is_integer() and c >= 1 else c
+            self.collect = check_int(c, "collect (a count, or a fraction in (0, 1) of the failures)")
+        for name in ("min_fail", "k", "episodes", "tasks", "shots", "query", "inner_steps", "adapt_steps",
+                     "adapt_batch"):
+            setattr(self, name, check_int(getattr(self, name), name))
+        for name in ("inner_lr", "meta_lr", "adapt_lr"):
+            setattr(self, name, check_positive_float(getattr(self, name), name))
+        if self.alpha != "auto":
+            self.alpha = check_positive_float(self.alpha, "alpha")
+        if self.beta != "auto":
+            if not _real(self.beta):
+                raise InputError(f"beta must be a number or 'auto', got {self.beta!r}")
+            self.beta = float(self.beta)
+        for name, choices in (("features", FEATURES), ("update", UPDATES), ("meta_optimizer", META_OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise InputError(f"unknown {name} {getattr(self, name)!r}; use one of: {', '.join(choices)}")
+        if not _real(self.replay) or not 0 <= self.replay <= 16:
+            raise InputError(f"replay must be a number from 0 to 16 (clean images per failure in a batch), got {self.replay!r}")
+        self.replay = float(self.replay)
+        self.confidence = bool(self.confidence)
+        self.second_order = bool(self.second_order)
+        for name in ("train_limit", "test_limit"):
+            v = getattr(self, name)
+            setattr(self, name, None if v is None else check_int(v, name))
+        self.seed = check_int(self.seed, "seed", lo=0)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> MetaRepairOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InputError(f"unknown MetaRepair option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> MetaRepairOptions:
+        return MetaRepairOptions.from_kwargs(**{**dataclasses.asdict(self), **changes})
+
+    def n_collect(self, failures: int) -> int:
+        """``|D_collect|`` for a corruption with ``failures`` failures."""
+        import math
+
+        if isinstance(self.collect, float):
+            return int(math.floor(self.collect * failures))
+        return self.collect
