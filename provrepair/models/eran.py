@@ -73,73 +73,111 @@ def _matrix(line: str, path: Path, lineno: int) -> np.ndarray:
     return np.stack(arrays)
 
 
-def load_eran(path: str | Path) -> nn.Sequential:
-    """Read an ERAN fully connected network; a ReLU on the final logits is dropped with a warning."""
-    path = Path(path)
+def _content_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every line that is neither blank nor a ``#`` comment."""
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ModelFormatError(f"{path} is not a text file; an ERAN .tf/.eran network is plain text") from None
-    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _normalize_header(head: str, path: Path, lineno: int, allowed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a ``Normalize`` line; ``allowed`` is False once a layer or a header was read."""
+    m = _NORMALIZE.match(head)
+    if not m:
+        raise _err(path, lineno, "expected 'Normalize mean=[...] std=[...]'")
+    if not allowed:
+        raise _err(path, lineno, "Normalize may only appear once, before the first layer")
+    mean, std = _vector(m.group(1), path, lineno, "mean"), _vector(m.group(2), path, lineno, "std")
+    if len(mean) != len(std) or len(mean) == 0:
+        raise _err(path, lineno, "Normalize mean and std must have the same, non-zero length")
+    if np.any(std == 0):
+        raise _err(path, lineno, "Normalize std contains 0, which would divide by zero")
+    return mean, std
+
+
+def _check_block_head(head: str, path: Path, lineno: int) -> None:
+    """Refuse a block whose activation provrepair cannot repair, or that is not an ERAN block at all."""
+    if head in _REFUSED:
+        raise UnsupportedLayerError(
+            f"{path}: line {lineno}: activation {head} is not supported (only ReLU and Affine blocks "
+            "are): provrepair repairs piecewise-linear networks; retrain with ReLU activations"
+        )
+    if head not in _ACTIVATIONS:
+        word = head.split()[0][:40] if head.split() else head
+        raise _err(
+            path,
+            lineno,
+            f"unknown block {word!r}; this reader supports fully connected ERAN networks "
+            "(blocks 'ReLU' or 'Affine', optional 'Normalize' header). For convolutional networks "
+            "export to ONNX",
+        )
+
+
+def _linear_block(lines: list[tuple[int, str]], pos: int, path: Path, prev_out: int | None) -> nn.Linear:
+    """The Linear layer of the block whose head is ``lines[pos]`` (weights and bias on the next two lines)."""
+    lineno, head = lines[pos][0], lines[pos][1].strip()
+    if pos + 2 >= len(lines):
+        raise _err(path, lineno, f"the {head} block is incomplete: it needs a weight line and a bias line after it")
+    (wl, wline), (bl, bline) = lines[pos + 1], lines[pos + 2]
+    w = _matrix(wline, path, wl)
+    b = _vector(bline, path, bl, "bias")
+    if len(b) != w.shape[0]:
+        raise _err(path, bl, f"the bias has {len(b)} values but the weight matrix above has {w.shape[0]} rows")
+    if prev_out is not None and w.shape[1] != prev_out:
+        raise _err(path, wl, f"the weight matrix has {w.shape[1]} columns but the previous layer has {prev_out} outputs")
+    lin = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w))
+        lin.bias.copy_(torch.from_numpy(b))
+    return lin
+
+
+def _parse_blocks(path: Path, lines: list[tuple[int, str]]):
+    """The Linear/ReLU modules of the file, its Normalize header (mean, std) or None, and the last
+    block's activation."""
     modules: list[nn.Module] = []
-    pos = 0
     normalize: tuple[np.ndarray, np.ndarray] | None = None
     prev_out: int | None = None
-    in_features: int | None = None
     last_act = None
+    pos = 0
     while pos < len(lines):
         lineno, line = lines[pos]
         head = line.strip()
         if head.startswith("Normalize"):
-            m = _NORMALIZE.match(head)
-            if not m:
-                raise _err(path, lineno, "expected 'Normalize mean=[...] std=[...]'")
-            if modules or normalize is not None:
-                raise _err(path, lineno, "Normalize may only appear once, before the first layer")
-            normalize = (_vector(m.group(1), path, lineno, "mean"), _vector(m.group(2), path, lineno, "std"))
-            if len(normalize[0]) != len(normalize[1]) or len(normalize[0]) == 0:
-                raise _err(path, lineno, "Normalize mean and std must have the same, non-zero length")
-            if np.any(normalize[1] == 0):
-                raise _err(path, lineno, "Normalize std contains 0, which would divide by zero")
+            normalize = _normalize_header(head, path, lineno, allowed=not modules and normalize is None)
             pos += 1
             continue
-        if head in _REFUSED:
-            raise UnsupportedLayerError(
-                f"{path}: line {lineno}: activation {head} is not supported (only ReLU and Affine blocks "
-                "are): provrepair repairs piecewise-linear networks; retrain with ReLU activations"
-            )
-        if head not in _ACTIVATIONS:
-            word = head.split()[0][:40] if head.split() else head
-            raise _err(
-                path,
-                lineno,
-                f"unknown block {word!r}; this reader supports fully connected ERAN networks "
-                "(blocks 'ReLU' or 'Affine', optional 'Normalize' header). For convolutional networks "
-                "export to ONNX",
-            )
-        if pos + 2 >= len(lines):
-            raise _err(path, lineno, f"the {head} block is incomplete: it needs a weight line and a bias line after it")
-        (wl, wline), (bl, bline) = lines[pos + 1], lines[pos + 2]
-        w = _matrix(wline, path, wl)
-        b = _vector(bline, path, bl, "bias")
-        if len(b) != w.shape[0]:
-            raise _err(path, bl, f"the bias has {len(b)} values but the weight matrix above has {w.shape[0]} rows")
-        if prev_out is not None and w.shape[1] != prev_out:
-            raise _err(path, wl, f"the weight matrix has {w.shape[1]} columns but the previous layer has {prev_out} outputs")
-        if in_features is None:
-            in_features = w.shape[1]
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(b))
+        _check_block_head(head, path, lineno)
+        lin = _linear_block(lines, pos, path, prev_out)
         modules.append(lin)
         last_act = _ACTIVATIONS[head]
         if last_act == "relu":
             modules.append(nn.ReLU())
-        prev_out = w.shape[0]
+        prev_out = lin.out_features
         pos += 3
+    return modules, normalize, last_act
+
+
+def _normalize_module(normalize: tuple[np.ndarray, np.ndarray], in_features: int, path: Path, lineno: int) -> Normalize:
+    """The input Normalize, with one value for all inputs or one per input."""
+    mean, std = normalize
+    if len(mean) not in (1, in_features):
+        raise _err(path, lineno, f"Normalize has {len(mean)} values; give 1 or {in_features} (one per input)")
+    if len(mean) == 1:
+        mean, std = mean.reshape(()), std.reshape(())
+    return Normalize(mean, std)
+
+
+def load_eran(path: str | Path) -> nn.Sequential:
+    """Read an ERAN fully connected network; a ReLU on the final logits is dropped with a warning."""
+    path = Path(path)
+    lines = _content_lines(path)
+    modules, normalize, last_act = _parse_blocks(path, lines)
     if not modules:
         raise ModelFormatError(f"{path}: no layers found; an ERAN file needs at least one ReLU/Affine block")
+    in_features = modules[0].in_features
     dropped = False
     if last_act == "relu":
         modules.pop()
@@ -151,12 +189,7 @@ def load_eran(path: str | Path) -> nn.Sequential:
             stacklevel=3,
         )
     if normalize is not None:
-        mean, std = normalize
-        if len(mean) not in (1, in_features):
-            raise _err(path, lines[0][0], f"Normalize has {len(mean)} values; give 1 or {in_features} (one per input)")
-        if len(mean) == 1:
-            mean, std = mean.reshape(()), std.reshape(())
-        modules.insert(0, Normalize(mean, std))
+        modules.insert(0, _normalize_module(normalize, in_features, path, lines[0][0]))
     net = nn.Sequential(*modules).float().eval()
     return set_meta(net, ModelMeta(format="eran", source=str(path), input_shape=(in_features,), extra={"dropped_final_relu": dropped}))
 

@@ -367,97 +367,128 @@ def _export_input_dims(net: nn.Sequential, shape: tuple[int, ...] | None) -> lis
     return None
 
 
-def onnx_model(net: nn.Sequential) -> onnx.ModelProto:
-    """The ONNX model (opset 13) of a canonical network; its metadata goes into ``metadata_props``."""
-    meta = get_meta(net)
-    layers = list(net)
-    shapes = None
-    if meta.input_shape is not None:
-        from .summary import output_shapes
+class _Exporter:
+    """The ONNX nodes of a canonical network, one method per layer kind (the mirror of ``_Importer``)."""
 
-        shapes = output_shapes(net, meta.input_shape)
-    nodes, inits = [], []
-    cur = "input"
+    def __init__(self, net: nn.Sequential):
+        self.meta = get_meta(net)
+        self.shapes = None
+        if self.meta.input_shape is not None:
+            from .summary import output_shapes
 
-    def init(name: str, t: torch.Tensor) -> str:
-        inits.append(numpy_helper.from_array(t.detach().cpu().float().numpy().copy(), name))
+            self.shapes = output_shapes(net, self.meta.input_shape)
+        self.nodes: list = []
+        self.inits: list = []
+        self.handlers = {
+            Normalize: self.on_normalize, nn.Linear: self.on_linear, nn.Conv2d: self.on_conv, nn.ReLU: self.on_relu,
+            nn.Flatten: self.on_flatten, nn.MaxPool2d: self.on_maxpool, nn.AvgPool2d: self.on_avgpool,
+            nn.AdaptiveAvgPool2d: self.on_adaptive_avgpool,
+        }
+
+    def init(self, name: str, t: torch.Tensor) -> str:
+        self.inits.append(numpy_helper.from_array(t.detach().cpu().float().numpy().copy(), name))
         return name
 
-    for i, m in enumerate(layers):
-        out = "output" if i == len(layers) - 1 else f"x{i}"
+    def node(self, op: str, inputs: list[str], out: str, name: str, **attrs) -> None:
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+
+    def layer(self, i: int, m: nn.Module, cur: str, out: str) -> None:
         kind = type(m)
-        if kind is Normalize:
-            mid = f"x{i}_centred"
-            nodes.append(helper.make_node("Sub", [cur, init(f"l{i}.mean", m.mean)], [mid], name=f"l{i}_sub"))
-            nodes.append(helper.make_node("Div", [mid, init(f"l{i}.std", m.std)], [out], name=f"l{i}_div"))
-        elif kind is nn.Linear:
-            b = m.bias if m.bias is not None else torch.zeros(m.out_features)
-            nodes.append(helper.make_node("Gemm", [cur, init(f"l{i}.weight", m.weight), init(f"l{i}.bias", b)], [out], name=f"l{i}_gemm", transB=1))
-        elif kind is nn.Conv2d:
-            if isinstance(m.padding, str) or m.padding_mode != "zeros":
-                raise ModelFormatError(f"layer {i} (Conv2d) uses padding {m.padding!r}/{m.padding_mode}; save it as .pt instead")
-            b = m.bias if m.bias is not None else torch.zeros(m.out_channels)
-            ph, pw = _pair(m.padding)
-            nodes.append(
-                helper.make_node(
-                    "Conv", [cur, init(f"l{i}.weight", m.weight), init(f"l{i}.bias", b)], [out], name=f"l{i}_conv",
-                    kernel_shape=list(_pair(m.kernel_size)), strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw],
-                    dilations=list(_pair(m.dilation)), group=int(m.groups),
-                )
-            )
-        elif kind is nn.ReLU:
-            nodes.append(helper.make_node("Relu", [cur], [out], name=f"l{i}_relu"))
-        elif kind is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
-            nodes.append(helper.make_node("Flatten", [cur], [out], name=f"l{i}_flatten", axis=1))
-        elif kind is nn.MaxPool2d and not m.return_indices:
-            ph, pw = _pair(m.padding)
-            nodes.append(
-                helper.make_node(
-                    "MaxPool", [cur], [out], name=f"l{i}_maxpool", kernel_shape=list(_pair(m.kernel_size)),
-                    strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw], dilations=list(_pair(m.dilation)),
-                    ceil_mode=int(m.ceil_mode),
-                )
-            )
-        elif kind is nn.AvgPool2d and m.divisor_override is None:
-            ph, pw = _pair(m.padding)
-            nodes.append(
-                helper.make_node(
-                    "AveragePool", [cur], [out], name=f"l{i}_avgpool", kernel_shape=list(_pair(m.kernel_size)),
-                    strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw], ceil_mode=int(m.ceil_mode),
-                    count_include_pad=int(m.count_include_pad),
-                )
-            )
-        elif kind is nn.AdaptiveAvgPool2d:
-            osz = m.output_size
-            size = (osz, osz) if isinstance(osz, int) else tuple(osz)
-            size = None if None in size else size
-            if size == (1, 1):
-                nodes.append(helper.make_node("GlobalAveragePool", [cur], [out], name=f"l{i}_gap"))
-            else:
-                in_hw = None
-                if shapes is not None:
-                    in_hw = shapes[i - 1][-2:] if i > 0 else meta.input_shape[-2:]
-                if size is None or in_hw is None or in_hw[0] % size[0] or in_hw[1] % size[1]:
-                    raise ModelFormatError(
-                        f"layer {i} (AdaptiveAvgPool2d to {m.output_size}) has no fixed ONNX equivalent without a known input "
-                        "size that the output size divides; save the network as .pt, or load it with input_shape=... first"
-                    )
-                k = (in_hw[0] // size[0], in_hw[1] // size[1])
-                nodes.append(helper.make_node("AveragePool", [cur], [out], name=f"l{i}_avgpool", kernel_shape=list(k), strides=list(k)))
-        else:
+        handler = self.handlers.get(kind)
+        if handler is None or not _EXPORTABLE.get(kind, lambda _: True)(m):
             raise ModelFormatError(
                 f"layer {i} ({kind.__name__}) cannot be written to ONNX by provrepair; normalise the network with "
                 "normalize_model() first, or save it as .pt"
             )
+        handler(i, m, cur, out)
+
+    def on_normalize(self, i, m, cur, out):
+        mid = f"x{i}_centred"
+        self.node("Sub", [cur, self.init(f"l{i}.mean", m.mean)], mid, f"l{i}_sub")
+        self.node("Div", [mid, self.init(f"l{i}.std", m.std)], out, f"l{i}_div")
+
+    def on_linear(self, i, m, cur, out):
+        b = m.bias if m.bias is not None else torch.zeros(m.out_features)
+        self.node("Gemm", [cur, self.init(f"l{i}.weight", m.weight), self.init(f"l{i}.bias", b)], out, f"l{i}_gemm",
+                  transB=1)
+
+    def on_conv(self, i, m, cur, out):
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise ModelFormatError(f"layer {i} (Conv2d) uses padding {m.padding!r}/{m.padding_mode}; save it as .pt instead")
+        b = m.bias if m.bias is not None else torch.zeros(m.out_channels)
+        ph, pw = _pair(m.padding)
+        self.node("Conv", [cur, self.init(f"l{i}.weight", m.weight), self.init(f"l{i}.bias", b)], out, f"l{i}_conv",
+                  kernel_shape=list(_pair(m.kernel_size)), strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw],
+                  dilations=list(_pair(m.dilation)), group=int(m.groups))
+
+    def on_relu(self, i, m, cur, out):
+        self.node("Relu", [cur], out, f"l{i}_relu")
+
+    def on_flatten(self, i, m, cur, out):
+        self.node("Flatten", [cur], out, f"l{i}_flatten", axis=1)
+
+    def on_maxpool(self, i, m, cur, out):
+        ph, pw = _pair(m.padding)
+        self.node("MaxPool", [cur], out, f"l{i}_maxpool", kernel_shape=list(_pair(m.kernel_size)),
+                  strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw], dilations=list(_pair(m.dilation)),
+                  ceil_mode=int(m.ceil_mode))
+
+    def on_avgpool(self, i, m, cur, out):
+        ph, pw = _pair(m.padding)
+        self.node("AveragePool", [cur], out, f"l{i}_avgpool", kernel_shape=list(_pair(m.kernel_size)),
+                  strides=list(_pair(m.stride)), pads=[ph, pw, ph, pw], ceil_mode=int(m.ceil_mode),
+                  count_include_pad=int(m.count_include_pad))
+
+    def on_adaptive_avgpool(self, i, m, cur, out):
+        """A plain AveragePool, which needs the input size known and divisible by the output size."""
+        osz = m.output_size
+        size = (osz, osz) if isinstance(osz, int) else tuple(osz)
+        size = None if None in size else size
+        if size == (1, 1):
+            self.node("GlobalAveragePool", [cur], out, f"l{i}_gap")
+            return
+        in_hw = None
+        if self.shapes is not None:
+            in_hw = self.shapes[i - 1][-2:] if i > 0 else self.meta.input_shape[-2:]
+        if size is None or in_hw is None or in_hw[0] % size[0] or in_hw[1] % size[1]:
+            raise ModelFormatError(
+                f"layer {i} (AdaptiveAvgPool2d to {m.output_size}) has no fixed ONNX equivalent without a known input "
+                "size that the output size divides; save the network as .pt, or load it with input_shape=... first"
+            )
+        k = (in_hw[0] // size[0], in_hw[1] // size[1])
+        self.node("AveragePool", [cur], out, f"l{i}_avgpool", kernel_shape=list(k), strides=list(k))
+
+
+#: Layer kinds that ONNX can express only in some configurations (the others are refused).
+_EXPORTABLE = {
+    nn.Flatten: lambda m: m.start_dim == 1 and m.end_dim == -1,
+    nn.MaxPool2d: lambda m: not m.return_indices,
+    nn.AvgPool2d: lambda m: m.divisor_override is None,
+}
+
+
+def onnx_model(net: nn.Sequential) -> onnx.ModelProto:
+    """The ONNX model (opset 13) of a canonical network; its metadata goes into ``metadata_props``."""
+    ex = _Exporter(net)
+    layers = list(net)
+    cur = "input"
+    for i, m in enumerate(layers):
+        out = "output" if i == len(layers) - 1 else f"x{i}"
+        ex.layer(i, m, cur, out)
         cur = out
     if not layers:
         raise ModelFormatError("the network has no layers to write")
+    return _assemble(net, ex)
 
+
+def _assemble(net: nn.Sequential, ex: _Exporter) -> onnx.ModelProto:
+    """The checked model around the exported nodes, with the network's metadata."""
+    meta = ex.meta
     dims = _export_input_dims(net, meta.input_shape)
     x = helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, dims)
-    out_dims = ["N", *shapes[-1]] if shapes else None
+    out_dims = ["N", *ex.shapes[-1]] if ex.shapes else None
     y = helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, out_dims)
-    graph = helper.make_graph(nodes, "provrepair", [x], [y], initializer=inits)
+    graph = helper.make_graph(ex.nodes, "provrepair", [x], [y], initializer=ex.inits)
     model = helper.make_model(graph, producer_name="provrepair", opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     payload = {"format": meta.format, "input_shape": list(meta.input_shape) if meta.input_shape else None, "extra": _jsonable(meta.extra)}

@@ -553,7 +553,8 @@ def _read_npy(p: Path) -> np.ndarray:
     return _as_float_array(arr, f"{p}: inputs")
 
 
-def _read_json(p: Path):
+def _json_points(p: Path) -> list:
+    """The list of points of a JSON repair set (an object with ``points``, or the bare list)."""
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -568,54 +569,45 @@ def _read_json(p: Path):
         )
     if not pts:
         raise SpecError(f"{p}: the repair set has no points; add at least one")
-    inputs, labels, rows_A, rows_b, rows_p = [], [], [], [], []
-    any_label = False
-    extra: dict[str, list] = {}
-    for i, item in enumerate(pts):
-        if not isinstance(item, dict) or "input" not in item:
-            raise SpecError(f"{p}: point {i} must be an object with an \"input\" list (and a \"label\" or \"constraints\")")
-        inputs.append(item["input"])
-        lab = item.get("label")
-        if lab is None:
-            labels.append(NO_LABEL)
-        else:
-            if (
-                isinstance(lab, bool)
-                or not isinstance(lab, (int, float))
-                or (isinstance(lab, float) and not lab.is_integer())
-                or lab < 0
-            ):
-                raise SpecError(f"{p}: point {i} has label {lab!r}; a label is a class index, an integer >= 0")
-            labels.append(int(lab))
-            any_label = True
-        cons = item.get("constraints")
-        if cons is not None:
-            if not isinstance(cons, dict) or "A" not in cons or "b" not in cons:
-                raise SpecError(f"{p}: point {i}: \"constraints\" must be an object with \"A\" (rows) and \"b\"")
-            Ai = _as_float_array(cons["A"], f"{p}: point {i} constraints A")
-            bi = _as_float_array(cons["b"], f"{p}: point {i} constraints b")
-            if Ai.ndim == 1:
-                Ai = Ai[None, :]
-            bi = bi.reshape(-1)
-            if Ai.ndim != 2 or Ai.shape[0] != bi.shape[0]:
-                raise SpecError(
-                    f"{p}: point {i}: constraints A has shape {Ai.shape} but b has {bi.shape[0]} entries; "
-                    "give A as a list of rows and one b entry per row"
-                )
-            if rows_A and Ai.shape[0] and Ai.shape[1] != rows_A[0].shape[1]:
-                raise SpecError(
-                    f"{p}: point {i}: constraint rows have {Ai.shape[1]} columns but earlier points use "
-                    f"{rows_A[0].shape[1]}; every row needs one coefficient per network output"
-                )
-            if Ai.shape[0]:
-                rows_A.append(Ai)
-                rows_b.append(bi)
-                rows_p.append(np.full(Ai.shape[0], i, dtype=np.int64))
-        elif lab is None:
-            raise SpecError(f"{p}: point {i} has neither \"label\" nor \"constraints\"; give one of them")
-        for k, v in item.items():
-            if k not in ("input", "label", "constraints"):
-                extra.setdefault(k, [None] * len(pts))[i] = v
+    return pts
+
+
+def _json_label(p: Path, i: int, lab: Any) -> int:
+    """A point's label as a class index; JSON gives integral floats (``3.0``) for some writers."""
+    if (
+        isinstance(lab, bool)
+        or not isinstance(lab, (int, float))
+        or (isinstance(lab, float) and not lab.is_integer())
+        or lab < 0
+    ):
+        raise SpecError(f"{p}: point {i} has label {lab!r}; a label is a class index, an integer >= 0")
+    return int(lab)
+
+
+def _json_constraints(p: Path, i: int, cons: Any, width: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b)`` of one point's constraints; ``width`` is the column count of earlier points' rows."""
+    if not isinstance(cons, dict) or "A" not in cons or "b" not in cons:
+        raise SpecError(f"{p}: point {i}: \"constraints\" must be an object with \"A\" (rows) and \"b\"")
+    Ai = _as_float_array(cons["A"], f"{p}: point {i} constraints A")
+    bi = _as_float_array(cons["b"], f"{p}: point {i} constraints b")
+    if Ai.ndim == 1:
+        Ai = Ai[None, :]
+    bi = bi.reshape(-1)
+    if Ai.ndim != 2 or Ai.shape[0] != bi.shape[0]:
+        raise SpecError(
+            f"{p}: point {i}: constraints A has shape {Ai.shape} but b has {bi.shape[0]} entries; "
+            "give A as a list of rows and one b entry per row"
+        )
+    if width is not None and Ai.shape[0] and Ai.shape[1] != width:
+        raise SpecError(
+            f"{p}: point {i}: constraint rows have {Ai.shape[1]} columns but earlier points use "
+            f"{width}; every row needs one coefficient per network output"
+        )
+    return Ai, bi
+
+
+def _json_inputs(p: Path, inputs: list) -> np.ndarray:
+    """The inputs as one (n, *shape) array; the error names the first point that breaks it."""
     shapes = [_safe_shape(v) for v in inputs]
     x = None
     if len(set(shapes)) == 1 and shapes[0] is not None:
@@ -634,17 +626,50 @@ def _read_json(p: Path):
         )
     if x.ndim == 1:  # scalar inputs
         x = x[:, None]
-    lab_arr = np.asarray(labels, dtype=np.int64) if any_label else None
-    cons_t = None
-    if rows_A:
-        cons_t = (np.concatenate(rows_A), np.concatenate(rows_b), np.concatenate(rows_p))
-    fields = {}
+    return x
+
+
+def _json_fields(extra: dict[str, list]) -> dict[str, Any]:
+    """Extra per-point keys: integer ones as arrays for ``where=``, the rest kept as given."""
+    fields: dict[str, Any] = {}
     for k, vals in extra.items():
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
             fields[k] = np.asarray(vals, dtype=np.int64)
         else:
             fields[k] = vals  # kept so that where= can say why it cannot use it
-    return x, lab_arr, cons_t, fields
+    return fields
+
+
+def _read_json(p: Path):
+    pts = _json_points(p)
+    inputs, labels, rows_A, rows_b, rows_p = [], [], [], [], []
+    any_label = False
+    extra: dict[str, list] = {}
+    for i, item in enumerate(pts):
+        if not isinstance(item, dict) or "input" not in item:
+            raise SpecError(f"{p}: point {i} must be an object with an \"input\" list (and a \"label\" or \"constraints\")")
+        inputs.append(item["input"])
+        lab = item.get("label")
+        labels.append(NO_LABEL if lab is None else _json_label(p, i, lab))
+        any_label = any_label or lab is not None
+        cons = item.get("constraints")
+        if cons is not None:
+            Ai, bi = _json_constraints(p, i, cons, rows_A[0].shape[1] if rows_A else None)
+            if Ai.shape[0]:
+                rows_A.append(Ai)
+                rows_b.append(bi)
+                rows_p.append(np.full(Ai.shape[0], i, dtype=np.int64))
+        elif lab is None:
+            raise SpecError(f"{p}: point {i} has neither \"label\" nor \"constraints\"; give one of them")
+        for k, v in item.items():
+            if k not in ("input", "label", "constraints"):
+                extra.setdefault(k, [None] * len(pts))[i] = v
+    x = _json_inputs(p, inputs)
+    lab_arr = np.asarray(labels, dtype=np.int64) if any_label else None
+    cons_t = None
+    if rows_A:
+        cons_t = (np.concatenate(rows_A), np.concatenate(rows_b), np.concatenate(rows_p))
+    return x, lab_arr, cons_t, _json_fields(extra)
 
 
 def _safe_shape(v: Any) -> tuple[int, ...] | None:
