@@ -25,18 +25,25 @@ ERROR = "error"
 
 @dataclass
 class SolverOptions:
-    """Options every backend understands; ``extra`` is passed to the backend verbatim."""
+    """Options every backend understands; ``extra`` is passed to the backend verbatim.
+
+    Hints such as ``prescaled`` describe the problem, not a solver setting: each backend turns
+    them into its own settings (``Backend.hint_options``), so a caller never names one.
+    """
 
     time_limit: float | None = None
     threads: int | None = None
     method: str = "auto"  # auto | simplex | ipm | pdlp (where the backend has it)
     verbose: bool = False
     solution_limit: int | None = None  # MILP: stop after this many improving solutions
+    # rows are built equilibrated (largest coefficient about 1) and costs are O(1): the backend may
+    # skip its own scaling
+    prescaled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"time_limit": self.time_limit, "threads": self.threads, "method": self.method,
-                "verbose": self.verbose, "solution_limit": self.solution_limit, **self.extra}
+                "verbose": self.verbose, "solution_limit": self.solution_limit, "prescaled": self.prescaled, **self.extra}
 
 
 @dataclass
@@ -121,6 +128,16 @@ class Backend(ABC):
     @property
     @abstractmethod
     def version(self) -> str: ...
+
+    def hint_options(self) -> dict[str, Any]:
+        """The backend's own settings for the hints in ``options``; ``extra`` overrides them."""
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        """The options as this backend runs them, for results: the common ones, the hints'
+        translation (where ``extra`` does not override it), then ``extra``."""
+        hinted = {k: v for k, v in self.hint_options().items() if k not in self.options.extra}
+        return {**self.options.to_dict(), **hinted}
 
     def size(self) -> dict[str, int]:
         return {"variables": self.n_vars, "rows": self.n_rows, "nonzeros": self.nnz}

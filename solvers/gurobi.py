@@ -55,6 +55,8 @@ class GurobiBackend(Backend):
             m.Params.Threads = int(o.threads)
         if o.solution_limit is not None:
             m.Params.SolutionLimit = int(o.solution_limit)
+        # ``prescaled`` needs no setting here: Gurobi's scaling was never measured to cost time on
+        # these LPs, so Gurobi keeps its default (``hint_options`` stays empty).
         for key, value in o.extra.items():
             m.setParam(key, value)
         self._vars: list = []
@@ -108,5 +110,5 @@ class GurobiBackend(Backend):
             x = np.concatenate([block.X for block in self._vars]) if self._vars else np.zeros(0)
             obj = float(m.ObjVal)
         return SolveResult(status=name, objective=obj, x=x, solve_time=elapsed, solver=self.name,
-                           version=self.version, options=self.options.to_dict(),
+                           version=self.version, options=self.settings(),
                            iterations=int(m.IterCount + m.BarIterCount), message=f"gurobi status {m.Status}")

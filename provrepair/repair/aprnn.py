@@ -43,11 +43,6 @@ from ..models import affine_index_to_module_index, affine_layers, layer_inputs
 from .options import PointRepairOptions
 from .suffix import Rows, Suffix
 
-# Every row is built equilibrated (largest coefficient 1) and the costs are O(1) per parameter, so
-# HiGHS's own simplex scaling only costs time: 14.0 s instead of 17-18 s on the 100-point benchmark.
-HIGHS_DEFAULTS = {"simplex_scale_strategy": 0}
-
-
 @dataclass
 class PointRepairOutcome:
     """What the LP repairer found. Certification is someone else's job (``provrepair.certify``)."""
@@ -183,12 +178,11 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     # the objective is the same as in the unreduced LP.
     n_params = neurons.size * feats.shape[2] + neurons.size + sum(later.values())
 
-    # Generator rows mix a box's small generator images with ordinary activations; unscaled, the
-    # simplex loses them (ACAS Xu boxes: "excessive dual values"), so HiGHS keeps its scaling there.
-    tuned = opts.solver == "highs" and zono is None
-    extra = dict(HIGHS_DEFAULTS if tuned else {}, **opts.solver_options)
+    # Every row is built equilibrated and the costs are O(1), so the LP is prescaled, except where
+    # generator rows mix a box's small generator images with ordinary activations: unscaled, the
+    # simplex loses them (ACAS Xu boxes: "excessive dual values"), so the solver keeps its scaling.
     backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
-                             method=opts.method, extra=extra)
+                             method=opts.method, extra=dict(opts.solver_options), prescaled=zono is None)
     scale = _objective_scale(opts, n_params)
     boxed = np.zeros(n_points, dtype=bool) if zono is None else zono.boxed(n_points)
     _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale, boxed, u0)
@@ -317,7 +311,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         full_lp_size={"variables": backend.n_vars, "rows": full_rows},
         rounds=rounds, build_time=build_time, solve_time=solve_time, check_time=check_time,
         solver={"name": backend.name, "version": backend.version, "status": status,
-                "options": backend.options.to_dict()},
+                "options": backend.settings()},
         delta=delta, message=message)
 
 
@@ -545,7 +539,7 @@ def _row_cols(L: _Layout, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _row_scale(vals: np.ndarray) -> np.ndarray:
-    """1 / the largest coefficient of each row: the LP is built equilibrated (see HIGHS_DEFAULTS)."""
+    """1 / the largest coefficient of each row: the LP is built equilibrated (it is ``prescaled``)."""
     m = np.abs(vals).max(axis=1)
     return np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 1.0)
 
