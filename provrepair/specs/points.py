@@ -53,7 +53,6 @@ new specs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError, SpecError
-from .common import NO_LABEL, NPZ_ERRORS, readonly
+from .common import NO_LABEL, NPZ_ERRORS, read_json_document, readonly
 
 __all__ = ["PointSpec", "validate_point_spec", "INPUT_KEYS", "LABEL_KEYS"]
 
@@ -555,12 +554,7 @@ def _read_npy(p: Path) -> np.ndarray:
 
 def _json_points(p: Path) -> list:
     """The list of points of a JSON repair set (an object with ``points``, or the bare list)."""
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the file") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise SpecError(f"cannot read the repair set {p} ({type(exc).__name__}: {exc}); it must be UTF-8 JSON") from None
+    doc = read_json_document(p, "repair set")
     pts = doc.get("points") if isinstance(doc, dict) else doc
     if not isinstance(pts, list):
         raise SpecError(

@@ -59,7 +59,7 @@ import numpy as np
 
 from ..errors import InputError, SpecError
 from ..fileio import atomic_path, write_text_atomic
-from .common import NO_LABEL, NPZ_ERRORS, readonly
+from .common import NO_LABEL, NPZ_ERRORS, read_json_document, readonly
 
 __all__ = ["REGION_KINDS", "Box", "HPolytope", "OutputProperty", "Region", "RegionSpec", "VPolytope"]
 
@@ -992,12 +992,7 @@ _JSON_KIND = {v: k for k, v in _JSON_KEY.items()}
 
 # ---------------------------------------------------------------------- readers
 def _read_json(p: Path) -> RegionSpec:
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the file") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise SpecError(f"cannot read the region spec {p} ({type(exc).__name__}: {exc}); it must be UTF-8 JSON") from None
+    doc = read_json_document(p, "region spec")
     if not isinstance(doc, dict):
         raise SpecError(f'{p}: expected a JSON object such as {{"boxes": [...]}}; see provrepair.specs.regions for the format')
     keys = [k for k in ("boxes", "polytopes", "hpolytopes", "regions") if k in doc]
