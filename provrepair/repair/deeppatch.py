@@ -72,6 +72,7 @@ from ..models.inference import predictions
 from ..data.checks import check_int, check_seed
 from .options import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_INIT, INITS, PATCH_LR, RANKINGS, VARIANTS, DeepPatchOptions, build
 from .protocol import Progress, RepairResult, say
+from .training import Augmentor  # noqa: F401  only for evaluate/tasks.py; remove once it imports training
 from .training import (
     EVAL_BATCH,
     RobustnessTask,
