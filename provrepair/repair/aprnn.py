@@ -304,7 +304,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
         }.get(status, f"solver returned {status}" + (f" ({result.message})" if result is not None and result.message else ""))
     model = candidate if status == "optimal" else None
     objective = result.objective / scale if status == "optimal" else None
-    delta = _delta_norms(_deltas(L, result.x), n_params) if status == "optimal" else {}
+    delta = delta_norms(_deltas(L, result.x), n_params) if status == "optimal" else {}
     return PointRepairOutcome(
         status=status, model=model, objective=objective,
         layer=aff_index, lp_size=backend.size(),
@@ -578,9 +578,13 @@ def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.n
     return {i: np.where(pre[i] > 0, now[i], np.where(pre[i] < 0, -now[i], -np.abs(now[i]))) for i in now}
 
 
-def _delta_norms(delta: np.ndarray, n_params: int) -> dict:
-    """Norms of the change over every parameter the repair may touch (left-out ones are zero)."""
+def delta_norms(delta: np.ndarray, count: int | None = None) -> dict:
+    """Norms of a parameter change: the one definition every provable repair reports.
+
+    ``count`` is how many parameters the repair may touch (default ``delta.size``); entries left
+    out of ``delta`` are unchanged and add nothing to the norms.
+    """
     a = np.abs(delta)
     return {"linf": float(a.max(initial=0.0)), "l1": float(a.sum()), "l0": int((a > 1e-9).sum()),
-            "count": int(n_params)}
+            "count": int(a.size if count is None else count)}
 

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import InputError, SpecError, UnsupportedLayerError
 from ..models import affine_index_to_module_index, affine_layers
 from ..specs.regions import Box, HPolytope, OutputProperty, Region, VPolytope
-from .aprnn import repair_points
+from .aprnn import delta_norms, repair_points
 from .options import PointRepairOptions, PolytopeRepairOptions
 
 __all__ = ["PolytopeRepairOptions", "PolytopeRepairOutcome", "fix_disjuncts", "repair_polytopes", "region_vertices"]
@@ -99,7 +99,7 @@ def _uses_generators(region: Region, prop: OutputProperty, encoding: str) -> boo
     if not isinstance(region, Box):
         return False
     free = int(np.count_nonzero(region.upper > region.lower))
-    disjunctive = any(G.shape[0] > 1 for G, _ in prop.disjuncts)
+    disjunctive = not prop.is_conjunctive
     if encoding == "generators" and disjunctive:
         raise SpecError("a box whose property is a disjunction cannot be encoded by generators (each corner "
                         "may satisfy a different disjunct); use box_encoding='corners' or 'auto'")
@@ -220,13 +220,16 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
     say = progress or (lambda msg: None)
     if len(regions) != len(properties):
         raise InputError(f"{len(regions)} regions but {len(properties)} properties; give one property per region")
+    for prop in properties:  # a disjunct without rows can never be repaired: say so before any LP
+        _required_rows(prop)
+    disjunctive = any(not p.is_conjunctive for p in properties)
     once = _repair_interval if opts.hull == "interval" else _repair_once
-    if opts.hull == "interval" and opts.disjunctions == "milp" and any(_is_disjunctive(p) for p in properties):
+    if opts.hull == "interval" and opts.disjunctions == "milp" and disjunctive:
         raise InputError("hull='interval' cannot solve disjunctions as a MILP (an interval hull has no vertices to "
                          "branch on); use disjunctions='fix' or 'auto', or hull='exact'")
-    if opts.disjunctions == "milp" or not any(_is_disjunctive(p) for p in properties):
+    if opts.disjunctions == "milp" or not disjunctive:
         out = once(net, regions, properties, layer, opts, say, keep)
-        out.disjunctions = "milp" if any(_is_disjunctive(p) for p in properties) else "none"
+        out.disjunctions = "milp" if disjunctive else "none"
         return out
     fixed, chosen = fix_disjuncts(net, regions, properties)
     say(f"disjunctions fixed to one row per region ({chosen} rows chosen); the assert is an LP")
@@ -242,10 +245,6 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
     return again
 
 
-def _is_disjunctive(prop: OutputProperty) -> bool:
-    return any(G.shape[0] > 1 for G, _ in prop.disjuncts)
-
-
 def fix_disjuncts(net: nn.Sequential, regions: Sequence[Region], properties: Sequence[OutputProperty],
                   samples: int = 256) -> tuple[list[OutputProperty], int]:
     """Each region's property with every unsafe disjunct cut to its one row that the network
@@ -256,7 +255,7 @@ def fix_disjuncts(net: nn.Sequential, regions: Sequence[Region], properties: Seq
     their generators. The row is the one that is already furthest on the safe side."""
     out, chosen = [], 0
     for i, (region, prop) in enumerate(zip(regions, properties)):
-        if not _is_disjunctive(prop):
+        if prop.is_conjunctive:
             out.append(prop)
             continue
         try:
@@ -490,7 +489,5 @@ def _culprit(cut, pts: _Points, sign, bad_regions, j, opts, relu) -> int | None:
 
 def _total_delta(before: nn.Sequential, after: nn.Sequential) -> dict:
     """Norms of the parameter change over the whole network (shift and assert together)."""
-    d = np.concatenate([(a.detach().double() - b.detach().double()).reshape(-1).numpy()
-                        for a, b in zip(after.parameters(), before.parameters())])
-    a = np.abs(d)
-    return {"linf": float(a.max(initial=0.0)), "l1": float(a.sum()), "l0": int((a > 1e-9).sum()), "count": int(a.size)}
+    return delta_norms(np.concatenate([(a.detach().double() - b.detach().double()).reshape(-1).numpy()
+                                       for a, b in zip(after.parameters(), before.parameters())]))
