@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .options import FEATURES
 
 __all__ = ["FEATURES", "GaussianFit", "distance_matrix", "features", "fit_gaussian", "frechet_distance"]
 
-FEATURES = ("penultimate", "inception")
 #: Samples per forward pass when extracting features.
 FEATURE_BATCH = 512
 
