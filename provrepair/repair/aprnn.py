@@ -126,219 +126,344 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     opts.validate()
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
-    k = affine_index_to_module_index(net, layer)
-    aff_index = affine_layers(net).index(k)
-    net64 = copy.deepcopy(net).double().eval()
-    for p in net64.parameters():
-        p.requires_grad_(False)
-    x = torch.tensor(np.array(inputs, dtype=np.float64))
-    zono = _Zonotopes.build(x, generators)
-    if zono is not None and disjunctions:
-        raise InputError("points with generators cannot take part in disjunctive rows; give their corners instead")
-    if zono is not None:
-        x = torch.cat([x, zono.points(x)])
-    n_points = x.shape[0]
-    with torch.no_grad():
-        h = net64[:k](x) if k > 0 else x
-    if zono is not None:  # generator points are held to their centre's pattern
-        centre = Suffix(net64, k, h[:zono.n_centres], patterns)
-        patterns = {i: zono.extend(sg.numpy()) for i, sg in centre.sign.items()}
-    suffix = Suffix(net64, k, h, patterns)
-    layer_k = net64[k]
-    n_k = suffix.u0.shape[1]
+    lp = PointLP(net, inputs, layer, opts, patterns=patterns, generators=generators,
+                 disjunctive=bool(disjunctions))
+    lp.build(A, b, point_index, disjunctions)
+    backend = lp.backend
+    say(f"LP built: {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
+    deadline = None if opts.time_limit is None else t_start + opts.time_limit
+    run = generate_constraints(lp, deadline, say, build_time=time.perf_counter() - t_start)
+    return _outcome(lp, run)
 
-    # --- which rows of W_k change -------------------------------------------------------
-    n_rows_k = layer_k.weight.shape[0]
-    neurons = np.arange(n_rows_k) if opts.neurons is None else np.unique(np.asarray(opts.neurons, dtype=np.int64))
-    if neurons.size == 0 or neurons.min() < 0 or neurons.max() >= n_rows_k:
-        raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {layer}")
-    if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
-        raise InputError("repairing a grouped convolution is not supported; choose another layer")
-    u0 = suffix.u0.numpy()
-    h_lp = h
-    if zono is not None:
-        # A generator point's LP variable is the generator's image w_g = (W_k + ΔW_k) e_g, with
-        # e_g = h(c + g) - h(c) its image before layer k: no bias, and no near-copy of the
-        # centre's row (u_{c+g} - u_c would be a difference of two almost equal rows, which the
-        # simplex cannot factor when the generators are small next to the activations).
-        own = torch.from_numpy(zono.owner)
+
+class PointLP:
+    """The repair LP of one call, kept live between solves.
+
+    Constraint generation adds rows to a solved model and re-solves it warm, so the backend model,
+    its column layout and the record of which pattern rows it already has travel together:
+    ``build`` lays the LP out, ``add_patterns`` extends it, ``solve_round`` and ``check`` make
+    one round. The constructor only traces the points through the network (no solver yet).
+    """
+
+    def __init__(self, net: nn.Sequential, inputs: np.ndarray, layer: int, opts: PointRepairOptions, *,
+                 patterns: dict | None = None, generators: Sequence[np.ndarray | None] | None = None,
+                 disjunctive: bool = False):
+        self.net, self.layer, self.opts = net, layer, opts
+        self.k = affine_index_to_module_index(net, layer)
+        self.aff_index = affine_layers(net).index(self.k)
+        net64 = copy.deepcopy(net).double().eval()
+        for p in net64.parameters():
+            p.requires_grad_(False)
+        x = torch.tensor(np.array(inputs, dtype=np.float64))
+        self.zono = _Zonotopes.build(x, generators)
+        if self.zono is not None and disjunctive:
+            raise InputError("points with generators cannot take part in disjunctive rows; give their corners instead")
+        h = self._trace(net64, x, patterns)
+        self.layer_k = net64[self.k]
+        self.n_k = self.suffix.u0.shape[1]
+        self.neurons = self._changing_neurons()
+        self.u0, self.feats = self._layer_inputs(h)
+        self._lay_out()
+        self.backend = None
+        self.full_rows = 0
+
+    def _trace(self, net64: nn.Sequential, x: torch.Tensor, patterns: dict | None) -> torch.Tensor:
+        """Layer-``k`` inputs of the points (generator points appended), and the suffix that holds
+        them to their patterns: a generator point to its centre's."""
+        zono, k = self.zono, self.k
+        if zono is not None:
+            x = torch.cat([x, zono.points(x)])
+        self.n_points = x.shape[0]
+        with torch.no_grad():
+            h = net64[:k](x) if k > 0 else x
+        if zono is not None:
+            centre = Suffix(net64, k, h[:zono.n_centres], patterns)
+            patterns = {i: zono.extend(sg.numpy()) for i, sg in centre.sign.items()}
+        self.suffix = Suffix(net64, k, h, patterns)
+        return h
+
+    def _changing_neurons(self) -> np.ndarray:
+        """The rows of ``W_k`` that may change (``opts.neurons``; default all)."""
+        layer_k, opts = self.layer_k, self.opts
+        n_rows_k = layer_k.weight.shape[0]
+        neurons = np.arange(n_rows_k) if opts.neurons is None else np.unique(np.asarray(opts.neurons, dtype=np.int64))
+        if neurons.size == 0 or neurons.min() < 0 or neurons.max() >= n_rows_k:
+            raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {self.layer}")
+        if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
+            raise InputError("repairing a grouped convolution is not supported; choose another layer")
+        return neurons
+
+    def _layer_inputs(self, h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``u0`` and the layer-``k`` features (N, positions, fan_in) as the LP's points see them.
+
+        A generator point's LP variable is the generator's image w_g = (W_k + ΔW_k) e_g, with
+        e_g = h(c + g) - h(c) its image before layer k: no bias, and no near-copy of the
+        centre's row (u_{c+g} - u_c would be a difference of two almost equal rows, which the
+        simplex cannot factor when the generators are small next to the activations).
+        """
+        u0, zono, layer_k = self.suffix.u0.numpy(), self.zono, self.layer_k
+        if zono is None:
+            return u0, layer_inputs(layer_k, h).numpy()
         h_lp = h.clone()
-        h_lp[zono.n_centres:] = h[zono.n_centres:] - h[own]
+        h_lp[zono.n_centres:] = h[zono.n_centres:] - h[torch.from_numpy(zono.owner)]
         with torch.no_grad():
             e = h_lp[zono.n_centres:]
             u0 = u0.copy()
             u0[zono.n_centres:] = (layer_k(e) - layer_k(torch.zeros_like(e))).reshape(len(e), -1).numpy()
-    feats = layer_inputs(layer_k, h_lp).numpy()  # (N, positions, fan_in)
-    # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
-    live = np.flatnonzero(np.abs(feats).max(axis=(0, 1)) > 0)
-    n_w = neurons.size * live.size
-    later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
-    L = _Layout(n_w, neurons.size, later, n_points, n_k)
-    # The L1 term is normalised by every parameter that may change, dropped ones included, so
-    # the objective is the same as in the unreduced LP.
-    n_params = neurons.size * feats.shape[2] + neurons.size + sum(later.values())
+        return u0, layer_inputs(layer_k, h_lp).numpy()
 
-    # Every row is built equilibrated and the costs are O(1), so the LP is prescaled, except where
-    # generator rows mix a box's small generator images with ordinary activations: unscaled, the
-    # simplex loses them (ACAS Xu boxes: "excessive dual values"), so the solver keeps its scaling.
-    backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
-                             method=opts.method, extra=dict(opts.solver_options), prescaled=zono is None)
-    scale = _objective_scale(opts, n_params)
-    boxed = np.zeros(n_points, dtype=bool) if zono is None else zono.boxed(n_points)
-    _add_columns(backend, L, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale, boxed, u0)
-    _add_objective_rows(backend, L, opts)
-    biased = np.ones(n_points, dtype=bool) if zono is None else np.arange(n_points) < zono.n_centres
-    _add_layer_rows(backend, L, feats[:, :, live], neurons, suffix, boxed, u0, biased)
+    def _lay_out(self) -> None:
+        """Columns, objective scale and the pattern catalogue (per ReLU after k: the signs each
+        point is held to, ``pre``, and which of those rows the LP has, ``kept``)."""
+        opts, suffix, zono, n_sel = self.opts, self.suffix, self.zono, self.neurons.size
+        # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
+        self.live = np.flatnonzero(np.abs(self.feats).max(axis=(0, 1)) > 0)
+        self.later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
+        self.L = _Layout(n_sel * self.live.size, n_sel, self.later, self.n_points, self.n_k)
+        # The L1 term is normalised by every parameter that may change, dropped ones included, so
+        # the objective is the same as in the unreduced LP.
+        self.n_params = n_sel * self.feats.shape[2] + n_sel + sum(self.later.values())
+        self.scale = _objective_scale(opts, self.n_params)
+        self.boxed = np.zeros(self.n_points, dtype=bool) if zono is None else zono.boxed(self.n_points)
+        self.pre = {i: suffix.pattern(i) for i in suffix.pattern_relus}
+        self.kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in self.pre.items()}
+        if zono is not None:  # generator points have no rows of their own: their centres' rows cover them
+            for v in self.kept.values():
+                v[zono.n_centres:] = False
 
-    def add_rows(rows: Rows, lo, hi) -> None:
-        """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
-        lo, hi = np.broadcast_to(lo, rows.point.shape), np.broadcast_to(hi, rows.point.shape)
-        zrows = boxed[rows.point]
-        plain = np.flatnonzero(~zrows)
-        if plain.size:
-            _add_affine_rows(backend, L, _select_rows(rows, plain), lo=lo[plain], hi=hi[plain])
-        if zrows.any():
-            sel = np.flatnonzero(zrows)
-            _add_zonotope_rows(backend, L, _select_rows(rows, sel), zono, lo[sel], hi[sel])
+    def build(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
+              disjunctions: Sequence[np.ndarray] | None = None) -> None:
+        """The LP up to the lazy pattern rows, plus those ``strategy`` wants up front."""
+        opts, zono = self.opts, self.zono
+        # Every row is built equilibrated and the costs are O(1), so the LP is prescaled, except where
+        # generator rows mix a box's small generator images with ordinary activations: unscaled, the
+        # simplex loses them (ACAS Xu boxes: "excessive dual values"), so the solver keeps its scaling.
+        self.backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
+                                      method=opts.method, extra=dict(opts.solver_options), prescaled=zono is None)
+        self._add_columns()
+        _add_objective_rows(self.backend, self.L, opts)
+        biased = np.ones(self.n_points, dtype=bool) if zono is None else np.arange(self.n_points) < zono.n_centres
+        _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons, self.suffix, self.boxed,
+                        self.u0, biased)
+        self._add_zonotope_relu_rows()
+        if len(point_index):  # the polytope repair's shift LPs have pattern rows only
+            self._add_output_rows(A, b, point_index, disjunctions)
+        self.full_rows = self.backend.n_rows + sum(v.size for v in self.pre.values())
+        self.add_patterns(self.kept)
 
-    if zono is not None and suffix.relu_on_u is not None:
-        # the ReLU acting on u: a bound for a plain point, rows over the zonotope for a centre
-        cen = np.flatnonzero(boxed[:zono.n_centres])
+    def _add_columns(self) -> None:
+        """p, q and s (see ``_Layout``), then u: free, except that a ReLU acting directly on u fixes
+        its sign, and rows of W_k that may not change keep their original value."""
+        opts, L, backend, n_points, n_k = self.opts, self.L, self.backend, self.n_points, self.n_k
+        B = opts.delta_bound
+        l1 = opts.objective in ("linf+l1", "l1")
+        linf = opts.objective in ("linf+l1", "linf")
+        backend.add_variables(2 * L.n_delta, 0.0, B, cost=self.scale / self.n_params if l1 else 0.0)  # p, q
+        backend.add_variables(1, 0.0, B if linf else 0.0, cost=self.scale if linf else 0.0)  # s
+        lb = np.full((n_points, n_k), -np.inf)
+        ub = np.full((n_points, n_k), np.inf)
+        if self.suffix.relu_on_u is not None:  # zonotope points get rows instead (_add_zonotope_relu_rows)
+            sign = self.suffix.pattern(self.suffix.relu_on_u)
+            lb[(sign >= 0) & ~self.boxed[:, None]] = 0.0
+            ub[(sign <= 0) & ~self.boxed[:, None]] = 0.0
+        frozen = np.ones(self.layer_k.weight.shape[0], dtype=bool)
+        frozen[self.neurons] = False
+        if frozen.any():
+            fz = np.repeat(frozen, n_k // self.layer_k.weight.shape[0])[None, :].repeat(n_points, 0)
+            lb[fz] = self.u0[fz]
+            ub[fz] = self.u0[fz]
+        backend.add_variables(n_points * n_k, lb.ravel(), ub.ravel())
+
+    def _add_zonotope_relu_rows(self) -> None:
+        """The ReLU acting on u at a zonotope centre: rows over the zonotope (a plain point has bounds)."""
+        zono, suffix, n_k = self.zono, self.suffix, self.n_k
+        if zono is None or suffix.relu_on_u is None:
+            return
+        cen = np.flatnonzero(self.boxed[:zono.n_centres])
         sign = suffix.pattern(suffix.relu_on_u)[cen]
         P = np.repeat(cen, n_k)
         unit = np.tile(np.arange(n_k), cen.size)
         onehot = np.zeros((P.size, n_k))
         onehot[np.arange(P.size), unit] = 1.0
         sg = sign.ravel()
-        add_rows(Rows(point=P, coef_u=onehot, coef_b={}, const=np.zeros(P.size)),
-                 lo=np.where(sg >= 0, 0.0, -np.inf), hi=np.where(sg > 0, np.inf, 0.0))
-    if len(point_index):  # the polytope repair's shift LPs have pattern rows only
+        self.add_rows(Rows(point=P, coef_u=onehot, coef_b={}, const=np.zeros(P.size)),
+                      lo=np.where(sg >= 0, 0.0, -np.inf), hi=np.where(sg > 0, np.inf, 0.0))
+
+    def _add_output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray, disjunctions) -> None:
+        """The spec ``A y <= b - margin`` at its points; rows in a disjunction get binaries."""
+        suffix, opts = self.suffix, self.opts
         out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
         rhs = np.asarray(b, dtype=np.float64) - opts.margin - out.const
         grouped = np.zeros(len(rhs), dtype=bool)
         if disjunctions:
             grouped[np.concatenate([np.asarray(g, dtype=np.int64) for g in disjunctions])] = True
-            _add_disjunctive_rows(backend, L, out, rhs, disjunctions, feats, suffix.u0.numpy(), opts.delta_bound)
+            _add_disjunctive_rows(self.backend, self.L, out, rhs, disjunctions, self.feats, suffix.u0.numpy(),
+                                  opts.delta_bound)
         hard = np.flatnonzero(~grouped)
-        add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
-    base_rows = backend.n_rows
+        self.add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
 
-    # Pattern catalogue: for each ReLU after k, the signs each point is held to.
-    relus = suffix.pattern_relus
-    pre = {i: suffix.pattern(i) for i in relus}
+    def add_rows(self, rows: Rows, lo, hi) -> None:
+        """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
+        lo, hi = np.broadcast_to(lo, rows.point.shape), np.broadcast_to(hi, rows.point.shape)
+        zrows = self.boxed[rows.point]
+        plain = np.flatnonzero(~zrows)
+        if plain.size:
+            _add_affine_rows(self.backend, self.L, _select_rows(rows, plain), lo=lo[plain], hi=hi[plain])
+        if zrows.any():
+            sel = np.flatnonzero(zrows)
+            _add_zonotope_rows(self.backend, self.L, _select_rows(rows, sel), self.zono, lo[sel], hi[sel])
 
-    def add_patterns(backend, select: dict[int, np.ndarray]) -> None:
+    def add_patterns(self, select: dict[int, np.ndarray]) -> None:
+        """The pattern rows ``select`` marks (per ReLU: points x units), in batches of bounded memory."""
         for i, sel in select.items():
             pts, neu = np.nonzero(sel)
-            for lo_idx in range(0, pts.size, 20000):  # bounded memory for the one-hot functionals
-                p, n = pts[lo_idx:lo_idx + 20000], neu[lo_idx:lo_idx + 20000]
-                g = torch.zeros((p.size, pre[i].shape[1]), dtype=torch.float64)
+            for lo_idx in range(0, pts.size, _PATTERN_BATCH):
+                p, n = pts[lo_idx:lo_idx + _PATTERN_BATCH], neu[lo_idx:lo_idx + _PATTERN_BATCH]
+                g = torch.zeros((p.size, self.pre[i].shape[1]), dtype=torch.float64)
                 g[torch.arange(p.size), torch.from_numpy(n)] = 1.0
-                rows = suffix.pullback(i, p, g)
-                sign = pre[i][p, n]
+                rows = self.suffix.pullback(i, p, g)
+                sign = self.pre[i][p, n]
                 # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0,  held at zero: z = 0
-                add_rows(rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
-                         hi=np.where(sign > 0, np.inf, -rows.const))
+                self.add_rows(rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
+                              hi=np.where(sign > 0, np.inf, -rows.const))
 
-    kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in pre.items()}
-    if zono is not None:  # generator points have no rows of their own: their centres' rows cover them
-        for v in kept.values():
-            v[zono.n_centres:] = False
-    add_patterns(backend, kept)
-    full_rows = base_rows + sum(v.size for v in pre.values())
-    build_time = time.perf_counter() - t_start
-    say(f"LP built: {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
+    def add_violated(self, violated: dict[int, np.ndarray]) -> None:
+        """Extend the LP by the pattern rows a candidate violated."""
+        self.kept = {i: self.kept[i] | violated[i] for i in self.suffix.pattern_relus}
+        self.add_patterns(violated)
 
-    rounds: list[dict] = []
-    solve_time = check_time = 0.0
-    result = None
-    deadline = None if opts.time_limit is None else t_start + opts.time_limit
-    candidate = None
-    converged = timed_out = False
-    for rnd in range(opts.max_rounds):
-        if deadline is not None:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                timed_out = True
-                break
-            backend.set_time_limit(remaining)
-        result = backend.solve()
-        solve_time += result.solve_time
+    @property
+    def pattern_rows(self) -> int:
+        return int(sum(v.sum() for v in self.kept.values()))
+
+    def solve_round(self, time_left: float | None = None) -> solvers.SolveResult:
+        """Solve (warm after the first round) within ``time_left`` seconds, if given."""
+        if time_left is not None:
+            self.backend.set_time_limit(time_left)
+        return self.backend.solve()
+
+    def check(self, x: np.ndarray) -> tuple[nn.Sequential, dict[int, np.ndarray]]:
+        """The network the solution ``x`` stands for, and the pattern rows the LP lacks that it violates."""
+        candidate = self.apply(x)
+        signed = _pattern_slack(self.suffix, candidate, self.pre)
+        if self.zono is not None:
+            signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
+        tol = self.opts.pattern_tol
+        return candidate, {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_relus}
+
+    def deltas(self, x: np.ndarray) -> np.ndarray:
+        """δ = p - q for every delta column."""
+        L = self.L
+        return x[:L.n_delta] - x[L.q0:L.q0 + L.n_delta]
+
+    def apply(self, x: np.ndarray) -> nn.Sequential:
+        """A copy of the network with the LP's deltas added (computed in float64, stored in its dtype)."""
+        L, neurons, live = self.L, self.neurons, self.live
+        out = copy.deepcopy(self.net)
+        x = self.deltas(x)
+        with torch.no_grad():
+            lk = out[self.k]
+            W = lk.weight.detach().double().reshape(lk.weight.shape[0], -1)
+            dW = torch.zeros((neurons.size, W.shape[1]), dtype=torch.float64)
+            dW[:, torch.from_numpy(live)] = torch.from_numpy(x[:L.n_w].reshape(neurons.size, live.size))
+            W[torch.from_numpy(neurons)] += dW
+            lk.weight.copy_(W.reshape(lk.weight.shape).to(lk.weight.dtype))
+            bk = lk.bias.detach().double()
+            bk[torch.from_numpy(neurons)] += torch.from_numpy(x[L.n_w:L.n_w + L.n_bk])
+            lk.bias.copy_(bk.to(lk.bias.dtype))
+            for j, n in self.later.items():
+                off = L.bias_offset[j]
+                bj = out[j].bias
+                bj.copy_((bj.detach().double() + torch.from_numpy(x[off:off + n])).to(bj.dtype))
+        return out
+
+
+#: Pattern rows pulled back at once: bounds the memory of the one-hot functionals.
+_PATTERN_BATCH = 20000
+
+
+@dataclass
+class Generation:
+    """What constraint generation did: its rounds, the last solve and the network it stands for."""
+
+    rounds: list[dict] = field(default_factory=list)
+    result: solvers.SolveResult | None = None
+    candidate: nn.Sequential | None = None
+    converged: bool = False  # the last solution violates no pattern: optimal for the full LP
+    timed_out: bool = False
+    build_time: float = 0.0
+    solve_time: float = 0.0
+    check_time: float = 0.0
+
+
+def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str], None],
+                         build_time: float = 0.0) -> Generation:
+    """Solve, check every pattern at the solution, add the violated rows, re-solve warm, until none
+    is violated, the rounds run out or ``deadline`` (a ``perf_counter`` time) passes."""
+    run = Generation(build_time=build_time)
+    for rnd in range(lp.opts.max_rounds):
+        time_left = None if deadline is None else deadline - time.perf_counter()
+        if time_left is not None and time_left <= 0:
+            run.timed_out = True
+            break
+        result = run.result = lp.solve_round(time_left)
+        run.solve_time += result.solve_time
+        backend = lp.backend
         info = {"round": rnd, "status": result.status, "rows": backend.n_rows, "nonzeros": backend.nnz,
-                "pattern_rows": int(sum(v.sum() for v in kept.values())),
-                "solve_time": result.solve_time,
-                "objective": None if result.objective is None else result.objective / scale}
-        rounds.append(info)
+                "pattern_rows": lp.pattern_rows, "solve_time": result.solve_time,
+                "objective": None if result.objective is None else result.objective / lp.scale}
+        run.rounds.append(info)
         if not result.optimal:
             break
         t0 = time.perf_counter()
-        candidate = _apply(net, k, neurons, live, later, L, result.x)
-        signed = _pattern_slack(suffix, candidate, pre)
-        if zono is not None:
-            signed = {i: zono.worst_slack(v) for i, v in signed.items()}
-        violated = {i: (signed[i] < -opts.pattern_tol) & ~kept[i] for i in relus}
-        check_time += time.perf_counter() - t0
-        n_viol = sum(int(v.sum()) for v in violated.values())
-        info["violated_patterns"] = n_viol
+        run.candidate, violated = lp.check(result.x)
+        run.check_time += time.perf_counter() - t0
+        n_viol = info["violated_patterns"] = sum(int(v.sum()) for v in violated.values())
         say(f"round {rnd}: objective {info['objective']:.6g}, {n_viol} activation patterns violated")
         if n_viol == 0:
-            converged = True
+            run.converged = True
             break
         t0 = time.perf_counter()
-        kept = {i: kept[i] | violated[i] for i in relus}
-        add_patterns(backend, violated)
-        build_time += time.perf_counter() - t0
+        lp.add_violated(violated)
+        run.build_time += time.perf_counter() - t0
+    return run
 
-    status = "error" if result is None else result.status
-    if timed_out or (status == "optimal" and not converged):
-        status = "time_limit"
-    if status == "time_limit" and rounds and rounds[-1]["status"] == "optimal":
-        message = (f"constraint generation stopped after {len(rounds)} rounds with activation patterns still "
-                   "violated; raise --time-limit (or max_rounds)")
-    else:
-        message = {
-            "optimal": "optimal repair found",
-            "infeasible": f"no repair exists at layer {layer} within delta bound {opts.delta_bound} "
-                          "(try another layer, a larger --delta-bound, or a smaller margin)",
-            "time_limit": "the solver ran out of time; raise --time-limit or try another layer",
-        }.get(status, f"solver returned {status}" + (f" ({result.message})" if result is not None and result.message else ""))
-    model = candidate if status == "optimal" else None
-    objective = result.objective / scale if status == "optimal" else None
-    delta = delta_norms(_deltas(L, result.x), n_params) if status == "optimal" else {}
+
+def _outcome(lp: PointLP, run: Generation) -> PointRepairOutcome:
+    status = _final_status(run)
+    ok = status == "optimal"
+    backend = lp.backend
     return PointRepairOutcome(
-        status=status, model=model, objective=objective,
-        layer=aff_index, lp_size=backend.size(),
-        full_lp_size={"variables": backend.n_vars, "rows": full_rows},
-        rounds=rounds, build_time=build_time, solve_time=solve_time, check_time=check_time,
+        status=status, model=run.candidate if ok else None,
+        objective=run.result.objective / lp.scale if ok else None,
+        layer=lp.aff_index, lp_size=backend.size(),
+        full_lp_size={"variables": backend.n_vars, "rows": lp.full_rows},
+        rounds=run.rounds, build_time=run.build_time, solve_time=run.solve_time, check_time=run.check_time,
         solver={"name": backend.name, "version": backend.version, "status": status,
                 "options": backend.settings()},
-        delta=delta, message=message)
+        delta=delta_norms(lp.deltas(run.result.x), lp.n_params) if ok else {},
+        message=_message(status, run, lp.layer, lp.opts.delta_bound))
 
 
-def _add_columns(backend, L: _Layout, opts, suffix, n_points, n_k, neurons, layer_k, n_params, scale,
-                 boxed: np.ndarray, u0: np.ndarray) -> None:
-    B = opts.delta_bound
-    n = L.n_delta
-    l1 = opts.objective in ("linf+l1", "l1")
-    linf = opts.objective in ("linf+l1", "linf")
-    backend.add_variables(2 * n, 0.0, B, cost=scale / n_params if l1 else 0.0)  # p, q
-    backend.add_variables(1, 0.0, B if linf else 0.0, cost=scale if linf else 0.0)  # s
-    # u: free, except that a ReLU acting directly on u fixes its sign, and rows of W_k that may
-    # not change keep their original value.
-    lb = np.full((n_points, n_k), -np.inf)
-    ub = np.full((n_points, n_k), np.inf)
-    if suffix.relu_on_u is not None:  # zonotope points get rows instead (see repair_points)
-        sign = suffix.pattern(suffix.relu_on_u)
-        lb[(sign >= 0) & ~boxed[:, None]] = 0.0
-        ub[(sign <= 0) & ~boxed[:, None]] = 0.0
-    frozen = np.ones(layer_k.weight.shape[0], dtype=bool)
-    frozen[neurons] = False
-    if frozen.any():
-        per_unit = n_k // layer_k.weight.shape[0]
-        fz = np.repeat(frozen, per_unit)[None, :].repeat(n_points, 0)
-        lb[fz] = u0[fz]
-        ub[fz] = u0[fz]
-    backend.add_variables(n_points * n_k, lb.ravel(), ub.ravel())
+def _final_status(run: Generation) -> str:
+    """The last solve's status, except that a solution with patterns still violated is no answer."""
+    status = "error" if run.result is None else run.result.status
+    if run.timed_out or (status == "optimal" and not run.converged):
+        status = "time_limit"
+    return status
+
+
+def _message(status: str, run: Generation, layer: int, delta_bound: float) -> str:
+    if status == "time_limit" and run.rounds and run.rounds[-1]["status"] == "optimal":
+        return (f"constraint generation stopped after {len(run.rounds)} rounds with activation patterns still "
+                "violated; raise --time-limit (or max_rounds)")
+    result = run.result
+    return {
+        "optimal": "optimal repair found",
+        "infeasible": f"no repair exists at layer {layer} within delta bound {delta_bound} "
+                      "(try another layer, a larger --delta-bound, or a smaller margin)",
+        "time_limit": "the solver ran out of time; raise --time-limit or try another layer",
+    }.get(status, f"solver returned {status}" + (f" ({result.message})" if result is not None and result.message else ""))
 
 
 def _objective_scale(opts, n_params: int) -> float:
@@ -542,32 +667,6 @@ def _row_scale(vals: np.ndarray) -> np.ndarray:
     """1 / the largest coefficient of each row: the LP is built equilibrated (it is ``prescaled``)."""
     m = np.abs(vals).max(axis=1)
     return np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 1.0)
-
-
-def _deltas(L: _Layout, x: np.ndarray) -> np.ndarray:
-    return x[:L.n_delta] - x[L.q0:L.q0 + L.n_delta]
-
-
-def _apply(net: nn.Sequential, k: int, neurons: np.ndarray, live: np.ndarray, later: dict[int, int],
-           L: _Layout, x: np.ndarray) -> nn.Sequential:
-    """A copy of ``net`` with the LP's deltas added (computed in float64, stored in net's dtype)."""
-    out = copy.deepcopy(net)
-    x = _deltas(L, x)
-    with torch.no_grad():
-        lk = out[k]
-        W = lk.weight.detach().double().reshape(lk.weight.shape[0], -1)
-        dW = torch.zeros((neurons.size, W.shape[1]), dtype=torch.float64)
-        dW[:, torch.from_numpy(live)] = torch.from_numpy(x[:L.n_w].reshape(neurons.size, live.size))
-        W[torch.from_numpy(neurons)] += dW
-        lk.weight.copy_(W.reshape(lk.weight.shape).to(lk.weight.dtype))
-        bk = lk.bias.detach().double()
-        bk[torch.from_numpy(neurons)] += torch.from_numpy(x[L.n_w:L.n_w + L.n_bk])
-        lk.bias.copy_(bk.to(lk.bias.dtype))
-        for j, n in later.items():
-            off = L.bias_offset[j]
-            bj = out[j].bias
-            bj.copy_((bj.detach().double() + torch.from_numpy(x[off:off + n])).to(bj.dtype))
-    return out
 
 
 def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
