@@ -11,13 +11,14 @@ from typing import Any
 
 from .certify import PointCertificate, RegionCertificate, certify_points, certify_regions
 from .errors import InputError
-from .repair.deeppatch import PatchedNet, deeppatch, load_patched
+from .repair.deeppatch import PatchedNet, as_runnable, deeppatch, load_patched
 from .repair.metarepair import metarepair
 from .repair.options import build
 from .repair.pipeline import polish
 from .repair.protocol import CERTIFIED, ERROR, INFEASIBLE, NOT_CERTIFIED, TIME_LIMIT, Progress, RepairResult
-from .repair.provable import as_network, prepare_points, prepare_regions
+from .repair.provable import prepare_points, prepare_regions
 from .repair.registry import get_repairer
+from .repair.training import resolve_device
 from .specs import PointSpec, RegionSpec
 
 __all__ = ["repair", "certify", "deeppatch", "metarepair", "polish", "load_patched", "RepairResult", "CERTIFIED",
@@ -36,30 +37,19 @@ def certify(model: Any, spec: PointSpec | RegionSpec, *, margin: float = 0.0, me
     that decides) and ``timeout`` the complete check's budget per region in seconds. ``device``:
     None/cpu, cuda or auto (the GPU when there is one) for the bound propagation.
     """
-    net = model if isinstance(model, PatchedNet) else as_network(model)
+    net = as_runnable(model)
     if isinstance(spec, RegionSpec):
         if isinstance(net, PatchedNet):
             raise InputError("a DeepPatch model switches filters per sample, which bound propagation cannot "
                              "model; certify it on points (--points)")
         spec, _ = prepare_regions(net, spec)
+        dev = None if device in (None, "cpu") else resolve_device(device)
         return certify_regions(net, spec, method=method, timeout=timeout, solver=solver, threads=threads,
-                               device=_device(device), progress=progress)
+                               device=None if dev is None or dev.type == "cpu" else dev, progress=progress)
     if not isinstance(spec, PointSpec):
         raise InputError(f"expected a PointSpec or a RegionSpec, got {type(spec).__name__}")
     spec, _ = prepare_points(net, spec)
     return certify_points(net, spec, margin=margin)
-
-
-def _device(device):
-    """``auto`` is the GPU when one is present; None is the CPU."""
-    if device in (None, "cpu"):
-        return None
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else None
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return device
 
 
 def repair(model: Any, spec: PointSpec | RegionSpec, *, layer: int | str, options: Any = None,

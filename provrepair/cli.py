@@ -100,10 +100,8 @@ def _repair_parser(sub) -> None:
     p.add_argument("--keep", metavar="FILE",
                    help="regions: a points file (with labels) whose outputs the repair must keep, e.g. correctly "
                         "classified training images; holds the rest of the network in place (less drawdown)")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="repaired model; its suffix picks the format, and a .pt copy is always written too")
-    p.add_argument("--report", metavar="FILE", help="write the full result as JSON")
-    p.add_argument("--quiet", action="store_true", help="print only the outcome")
+    _add_output_args(p, "repaired model; its suffix picks the format, and a .pt copy is always written too",
+                     "write the full result as JSON", "print only the outcome")
 
 
 def _certify_parser(sub) -> None:
@@ -143,32 +141,31 @@ def _inspect_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _add_output_args(p: argparse.ArgumentParser, out_help: str, report_help: str, quiet_help: str) -> None:
+    p.add_argument("--out", required=True, metavar="PATH", help=out_help)
+    p.add_argument("--report", metavar="FILE", help=report_help)
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def _add_repairer_flags(p: argparse.ArgumentParser, name: str) -> None:
+    """The flags of a registered repairer's typed options (its names kept for ``given_flags``)."""
+    from .repair import options
+    cls = {"deeppatch": options.DeepPatchOptions, "metarepair": options.MetaRepairOptions}[name]
+    p.set_defaults(option_names=options.add_flags(p, options.options_of(cls)))
+
+
 def _patch_parser(sub) -> None:
+    from .repair.options import AUGMENTS
     p = sub.add_parser("patch", help="DeepPatch: add replacement filters for robustness, switched in per sample")
     _add_model_args(p)
     p.add_argument("--dataset", required=True, help="mnist, fashion-mnist or digits (its train/val/test splits)")
-    p.add_argument("--augment", required=True, help="blur (Gaussian blur) or spatial (rotation, translation, shear, zoom)")
-    p.add_argument("--ratio", type=float, default=0.25,
-                   help="blamed ratio kappa per conv layer: a fraction (0.25) or a percentage (25); default 0.25")
-    p.add_argument("--variant", default="gamma",
-                   help="gamma (per-sample switch, default), beta (always the replacements), fallback (the originals)")
-    p.add_argument("--ranking", default="alpha",
-                   help="which filters get replacements: alpha (assessment, default), bottom or random")
-    p.add_argument("--init",
-                   help="how replacement filters start: clone (copies of the blamed filters, default) or random "
-                        "(the paper's re-initialisation)")
-    p.add_argument("--epochs", type=int, help="training epochs of the replacement filters (default 3)")
-    p.add_argument("--lr", type=float, help="SGD learning rate of the replacement filters, cosine-decayed to 0 "
-                                            "(default 0.2)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    p.add_argument("--augment", required=True, metavar="{" + ",".join(AUGMENTS) + "}",
+                   help="blur (Gaussian blur) or spatial (rotation, translation, shear, zoom)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-limit", type=int, metavar="N", help=f"use a fixed random subset of N {split} images")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation (default 0)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu or cuda")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="the patched model (.pt); reload it with provrepair.repair.deeppatch.load_patched")
-    p.add_argument("--report", metavar="FILE", help="write the metrics and patch details as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_repairer_flags(p, "deeppatch")
+    _add_output_args(p, "the patched model (.pt); reload it with provrepair.repair.deeppatch.load_patched",
+                     "write the metrics and patch details as JSON", "no progress bars")
 
 
 def _metarepair_parser(sub) -> None:
@@ -179,23 +176,9 @@ def _metarepair_parser(sub) -> None:
     p.add_argument("--severity", default="5", help="corruption severity 1-5, or a comma list used together (default 5)")
     p.add_argument("--experiences", default="auto",
                    help="auto (the --k nearest by Fréchet distance, default) or a comma list of corruptions")
-    p.add_argument("--k", type=int, help="experiences kept by auto (default 5)")
-    p.add_argument("--collect", type=float, help="collected failures per corruption: a count or a fraction < 1 (default 1000)")
-    p.add_argument("--min-fail", type=int, help="fewest target failures left for evaluation (default 50)")
-    p.add_argument("--episodes", type=int, help="meta-training episodes (default 40)")
-    p.add_argument("--tasks", type=int, help="tasks per episode (default 5)")
-    p.add_argument("--adapt-steps", type=int, help="meta-test SGD steps per task (default 30)")
-    p.add_argument("--meta-lr", type=float, help="meta-training step (Adam; default 1e-4)")
-    p.add_argument("--replay", type=float, help="clean training images per failure in every training batch, "
-                                                 "0-16 (default 1)")
-    p.add_argument("--update", help="meta-test updates: accumulated (default) or separate")
-    p.add_argument("--second-order", action="store_true", help="second-order MAML (default: first-order)")
-    p.add_argument("--train-limit", type=int, metavar="N", help="use the first N training images (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="task sampling and data order (default 0)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, default), cpu or cuda")
-    p.add_argument("--out", required=True, metavar="PATH", help="the repaired model (.pt; same architecture)")
-    p.add_argument("--report", metavar="FILE", help="write the metrics and details as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_repairer_flags(p, "metarepair")
+    _add_output_args(p, "the repaired model (.pt; same architecture)", "write the metrics and details as JSON",
+                     "no progress bars")
 
 
 def _compare_parser(sub) -> None:
@@ -526,19 +509,30 @@ def _cmd_data_list(args) -> int:
     return EXIT_OK
 
 
-def _cmd_patch(args) -> int:
-    from .repair.deeppatch import deeppatch
+def _check_trained_out(args, what: str) -> Path:
     out = Path(args.out)
     _check_outputs([args.out, args.report], [args.model])
     if out.suffix.lower() not in (".pt", ".pth"):
-        raise InputError(f"--out {out}: a patched model is written as a PyTorch file; give a .pt or .pth path")
+        raise InputError(f"--out {out}: {what} is written as a PyTorch file; give a .pt or .pth path")
+    return out
+
+
+def _run_repairer(name: str, net, target, args):
+    """Run the registered repairer ``name`` with the options the user gave as flags."""
+    from .repair.options import build, given_flags
+    from .repair.registry import get_repairer
+    repairer = get_repairer(name)
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    return repairer.run(net, target, build(repairer.Options, **given_flags(args, args.option_names)), say)
+
+
+def _cmd_patch(args) -> int:
+    from .repair.training import RobustnessTask
+    out = _check_trained_out(args, "a patched model")
     net = _load(args)
-    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "init": args.init}
-    result = deeppatch(net, dataset=args.dataset, augment=args.augment, ratio=args.ratio, variant=args.variant,
-                       ranking=args.ranking, device=args.device, seed=args.seed, progress=not args.quiet,
-                       train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
-                       **{k: v for k, v in given.items() if v is not None})
-    return _save_trained(result, out, args)
+    task = RobustnessTask.create(dataset=args.dataset, augment=args.augment, device=args.device or "auto",
+                                 train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit)
+    return _save_trained(_run_repairer("deeppatch", net, task, args), out, args)
 
 
 def _save_trained(result, out: Path, args) -> int:
@@ -557,31 +551,22 @@ def _save_trained(result, out: Path, args) -> int:
     return EXIT_OK
 
 def _cmd_metarepair(args) -> int:
-    from .repair import metarepair as _mr
-    out = Path(args.out)
-    _check_outputs([args.out, args.report], [args.model])
-    if out.suffix.lower() not in (".pt", ".pth"):
-        raise InputError(f"--out {out}: the repaired model is written as a PyTorch file; give a .pt or .pth path")
+    from .data.corruptions import check_corruption_name
+    from .repair.metarepair import MetaRepairTarget
+    out = _check_trained_out(args, "the repaired model")
     try:
         severity = [int(s) for s in str(args.severity).split(",")]
     except ValueError:
         raise InputError(f"--severity {args.severity!r}: give an integer 1-5 or a comma list of them") from None
-    collect = args.collect
-    if collect is not None and collect >= 1:
-        if collect != int(collect):
-            raise InputError(f"--collect {collect}: give a whole count or a fraction below 1")
-        collect = int(collect)
-    given = {"k": args.k, "collect": collect, "min_fail": args.min_fail, "episodes": args.episodes,
-             "tasks": args.tasks, "adapt_steps": args.adapt_steps, "update": args.update,
-             "meta_lr": args.meta_lr, "replay": args.replay,
-             "train_limit": args.train_limit, "second_order": args.second_order or None}
-    from .data.corruptions import _check_name
-    _check_name(args.target)
+    if args.collect is not None and args.collect >= 1 and args.collect != int(args.collect):
+        raise InputError(f"--collect {args.collect}: give a whole count or a fraction below 1")
+    check_corruption_name(args.target)
     net = _load(args)
-    result = _mr.metarepair(net, dataset=args.dataset, target=args.target, severity=severity[0] if len(severity) == 1
-                            else severity, experiences=args.experiences, device=args.device, seed=args.seed,
-                            progress=not args.quiet, **{k: v for k, v in given.items() if v is not None})
-    return _save_trained(result, out, args)
+    limits = {k: getattr(args, k) for k in ("train_limit", "test_limit") if getattr(args, k) is not None}
+    target = MetaRepairTarget.create(dataset=args.dataset, target=args.target,
+                                     severity=severity[0] if len(severity) == 1 else severity,
+                                     experiences=args.experiences, device=args.device or "auto", **limits)
+    return _save_trained(_run_repairer("metarepair", net, target, args), out, args)
 
 
 def _compare_task(args, corruption_needed: bool = True):

@@ -300,8 +300,9 @@ def test_cli_metarepair_writes_a_reloadable_model(tmp_path, capsys, monkeypatch)
     from provrepair import cli
 
     data = tiny_data()
-    real = mr.metarepair
-    monkeypatch.setattr(mr, "metarepair", lambda model, **kw: real(model, **{**kw, "dataset": data}))
+    real = mr.MetaRepairTarget.create.__func__
+    monkeypatch.setattr(mr.MetaRepairTarget, "create",
+                        classmethod(lambda cls, **kw: real(cls, **{**kw, "dataset": data})))
     model = tmp_path / "tiny.pt"
     save_model(tiny_cnn(), model)
     out = tmp_path / "repaired.pt"

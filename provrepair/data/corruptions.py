@@ -144,10 +144,6 @@ def check_corruption_name(name) -> str:
     raise InputError(f"unknown corruption {name!r}.{hint} Valid names: {valid}")
 
 
-#: the old private name, still imported by provrepair/cli.py; remove once it imports check_corruption_name
-_check_name = check_corruption_name
-
-
 def check_severity(severity) -> int:
     """A corruption severity, an integer 1-5."""
     if isinstance(severity, (bool, np.bool_)) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:

@@ -45,14 +45,10 @@ VOLATILE = ("timings",)
 
 
 def _param_change(original, model) -> dict:
+    from ..repair.deeppatch import PatchedNet
     from .metrics import parameter_change
-    base = getattr(model, "base", None)
-    if base is not None:  # DeepPatch: the original layers live in .base, the replacements are added
-        out = parameter_change(original, base)
-        names = {f"base.{k}" for k in base.state_dict()}
-        out["added"] = int(sum(t.numel() for k, t in model.state_dict().items()
-                               if k not in names and t.is_floating_point() and k.startswith("repl_")))
-        return out
+    if isinstance(model, PatchedNet):  # the original layers, changed or not, and the replacements added
+        return {**parameter_change(original, model.base), "added": model.added_parameters}
     return parameter_change(original, model)
 
 

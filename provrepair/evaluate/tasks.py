@@ -201,7 +201,7 @@ def corruption_augmentor(name: str, severities=(1, 2, 3, 4, 5)):
     (one severity and corruption seed per batch, drawn from the training generator); ``static``
     gives the set at every severity (corruption seed 0)."""
     from ..data.corruptions import corrupt
-    from ..repair.deeppatch import Augmentor
+    from ..repair.training import Augmentor
 
     levels = tuple(int(s) for s in severities)
 

@@ -72,7 +72,6 @@ from ..models.inference import predictions
 from ..data.checks import check_int, check_seed
 from .options import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_INIT, INITS, PATCH_LR, RANKINGS, VARIANTS, DeepPatchOptions, build
 from .protocol import Progress, RepairResult, say
-from .training import Augmentor  # noqa: F401  only for evaluate/tasks.py; remove once it imports training
 from .training import (
     EVAL_BATCH,
     RobustnessTask,
@@ -213,6 +212,17 @@ class PatchedNet(nn.Module):
     def patched_layers(self) -> list[int]:
         """Module indices (in ``base``) of the conv layers with replacement filters, in order."""
         return sorted(int(k) for k in self.repl_weight)
+
+    @property
+    def added_parameters(self) -> int:
+        """How many parameters the replacement filters add to the original network."""
+        return int(sum(p.numel() for p in (*self.repl_weight.values(), *self.repl_bias.values())))
+
+    @property
+    def first_unpatched(self) -> int:
+        """The first module index of ``base`` after every replacement filter: from there on the
+        network is the original's, the same for every sample (what the LP polish may change)."""
+        return max(self.patched_layers) + 1
 
     @property
     def gamma_layer(self) -> int:
@@ -555,3 +565,10 @@ def deeppatch(model, *, dataset, augment: str, ratio=0.25, variant: str = "gamma
         task = RobustnessTask.create(dataset=dataset, augment=augment, device=device, train_limit=train_limit,
                                      val_limit=val_limit, test_limit=test_limit)
     return DeepPatchRepairer().run(model, task, opts, progress)
+
+
+def as_runnable(model) -> nn.Module:
+    """A DeepPatch model as it is (its per-sample switch is part of its forward pass); any other
+    model as the canonical network."""
+    from .provable import as_network
+    return model if isinstance(model, PatchedNet) else as_network(model)

@@ -129,9 +129,9 @@ def add_flags(parser: argparse.ArgumentParser, options: Sequence[Option], *, ski
         if o.type == "bool":
             parser.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=text + (" (default: on)" if o.default else " (default: off)"))
-        else:
-            parser.add_argument(o.flag, dest=o.name, type=_TYPES[o.type], choices=o.choices, default=None,
-                                metavar=None if o.choices else o.name.upper(), help=text)
+        else:  # choices are checked by the options themselves, so the message is the API's
+            metavar = "{" + ",".join(o.choices) + "}" if o.choices else o.name.upper()
+            parser.add_argument(o.flag, dest=o.name, type=_TYPES[o.type], default=None, metavar=metavar, help=text)
         names.append(o.name)
     return names
 

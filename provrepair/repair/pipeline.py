@@ -33,10 +33,10 @@ from ..certify import certify_points
 from ..errors import InputError
 from ..models import ModelMeta, affine_layers, get_meta, set_meta
 from ..specs import PointSpec
-from .deeppatch import PatchedNet
+from .deeppatch import PatchedNet, as_runnable
 from .options import PolishOptions, build
 from .protocol import CERTIFIED, NOT_CERTIFIED, Progress, RepairResult, say
-from .provable import PointRepairer, as_network, prepare_points
+from .provable import PointRepairer, prepare_points
 
 __all__ = ["PolishRepairer", "polish"]
 
@@ -45,7 +45,7 @@ def _sequential(model: nn.Module) -> tuple[nn.Sequential, int]:
     """The ``nn.Sequential`` holding the layers to polish and the first module index the polish may
     touch (after every DeepPatch replacement filter)."""
     if isinstance(model, PatchedNet):
-        return model.base, max(model.patched_layers) + 1
+        return model.base, model.first_unpatched
     if isinstance(model, nn.Sequential):
         return model, 0
     raise InputError(f"the polish works on a canonical nn.Sequential or a DeepPatch PatchedNet, got "
@@ -71,7 +71,7 @@ def _layer_inputs(model: nn.Module, base: nn.Sequential, m: int, x: np.ndarray) 
 
 def _certify(model: nn.Module, spec: PointSpec):
     """The independent point check of ``model`` as the user runs it (a DeepPatch model with its switch)."""
-    net = model if isinstance(model, PatchedNet) else as_network(model)
+    net = as_runnable(model)
     return certify_points(net, prepare_points(net, spec)[0])
 
 
