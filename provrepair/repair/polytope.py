@@ -275,8 +275,22 @@ def fix_disjuncts(net: nn.Sequential, regions: Sequence[Region], properties: Seq
 
 
 def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRepairOutcome:
-    mods = list(net)
-    for i, m in enumerate(mods):
+    """The exact hull: shift LPs until the network is affine on every region, then the assert."""
+    layer = _assert_layer(net, layer, opts)
+    pts = _Points(regions, properties, opts.box_encoding)
+    say(f"{len(regions)} regions, {len(pts)} LP points ({pts.n_corner} corners, {len(pts.twins)} shared; "
+        f"{len(pts) - pts.n_corner} box centres with {pts.n_generators} generators)")
+    current = copy.deepcopy(net).eval()
+    stages: list[dict] = []
+    failed = _shift(current, pts, layer, opts, say, stages)
+    if failed is not None:
+        return failed
+    return _assert(net, current, pts, properties, layer, opts, say, keep, stages)
+
+
+def _assert_layer(net: nn.Sequential, layer: int, opts: PolytopeRepairOptions) -> int:
+    """The assert layer as a non-negative affine index, once the network and options allow it."""
+    for i, m in enumerate(net):
         if isinstance(m, (nn.MaxPool2d,)):
             raise UnsupportedLayerError(
                 f"polytope repair needs a network that is affine per ReLU pattern; module {i} is a MaxPool2d. "
@@ -287,63 +301,87 @@ def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRe
     layer = layer % n_aff
     if not 0 <= opts.shift_start <= layer:
         raise InputError(f"shift_start must be in 0..{layer} (the assert layer), got {opts.shift_start}")
-    pts = _Points(regions, properties, opts.box_encoding)
-    V, owner = pts.x, pts.owner
-    say(f"{len(regions)} regions, {len(V)} LP points ({pts.n_corner} corners, {len(pts.twins)} shared; "
-        f"{len(V) - pts.n_corner} box centres with {pts.n_generators} generators)")
+    return layer
 
-    stages: list[dict] = []
-    current = copy.deepcopy(net).eval()
+
+def _shift(current: nn.Sequential, pts: _Points, layer: int, opts: PolytopeRepairOptions, say,
+           stages: list[dict]) -> PolytopeRepairOutcome | None:
+    """Make ``current`` affine on every region before affine ``layer``, one ReLU at a time (in
+    place; each LP's stage appended to ``stages``). Returns the outcome when a shift LP fails."""
     base = {f.name: getattr(opts, f.name) for f in fields(PointRepairOptions)}
     shift_opts = PointRepairOptions(**{**base, "later_biases": False,
                                        "delta_bound": opts.shift_delta_bound or opts.delta_bound})
-    outcome_status, message = "optimal", "repaired"
     for j in range(layer):
         m = affine_index_to_module_index(current, j)
         relu = m + 1
-        if relu >= len(mods) or not isinstance(mods[relu], nn.ReLU):
+        if relu >= len(current) or not isinstance(current[relu], nn.ReLU):
             continue
         sign = pts.signs(current, relu)
         ok = _holds(*pts.ranges(current, relu), sign)
         if ok.all():
             stages.append({"stage": "shift", "layer": j, "status": "not needed", "seconds": 0.0})
             continue
-        bad_regions = sorted(set(owner[~ok.all(1)].tolist()))
+        bad_regions = sorted(set(pts.owner[~ok.all(1)].tolist()))
         if j < opts.shift_start:
             raise SpecError(f"the activation pattern after affine layer {j} is not constant on region(s) "
                             f"{bad_regions[:10]}, but shift_start={opts.shift_start} forbids changing that layer; "
                             f"lower shift_start to {j} or below")
-        t0 = time.perf_counter()
-        cut = nn.Sequential(*list(current)[: relu + 1]).eval()
-        n_out = sign.shape[1]
-        shape = _forward_shape(current, relu, V[:1])
-        res = repair_points(cut, V, np.zeros((0, n_out)), np.zeros(0), np.zeros(0, dtype=np.int64), j, shift_opts,
-                            patterns={relu: sign.reshape(len(V), *shape)}, generators=pts.generators())
-        info = {"stage": "shift", "layer": j, "status": res.status, "size": res.lp_size,
-                "seconds": time.perf_counter() - t0, "regions_needing_shift": len(bad_regions),
-                "delta": res.delta}
-        stages.append(info)
-        say(f"shift layer {j}: {res.status} ({len(bad_regions)} regions not yet affine) in {info['seconds']:.2f} s")
+        target = _ShiftTarget(j, relu, nn.Sequential(*list(current)[: relu + 1]).eval(), sign, bad_regions)
+        res = _shift_lp(target, pts, shift_opts, say, stages)
         if res.status != "optimal":
-            culprit = _culprit(cut, pts, sign, bad_regions, j, shift_opts, relu) if res.status == "infeasible" \
-                else None
-            who = f"; region {culprit} alone cannot be made affine there" if culprit is not None else ""
-            return PolytopeRepairOutcome(
-                status=res.status, model=None, layer=layer, stages=stages, vertices=len(V),
-                generators=pts.n_generators,
-                message=f"shift LP at affine layer {j} is {res.status}{who}: "
-                        + (f"no change within delta bound {shift_opts.delta_bound} gives every region one "
-                           "activation pattern there" if res.status == "infeasible" else res.message)
-                        + " (try a larger --delta-bound, smaller regions, an earlier assert layer, or "
-                          "--hull interval at the last layer)")
+            return _shift_failure(target, pts, shift_opts, res, layer, stages)
         current[m] = res.model[m]
-    # assert
-    k_mod = affine_index_to_module_index(current, layer)
-    patterns = {}
-    for i in range(k_mod + 1, len(mods)):
-        if isinstance(mods[i], nn.ReLU):
-            patterns[i] = pts.signs(current, i).reshape(len(V), *_forward_shape(current, i, V[:1]))
-    A, b, pidx, groups = _region_rows(properties, owner)
+    return None
+
+
+@dataclass
+class _ShiftTarget:
+    """One shift LP: affine layer ``j``, the ReLU after it, the network cut after that ReLU, the
+    sign every LP point is held to there, and the regions on which it is not yet constant."""
+
+    j: int
+    relu: int
+    cut: nn.Sequential
+    sign: np.ndarray
+    bad_regions: list[int]
+
+
+def _shift_lp(t: _ShiftTarget, pts: _Points, shift_opts: PointRepairOptions, say, stages: list[dict]):
+    """The LP that holds every point of ``pts`` to its region's sign after affine layer ``t.j``."""
+    t0 = time.perf_counter()
+    V = pts.x
+    shape = _forward_shape(t.cut, t.relu, V[:1])
+    res = repair_points(t.cut, V, np.zeros((0, t.sign.shape[1])), np.zeros(0), np.zeros(0, dtype=np.int64), t.j,
+                        shift_opts, patterns={t.relu: t.sign.reshape(len(V), *shape)}, generators=pts.generators())
+    info = {"stage": "shift", "layer": t.j, "status": res.status, "size": res.lp_size,
+            "seconds": time.perf_counter() - t0, "regions_needing_shift": len(t.bad_regions), "delta": res.delta}
+    stages.append(info)
+    say(f"shift layer {t.j}: {res.status} ({len(t.bad_regions)} regions not yet affine) in {info['seconds']:.2f} s")
+    return res
+
+
+def _shift_failure(t: _ShiftTarget, pts: _Points, shift_opts: PointRepairOptions, res, layer: int,
+                   stages: list[dict]) -> PolytopeRepairOutcome:
+    """The outcome of a failed shift LP, naming a region that alone cannot be made affine."""
+    j = t.j
+    culprit = _culprit(t.cut, pts, t.sign, t.bad_regions, j, shift_opts, t.relu) if res.status == "infeasible" \
+        else None
+    who = f"; region {culprit} alone cannot be made affine there" if culprit is not None else ""
+    return PolytopeRepairOutcome(
+        status=res.status, model=None, layer=layer, stages=stages, vertices=len(pts),
+        generators=pts.n_generators,
+        message=f"shift LP at affine layer {j} is {res.status}{who}: "
+                + (f"no change within delta bound {shift_opts.delta_bound} gives every region one "
+                   "activation pattern there" if res.status == "infeasible" else res.message)
+                + " (try a larger --delta-bound, smaller regions, an earlier assert layer, or "
+                  "--hull interval at the last layer)")
+
+
+def _assert(net, current, pts: _Points, properties, layer, opts, say, keep, stages) -> PolytopeRepairOutcome:
+    """The assert LP (or MILP) at affine ``layer`` of ``current``, now affine on every region."""
+    V = pts.x
+    patterns = _assert_patterns(current, pts, layer)
+    A, b, pidx, groups = _region_rows(properties, pts.owner)
     inputs, gens = V, pts.generators()
     if keep is not None:  # kept points: plain points at their own pattern, after the regions' points
         xk = _kept_inputs(keep, V.shape[1:])
@@ -360,13 +398,20 @@ def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRe
                    "seconds": time.perf_counter() - t0, "delta": res.delta})
     say(f"assert layer {layer}: {res.status} in {stages[-1]['seconds']:.2f} s")
     if res.status != "optimal":
-        outcome_status = res.status
         message = f"assert {'MILP' if groups else 'LP'} at affine layer {layer} is {res.status}: {res.message}"
-        return PolytopeRepairOutcome(status=outcome_status, model=None, layer=layer, message=message, stages=stages,
+        return PolytopeRepairOutcome(status=res.status, model=None, layer=layer, message=message, stages=stages,
                                      solver=res.solver, vertices=len(V), generators=pts.n_generators)
-    return PolytopeRepairOutcome(status="optimal", model=res.model, layer=layer, message=message, stages=stages,
+    return PolytopeRepairOutcome(status="optimal", model=res.model, layer=layer, message="repaired", stages=stages,
                                  delta=_total_delta(net, res.model), solver=res.solver, vertices=len(V),
                                  generators=pts.n_generators)
+
+
+def _assert_patterns(current: nn.Sequential, pts: _Points, layer: int) -> dict[int, np.ndarray]:
+    """Every ReLU after the assert layer, held at each point to its region's centroid sign."""
+    V = pts.x
+    k_mod = affine_index_to_module_index(current, layer)
+    return {i: pts.signs(current, i).reshape(len(V), *_forward_shape(current, i, V[:1]))
+            for i in range(k_mod + 1, len(current)) if isinstance(current[i], nn.ReLU)}
 
 
 def _repair_interval(net, regions, properties, layer, opts, say, keep) -> PolytopeRepairOutcome:
