@@ -70,14 +70,24 @@ from ..errors import InputError, ModelFormatError
 from ..models import ModelMeta, get_meta, set_meta
 from ..models.inference import predictions
 from ..data.checks import check_int, check_seed
-from .options import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_INIT, INITS, PATCH_LR, RANKINGS, VARIANTS, DeepPatchOptions, build
+from .options import (
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_INIT,
+    INITS,
+    PATCH_LR,
+    RANKINGS,
+    VARIANTS,
+    DeepPatchOptions,
+    build,
+    check_choice,
+)
 from .protocol import Progress, RepairResult, say
 from .training import (
     EVAL_BATCH,
     RobustnessTask,
     as_canonical,
     augmented_cross_entropy,
-    check_one_of,
     chunks,
     conv_indices,
     parameter_count,
@@ -164,7 +174,7 @@ class PatchedNet(nn.Module):
     def __init__(self, base: nn.Sequential, blamed: Mapping[int, Sequence[int]], *, boundary: float = 0.0,
                  side: int = 1, variant: str = "gamma", seed: int = 0, init: str = "random"):
         super().__init__()
-        init = check_one_of(init, INITS, "init")
+        init = check_choice(init, INITS, "init")
         if not isinstance(base, nn.Sequential):
             raise InputError(f"PatchedNet needs an nn.Sequential, got {type(base).__name__}")
         self.base = base
@@ -202,7 +212,7 @@ class PatchedNet(nn.Module):
             raise InputError("no filter is blamed in any conv layer; raise the ratio so that at least one filter is patched")
         self.register_buffer("boundary", torch.tensor(float(boundary), dtype=torch.float32))
         self.register_buffer("side", torch.tensor(1 if side >= 0 else -1))
-        self.register_buffer("variant_code", torch.tensor(_VARIANT_CODES[check_one_of(variant, VARIANTS, "variant")]))
+        self.register_buffer("variant_code", torch.tensor(_VARIANT_CODES[check_choice(variant, VARIANTS, "variant")]))
         meta = get_meta(base)
         set_meta(self, ModelMeta(format="torch", source=None, input_shape=meta.input_shape,
                                  extra={"repair": "deeppatch"}))
@@ -240,7 +250,7 @@ class PatchedNet(nn.Module):
 
     def set_variant(self, variant: str) -> PatchedNet:
         """Switch between ``"gamma"``, ``"beta"`` and ``"fallback"`` (returns self)."""
-        self.variant_code.fill_(_VARIANT_CODES[check_one_of(variant, VARIANTS, "variant")])
+        self.variant_code.fill_(_VARIANT_CODES[check_choice(variant, VARIANTS, "variant")])
         return self
 
     # -- computation
@@ -432,7 +442,7 @@ def select_filters(net: nn.Sequential, ratio, *, ranking: str = "alpha", assessm
     """Blamed filters per conv layer: ``floor(kappa * m)`` of its ``m`` filters, the top of the
     assessment (``"alpha"``), its bottom (``"bottom"``) or a random choice (``"random"``)."""
     kappa = kappa_percent(ratio)
-    check_one_of(ranking, RANKINGS, "ranking")
+    check_choice(ranking, RANKINGS, "ranking")
     if ranking != "random" and assessment is None:
         raise InputError(f"ranking {ranking!r} needs a filter assessment; run assess_filters first")
     blamed: dict[int, list[int]] = {}
@@ -460,9 +470,9 @@ def select_filters(net: nn.Sequential, ratio, *, ranking: str = "alpha", assessm
 
 def _checked(opts: DeepPatchOptions) -> DeepPatchOptions:
     """Refuse bad options before any data is loaded or any network copied."""
-    check_one_of(opts.variant, VARIANTS, "variant")
-    check_one_of(opts.ranking, RANKINGS, "ranking")
-    check_one_of(opts.init, INITS, "init")
+    check_choice(opts.variant, VARIANTS, "variant")
+    check_choice(opts.ranking, RANKINGS, "ranking")
+    check_choice(opts.init, INITS, "init")
     kappa_percent(opts.ratio)
     return dataclasses.replace(opts, epochs=check_int(opts.epochs, "epochs"), seed=check_seed(opts.seed))
 

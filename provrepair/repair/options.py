@@ -156,8 +156,9 @@ def build(cls: type, options: Any = None, **changes: Any) -> Any:
 
 
 def check_choice(value: Any, choices: Sequence[str], what: str) -> str:
-    if value not in choices:
-        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    """``value`` if it is one of ``choices`` (an error naming them otherwise)."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"unknown {what} {value!r}; use one of: {', '.join(choices)}")
     return value
 
 

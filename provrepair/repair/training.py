@@ -30,12 +30,12 @@ from ..data.checks import check_int, check_seed
 from ..errors import InputError
 from ..models import load_model, normalize_model
 from ..models.inference import accuracy
-from .options import AUGMENTS
+from .options import AUGMENTS, check_choice
 from .protocol import TRAINED, Progress, RepairResult, say
 
 __all__ = [
     "DATA_SEED", "EVAL_BATCH", "MOMENTUM", "WEIGHT_DECAY", "Augmentor", "RobustnessTask", "as_canonical",
-    "as_pair", "augmented_cross_entropy", "check_limit", "check_model_fits", "check_one_of", "chunks", "conv_indices", "fingerprint",
+    "as_pair", "augmented_cross_entropy", "check_limit", "check_model_fits", "chunks", "conv_indices", "fingerprint",
     "get_augmentor", "load_splits", "measure_accuracy", "parameter_count", "resolve_device", "robustness_summary",
     "show_bars", "trained_result",
 ]
@@ -52,13 +52,6 @@ DATA_SEED = 0
 
 # --------------------------------------------------------------------------------------------------
 # checks
-
-
-def check_one_of(value, choices: Sequence[str], what: str) -> str:
-    """``value`` if it is one of ``choices`` (an error naming them otherwise)."""
-    if not isinstance(value, str) or value not in choices:
-        raise InputError(f"unknown {what} {value!r}; use one of: {', '.join(choices)}")
-    return value
 
 
 def check_limit(value, what: str) -> int | None:
@@ -134,7 +127,7 @@ _AUGMENTORS = {
 
 def get_augmentor(name: str) -> Augmentor:
     """The augmentor ``"blur"`` (Gaussian blur, sigma 0.5..3) or ``"spatial"`` (SENSEI's transforms)."""
-    return _AUGMENTORS[check_one_of(name, AUGMENTS, "augmentor")]
+    return _AUGMENTORS[check_choice(name, AUGMENTS, "augmentor")]
 
 
 def augmented_cross_entropy(augmentor: Augmentor):
