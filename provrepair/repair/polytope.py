@@ -425,8 +425,6 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
     is the relaxation: rows must hold on the whole box. On ACAS Xu N2,9's φ2 cover (60 boxes) this
     is a 21k-row LP solved in 0.4 s with weight changes of 0.012, where the exact hull's shift LPs
     through five layers fail numerically."""
-    from ..certify.bounds import BoundPropagator, InputSet
-
     n_aff = len(affine_layers(net))
     if not -n_aff <= layer < n_aff or layer % n_aff != n_aff - 1:
         raise InputError(f"hull='interval' repairs the last affine layer only (layer {n_aff - 1} or -1), got layer "
@@ -435,23 +433,10 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
     if any(isinstance(m, nn.ReLU) for m in list(net)[k_mod + 1:]):
         raise UnsupportedLayerError("hull='interval' needs a network whose last affine layer is not followed by a "
                                     "ReLU; use hull='exact'")
-    t0 = time.perf_counter()
-    head = nn.Sequential(*list(net)[:k_mod]).eval()
     tail = nn.Sequential(*list(net)[k_mod:]).eval()
     shape = tuple(regions[0].input_shape)
-    if all(isinstance(r, Box) for r in regions):
-        inp = InputSet.box(np.stack([r.lower for r in regions]), np.stack([r.upper for r in regions]))
-    else:  # region_vertices refuses regions that are neither boxes nor V-polytopes
-        inp = InputSet.polytopes([region_vertices(r) for r in regions])
-    nb = BoundPropagator(head, shape).bounds(inp, method="crown")
-    lo, hi = nb.lower.numpy(), nb.upper.numpy()
-    feat_shape = _forward_shape(net, k_mod, np.zeros((1, *shape)))
-    hulls = [_box_generators(Box(np.minimum(l, h).reshape(feat_shape), np.maximum(l, h).reshape(feat_shape)))
-             for l, h in zip(lo, hi)]
-    centres = np.stack([c for c, _ in hulls])
-    gens = [g for _, g in hulls]
-    stages = [{"stage": "hull", "layer": n_aff - 1, "status": "optimal", "seconds": time.perf_counter() - t0,
-               "mean_width": float(np.mean(hi - lo)) if hi.size else 0.0}]
+    centres, gens, feat_shape, stage = _interval_hulls(net, regions, k_mod, n_aff - 1)
+    stages = [stage]
     say(f"interval hulls of {len(regions)} regions at the input of affine layer {n_aff - 1} "
         f"(mean width {stages[0]['mean_width']:.3g}) in {stages[0]['seconds']:.2f} s")
     A, b, pidx, _ = _region_rows(properties, np.arange(len(regions)))  # the caller fixed the disjunctions
@@ -481,6 +466,28 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
     return PolytopeRepairOutcome(status="optimal", model=model, layer=n_aff - 1, message="repaired", stages=stages,
                                  delta=_total_delta(net, model), solver=res.solver, vertices=len(regions),
                                  generators=n_gens)
+
+
+def _interval_hulls(net: nn.Sequential, regions, k_mod: int, layer: int):
+    """Each region's CROWN box at the input of module ``k_mod`` (affine ``layer``) as a centre and
+    generators, the shape there, and the hull stage's record."""
+    from ..certify.bounds import BoundPropagator, InputSet
+
+    t0 = time.perf_counter()
+    head = nn.Sequential(*list(net)[:k_mod]).eval()
+    shape = tuple(regions[0].input_shape)
+    if all(isinstance(r, Box) for r in regions):
+        inp = InputSet.box(np.stack([r.lower for r in regions]), np.stack([r.upper for r in regions]))
+    else:  # region_vertices refuses regions that are neither boxes nor V-polytopes
+        inp = InputSet.polytopes([region_vertices(r) for r in regions])
+    nb = BoundPropagator(head, shape).bounds(inp, method="crown")
+    lo, hi = nb.lower.numpy(), nb.upper.numpy()
+    feat_shape = _forward_shape(net, k_mod, np.zeros((1, *shape)))
+    hulls = [_box_generators(Box(np.minimum(l, h).reshape(feat_shape), np.maximum(l, h).reshape(feat_shape)))
+             for l, h in zip(lo, hi)]
+    stage = {"stage": "hull", "layer": layer, "status": "optimal", "seconds": time.perf_counter() - t0,
+             "mean_width": float(np.mean(hi - lo)) if hi.size else 0.0}
+    return np.stack([c for c, _ in hulls]), [g for _, g in hulls], feat_shape, stage
 
 
 def _region_rows(properties: Sequence[OutputProperty], owner: np.ndarray):
