@@ -129,11 +129,11 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     lp = PointLP(net, inputs, layer, opts, patterns=patterns, generators=generators,
                  disjunctive=bool(disjunctions))
     lp.build(A, b, point_index, disjunctions)
+    build_time = time.perf_counter() - t_start
     backend = lp.backend
     say(f"LP built: {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
     deadline = None if opts.time_limit is None else t_start + opts.time_limit
-    run = generate_constraints(lp, deadline, say, build_time=time.perf_counter() - t_start)
-    return _outcome(lp, run)
+    return _outcome(lp, generate_constraints(lp, deadline, say, build_time))
 
 
 class PointLP:
