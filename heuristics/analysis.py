@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from provrepair.errors import InputError
+from provrepair.models import affine_index_to_module_index, affine_layers, layer_inputs
 from provrepair.specs import PointSpec
 
 from .scorers import representations
@@ -171,11 +172,6 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
     masked later products are dropped by the builder): checked 5-20 % above the real count on small
     MLP and conv nets.
     """
-    from provrepair.models import (
-        affine_index_to_module_index,
-        affine_layers,
-        layer_inputs,
-    )
     affine = affine_layers(net)
     mi = affine_index_to_module_index(net, layer)
     layer = affine.index(mi)
@@ -253,7 +249,6 @@ def analyze(spec, net: nn.Module | None = None) -> dict[str, Any]:
     report["kind"] = "points"
     warnings: list[str] = []
     if net is not None:
-        from provrepair.models import affine_layers
         layers = []
         for k in range(len(affine_layers(net))):
             size = predict_lp_size(net, spec, k)

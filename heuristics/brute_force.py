@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
+from provrepair.models.inference import accuracy
+
 
 @dataclass
 class CandidateOutcome:
@@ -37,7 +39,6 @@ def evaluate_candidate(repair_fn: Callable[..., Any], net, spec, layer: int, val
     """Repair at one layer and measure the validation drawdown (runs in a worker process)."""
     import torch
 
-    from provrepair.models.inference import accuracy
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:

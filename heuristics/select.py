@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from provrepair.errors import InputError
+from provrepair.models import affine_layers
+
+from .analysis import predict_lp_size
+from .scorers import NEEDS, SCORERS, rank
 
 # The heuristic that benchmarks/layer_selection.py found best (see benchmarks/results/layer_selection.json).
 DEFAULT_HEURISTIC = "similarity"
@@ -15,9 +19,7 @@ MAX_NONZEROS = 1_500_000
 
 def candidate_layers(net, spec, *, max_nonzeros: int = MAX_NONZEROS) -> list[int]:
     """Affine layers whose predicted LP is small enough to try."""
-    from provrepair.models import affine_layers
 
-    from .analysis import predict_lp_size
     keep = [k for k in range(len(affine_layers(net)))
             if predict_lp_size(net, spec, k)["nonzeros"] <= max_nonzeros]
     if not keep:
@@ -29,7 +31,6 @@ def candidate_layers(net, spec, *, max_nonzeros: int = MAX_NONZEROS) -> list[int
 def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: list[int] | None = None,
                 pairs: np.ndarray | None = None) -> list[int]:
     """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``)."""
-    from .scorers import NEEDS, SCORERS, rank
     if heuristic not in SCORERS:
         raise InputError(f"unknown layer heuristic {heuristic!r}; choose one of {', '.join(SCORERS)}")
     if NEEDS.get(heuristic) == "pairs" and pairs is None:

@@ -337,8 +337,8 @@ def _torch_copy_path(out: Path) -> Path | None:
 
 def _cmd_repair(args) -> int:
     from .api import repair
-    from .repair.options import given_flags
     from .models import save_model
+    from .repair.options import given_flags
     out = Path(args.out)
     pt_copy = _torch_copy_path(out)
     region_file = args.vnnlib or args.box or args.polytope

@@ -28,10 +28,29 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..api import certify
 from ..errors import InputError
 from ..fileio import atomic_path, json_default, write_text_atomic
+from ..repair.deeppatch import PatchedNet
+from ..repair.options import build
+from .measure import measure
+from .methods import run_method
+from .metrics import (
+    certified_efficacy,
+    confusion_accuracy,
+    constraint_accuracy,
+    drawdown,
+    efficacy,
+    generalization,
+    logits,
+    parameter_change,
+    prediction_change,
+    predictions,
+    robustness_accuracy,
+    softmax,
+)
 from .registry import Method, get_method
-from .tasks import TaskConfig
+from .tasks import TaskConfig, build_task
 
 __all__ = ["compare", "evaluate_model", "run_cell", "CompareRun", "EXECUTORS", "cell_key", "versions"]
 
@@ -45,8 +64,6 @@ VOLATILE = ("timings",)
 
 
 def _param_change(original, model) -> dict:
-    from ..repair.deeppatch import PatchedNet
-    from .metrics import parameter_change
     if isinstance(model, PatchedNet):  # the original layers, changed or not, and the replacements added
         return {**parameter_change(original, model.base), "added": model.added_parameters}
     return parameter_change(original, model)
@@ -55,14 +72,10 @@ def _param_change(original, model) -> dict:
 def evaluate_model(model, data, *, original: dict | None = None, original_net=None) -> dict:
     """Every metric of ``model`` on the task ``data``; ``original``: the same for the unrepaired
     network (adds drawdown, locality and the parameter change)."""
-    from ..api import certify
-    from .metrics import (confusion_accuracy, constraint_accuracy, drawdown, efficacy, generalization,
-                          logits, prediction_change, softmax)
     out: dict[str, Any] = {}
     if data.repair[1].size:
         spec = data.spec()
         cert = certify(model, spec)
-        from .metrics import certified_efficacy, predictions
         out["efficacy"] = efficacy(predictions(model, data.repair[0]), data.repair[1])
         out["certified_efficacy"] = certified_efficacy(cert)
         out["certified"] = bool(cert.certified)
@@ -71,10 +84,8 @@ def evaluate_model(model, data, *, original: dict | None = None, original_net=No
     pred = np.argmax(z, axis=1)
     out["test_accuracy"] = float(np.mean(pred == data.test[1]))
     if data.heldout is not None and data.heldout[1].size:
-        from .metrics import predictions
         out["generalization"] = generalization(predictions(model, data.heldout[0]), data.heldout[1])
     if data.robustness:
-        from .metrics import robustness_accuracy
         rob = robustness_accuracy(model, data.robustness, data.test[1])
         out["robustness"] = rob
         out["robustness_mean"] = float(np.mean(list(rob.values())))
@@ -105,7 +116,6 @@ _TASKS: dict[str, Any] = {}  # per process: digest -> (TaskData, original metric
 def _task(config: TaskConfig):
     key = config.digest()
     if key not in _TASKS:
-        from .tasks import build_task
         data = build_task(config)
         _TASKS[key] = (data, evaluate_model(data.net, data))
     return _TASKS[key]
@@ -151,7 +161,6 @@ def run_cell(payload: dict) -> dict:
     ``threads``, ``run_dir`` (for the stage cache; may be None)."""
     import torch
 
-    from .measure import measure
     torch.set_num_threads(int(payload.get("threads") or 1))
     cfg = dict(payload["task"])
     cfg["severities"] = tuple(cfg["severities"])
@@ -174,8 +183,6 @@ def run_cell(payload: dict) -> dict:
 def _run_method(record, method, data, original, seed, options, payload, timings) -> None:
     import torch
 
-    from .measure import measure
-    from .methods import run_method
     task, net = data.config, data.net
     stage_model, stage_out = None, None
     if method.kind == "pipeline":
@@ -192,7 +199,6 @@ def _run_method(record, method, data, original, seed, options, payload, timings)
         record["stage"] = {"method": stage.name, "options": payload["stage_options"],
                            "reused": stage_out is None,
                            "details": None if stage_out is None else stage_out.details}
-        from ..repair.options import build
         polisher = method.repairer_instance()
         popts = build(polisher.Options, **{k: v for k, v in options.items() if v is not None})
         with measure(timings, "polish"):

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..repair.metarepair import MetaRepairTarget
 from ..repair.options import Option, build, options_of
+from ..repair.training import RobustnessTask, resolve_device
 from .registry import Method, register_method
+from .tasks import corruption_augmentor
 
 __all__ = ["MethodOutput", "run_method", "robustness_task", "TARGETS"]
 
@@ -48,8 +51,6 @@ def _layer(value: str) -> int | str:
 def robustness_task(data, device="auto"):
     """The training task of the statistical repairers (:class:`~provrepair.repair.training.RobustnessTask`)
     for ``data``: its clean training and validation subsets, the task's corruption as the augmentor."""
-    from ..repair.training import RobustnessTask, resolve_device
-    from .tasks import corruption_augmentor
     if data.config.corruption is None:
         raise InputError("the statistical methods train on a corruption; give --corruption (a repair-set file "
                          "alone does not say what to train on)")
@@ -68,7 +69,6 @@ def robustness_task(data, device="auto"):
 
 def _corruption_target(data, options: dict):
     """MetaRepair's target: the task's dataset under its corruption and severity."""
-    from ..repair.metarepair import MetaRepairTarget
     cfg = data.config
     if cfg.corruption is None:
         raise InputError("MetaRepair repairs a corruption; give --corruption")

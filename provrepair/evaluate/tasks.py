@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import load_corrupted, load_dataset
+from ..data.corruptions import CORRUPTIONS, corrupt
 from ..errors import InputError
-from .metrics import predictions
+from ..models import get_meta, load_model
+from ..repair.training import Augmentor
+from ..specs import PointSpec
+from ..zoo import available, load_zoo
+from .metrics import logits, predictions
 
 __all__ = ["TaskConfig", "TaskData", "build_task", "load_network", "class_groups", "corruption_augmentor"]
 
@@ -72,7 +78,6 @@ class TaskConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
         if self.corruption is not None:
-            from ..data.corruptions import CORRUPTIONS
             if self.corruption not in CORRUPTIONS:
                 raise InputError(f"unknown corruption {self.corruption!r}; use one of: {', '.join(CORRUPTIONS)}")
         sev = (self.severity, *self.severities)
@@ -110,31 +115,26 @@ class TaskData:
     info: dict = field(default_factory=dict)
 
     def spec(self):
-        from ..specs import PointSpec
         return PointSpec.from_arrays(self.repair[0], labels=self.repair[1], source="repair set")
 
 
 def load_network(model: str | os.PathLike) -> nn.Sequential:
     """A zoo name (``mnist_cnn``) or a model file, as a canonical network."""
-    from ..zoo import available, load_zoo
     if isinstance(model, str) and model in available():
         return load_zoo(model)
     path = Path(model)
     if not path.exists():
         raise InputError(f"--model {model!r} is neither a zoo model ({', '.join(available())}) nor an existing file")
-    from ..models import load_model
     return load_model(path)
 
 
 def _reshape(x: np.ndarray, net: nn.Module) -> np.ndarray:
-    from ..models import get_meta
     shape = get_meta(net).input_shape
     return x.reshape((x.shape[0], *shape)).astype(np.float32) if shape else x.astype(np.float32)
 
 
 def build_task(config: TaskConfig, net: nn.Sequential | None = None) -> TaskData:
     """Load the model and build every data set of ``config`` (deterministic)."""
-    from ..data import load_corrupted, load_dataset
     net = load_network(config.model) if net is None else net
     seed = config.data_seed
     xt, yt = load_dataset(config.dataset, "test", seed=seed)
@@ -160,7 +160,6 @@ def build_task(config: TaskConfig, net: nn.Sequential | None = None) -> TaskData
         info["test_failure_rate"] = float(wrong.size / yt.size)
         heldout = (xct[wrong[:config.heldout]], yt[wrong[:config.heldout]])
     if config.repair_set is not None:
-        from ..specs import PointSpec
         spec = PointSpec.load(config.repair_set)
         if spec.labels is None or (spec.labels < 0).any():
             raise InputError(f"the repair set {config.repair_set} needs a label per point for the comparison")
@@ -191,7 +190,6 @@ def build_task(config: TaskConfig, net: nn.Sequential | None = None) -> TaskData
 
 
 def _n_outputs(net: nn.Module, x: np.ndarray) -> int:
-    from .metrics import logits
     return int(logits(net, x).shape[1])
 
 
@@ -200,8 +198,6 @@ def corruption_augmentor(name: str, severities=(1, 2, 3, 4, 5)):
     ``dynamic`` keeps each sample with probability 1/2 and otherwise corrupts it at a random severity
     (one severity and corruption seed per batch, drawn from the training generator); ``static``
     gives the set at every severity (corruption seed 0)."""
-    from ..data.corruptions import corrupt
-    from ..repair.training import Augmentor
 
     levels = tuple(int(s) for s in severities)
 

@@ -43,6 +43,7 @@ from ..models import affine_index_to_module_index, affine_layers, layer_inputs
 from .options import PointRepairOptions
 from .suffix import Rows, Suffix
 
+
 @dataclass
 class PointRepairOutcome:
     """What the LP repairer found. Certification is someone else's job (``provrepair.certify``)."""

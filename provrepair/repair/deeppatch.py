@@ -66,10 +66,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.checks import check_int, check_seed
 from ..errors import InputError, ModelFormatError
 from ..models import ModelMeta, get_meta, set_meta
 from ..models.inference import predictions
-from ..data.checks import check_int, check_seed
 from .options import (
     DEFAULT_BATCH,
     DEFAULT_EPOCHS,
@@ -83,6 +83,7 @@ from .options import (
     check_choice,
 )
 from .protocol import Progress, RepairResult, say
+from .provable import as_network
 from .training import (
     EVAL_BATCH,
     RobustnessTask,
@@ -580,5 +581,4 @@ def deeppatch(model, *, dataset, augment: str, ratio=0.25, variant: str = "gamma
 def as_runnable(model) -> nn.Module:
     """A DeepPatch model as it is (its per-sample switch is part of its forward pass); any other
     model as the canonical network."""
-    from .provable import as_network
     return model if isinstance(model, PatchedNet) else as_network(model)

@@ -58,11 +58,13 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
+from ..data.build import load_corrupted
 from ..data.checks import check_seed
-from ..data.corruptions import CORRUPTIONS, check_corruption_name, check_severity
+from ..data.corruptions import CORRUPTIONS, check_corruption_name, check_severity, corrupt
 from ..errors import InputError
 from ..models.inference import predictions
 from . import frechet
+from .augmix import JSD_WEIGHT, augmix_loss, generic_ops
 from .options import UPDATES, MetaRepairOptions, check_positive_float
 from .protocol import Progress, RepairResult
 from .training import (
@@ -150,11 +152,9 @@ class CorruptedData:
             xs, ys = [], []
             for sev in self.severities:
                 if self.name is not None:
-                    from ..data.build import load_corrupted
 
                     x, y = load_corrupted(self.name, split, name, sev, seed=DATA_SEED, limit=self.limits[split])
                 else:
-                    from ..data.corruptions import corrupt
 
                     x0, y = self._clean[split]
                     x = corrupt(x0, name, sev, seed=DATA_SEED)
@@ -479,7 +479,6 @@ def augmix_collect(net: nn.Module, collect, *, steps: int, lr: float, batch: int
     """AugMix-style baseline: ``steps`` SGD steps on ``D_collect^t`` with AugMix's loss (cross-entropy
     on the image plus the Jensen-Shannon consistency of it and two AugMix views; AugMix's generic
     operations, without any corruption of the suite)."""
-    from .augmix import JSD_WEIGHT, augmix_loss, generic_ops
 
     loss = augmix_loss(generic_ops(), JSD_WEIGHT if jsd_weight is None else jsd_weight)
     return _sgd(copy.deepcopy(net), collect, steps=steps, lr=lr, batch=batch,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..certify import certify_points
+from ..certify.points import network_copy
 from ..errors import InputError
 from ..models import ModelMeta, affine_layers, get_meta, set_meta
 from ..specs import PointSpec
@@ -54,7 +55,6 @@ def _sequential(model: nn.Module) -> tuple[nn.Sequential, int]:
 
 def _layer_inputs(model: nn.Module, base: nn.Sequential, m: int, x: np.ndarray) -> np.ndarray:
     """Input of module ``m`` of ``base`` for every sample of ``x``, from a float64 copy of ``model``."""
-    from ..certify.points import network_copy
     twin = network_copy(model, torch.float64)
     twin_base, _ = _sequential(twin)
     seen: list[torch.Tensor] = []

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..certify.bounds import BoundPropagator, InputSet
 from ..errors import InputError, SpecError, UnsupportedLayerError
 from ..models import affine_index_to_module_index, affine_layers
 from ..specs.regions import Box, HPolytope, OutputProperty, Region, VPolytope
@@ -471,7 +472,6 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
 def _interval_hulls(net: nn.Sequential, regions, k_mod: int, layer: int):
     """Each region's CROWN box at the input of module ``k_mod`` (affine ``layer``) as a centre and
     generators, the shape there, and the hull stage's record."""
-    from ..certify.bounds import BoundPropagator, InputSet
 
     t0 = time.perf_counter()
     head = nn.Sequential(*list(net)[:k_mod]).eval()

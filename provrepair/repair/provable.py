@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from heuristics.select import DEFAULT_HEURISTIC, rank_layers
+
 from ..certify import certify_points, certify_regions
 from ..errors import InputError
 from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
@@ -102,7 +104,6 @@ class PointRepairer:
         spec, n_out = prepare_points(net, target)
         if options.layer != "auto":
             return self._at(net, spec, n_out, options.layer, options, progress)
-        from heuristics.select import DEFAULT_HEURISTIC, rank_layers
         t0 = time.perf_counter()
         heuristic = options.heuristic or DEFAULT_HEURISTIC
         ranking = rank_layers(net, spec, heuristic=heuristic)

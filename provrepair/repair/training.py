@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data import augment as _aug
 from ..data.checks import check_int, check_seed
+from ..data.datasets import load_dataset
 from ..errors import InputError
 from ..models import load_model, normalize_model
 from ..models.inference import accuracy
@@ -226,7 +227,6 @@ def load_splits(dataset, splits: Sequence[str]) -> dict[str, tuple[np.ndarray, n
     """The ``splits`` of ``dataset``: a dataset name (loaded with the fixed ``DATA_SEED`` split) or a
     mapping ``{split: (images, labels)}``; each checked by :func:`as_pair`."""
     if isinstance(dataset, str):
-        from ..data.datasets import load_dataset
 
         raw = {s: load_dataset(dataset, s, seed=DATA_SEED) for s in splits}
     elif isinstance(dataset, Mapping):
