@@ -158,9 +158,6 @@ def _point_options(options: PolishOptions):
 def polish(model: nn.Module, spec: PointSpec, *, max_layers: int = PolishOptions.max_layers, options: Any = None,
            progress: Progress | None = None) -> RepairResult:
     """:class:`PolishRepairer` with the point LP's ``options`` (a ``PointRepairOptions``) and ``max_layers``."""
-    if options is None:
-        opts = PolishOptions(max_layers=max_layers)
-    else:
-        opts = PolishOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)},
-                             max_layers=max_layers)
+    given = {} if options is None else {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    opts = PolishOptions(**{**given, "max_layers": max_layers})
     return PolishRepairer().run(model, spec, opts, progress)
