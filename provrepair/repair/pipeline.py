@@ -159,5 +159,5 @@ def polish(model: nn.Module, spec: PointSpec, *, max_layers: int = PolishOptions
            progress: Progress | None = None) -> RepairResult:
     """:class:`PolishRepairer` with the point LP's ``options`` (a ``PointRepairOptions``) and ``max_layers``."""
     given = {} if options is None else {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-    opts = PolishOptions(**{**given, "max_layers": max_layers})
+    opts = build(PolishOptions, **{**given, "max_layers": max_layers})
     return PolishRepairer().run(model, spec, opts, progress)
