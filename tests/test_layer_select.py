@@ -46,7 +46,8 @@ def test_best_layer_prefers_smallest_drawdown_then_speed():
 
 def test_unsupported_candidate_is_an_outcome_not_a_crash():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 3, 3)).eval()
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(),
+                        nn.Linear(2 * 3 * 3, 3)).eval()  # max-pools are supported (issue 18); ceil_mode is not
     net = provrepair.models.normalize_model(net, input_shape=(1, 8, 8))
     x = np.random.default_rng(0).uniform(size=(2, 1, 8, 8))
     spec = PointSpec.from_arrays(x, labels=np.array([0, 1]))

@@ -180,16 +180,21 @@ class PointLP:
         if zono is not None:
             centre = Suffix(net64, k, h[:zono.n_centres], patterns)
             patterns = {i: zono.extend(sg.numpy()) for i, sg in centre.sign.items()}
+            patterns.update({i: zono.extend(a.numpy()) for i, a in centre.argmax.items()})
         self.suffix = Suffix(net64, k, h, patterns)
         return h
 
     def _changing_neurons(self) -> np.ndarray:
-        """The rows of ``W_k`` that may change (``opts.neurons``; default all)."""
+        """The rows of ``W_k`` that may change (``opts.neurons``/``rows``/``channels``; default all)."""
         layer_k, opts = self.layer_k, self.opts
         n_rows_k = layer_k.weight.shape[0]
-        neurons = np.arange(n_rows_k) if opts.neurons is None else np.unique(np.asarray(opts.neurons, dtype=np.int64))
+        chosen = opts.selected_rows()
+        neurons = np.arange(n_rows_k) if chosen is None else np.asarray(chosen, dtype=np.int64)
         if neurons.size == 0 or neurons.min() < 0 or neurons.max() >= n_rows_k:
-            raise InputError(f"neurons must be indices in 0..{n_rows_k - 1} of layer {self.layer}")
+            name = next((n for n in ("rows", "channels") if getattr(opts, n) is not None), "neurons")
+            unit = "channels" if isinstance(layer_k, nn.Conv2d) else "output neurons"
+            raise InputError(f"{name}: affine layer {self.layer} has {n_rows_k} {unit} (indices 0..{n_rows_k - 1}), "
+                             f"got {', '.join(str(int(v)) for v in neurons[neurons >= n_rows_k][:5])}")
         if isinstance(layer_k, nn.Conv2d) and layer_k.groups != 1:
             raise InputError("repairing a grouped convolution is not supported; choose another layer")
         return neurons
@@ -226,8 +231,9 @@ class PointLP:
         self.n_params = n_sel * self.feats.shape[2] + n_sel + sum(self.later.values())
         self.scale = _objective_scale(opts, self.n_params)
         self.boxed = np.zeros(self.n_points, dtype=bool) if zono is None else zono.boxed(self.n_points)
-        self.pre = {i: suffix.pattern(i) for i in suffix.pattern_relus}
-        self.kept = {i: np.full(v.shape, opts.strategy == "full") for i, v in self.pre.items()}
+        self.pre = {i: suffix.pattern(i) for i in suffix.pattern_modules}
+        self.exists = {i: suffix.pattern_mask(i) for i in suffix.pattern_modules}  # max-pools: not every unit
+        self.kept = {i: v.copy() if opts.strategy == "full" else np.zeros_like(v) for i, v in self.exists.items()}
         if zono is not None:  # generator points have no rows of their own: their centres' rows cover them
             for v in self.kept.values():
                 v[zono.n_centres:] = False
@@ -249,7 +255,7 @@ class PointLP:
         self._add_zonotope_relu_rows()
         if len(point_index):  # the polytope repair's shift LPs have pattern rows only
             self._add_output_rows(A, b, point_index, disjunctions)
-        self.full_rows = self.backend.n_rows + sum(v.size for v in self.pre.values())
+        self.full_rows = self.backend.n_rows + sum(int(v.sum()) for v in self.exists.values())
         self.add_patterns(self.kept)
 
     def _add_columns(self) -> None:
@@ -318,11 +324,10 @@ class PointLP:
         """The pattern rows ``select`` marks (per ReLU: points x units), in batches of bounded memory."""
         for i, sel in select.items():
             pts, neu = np.nonzero(sel)
-            for lo_idx in range(0, pts.size, _PATTERN_BATCH):
-                p, n = pts[lo_idx:lo_idx + _PATTERN_BATCH], neu[lo_idx:lo_idx + _PATTERN_BATCH]
-                g = torch.zeros((p.size, self.pre[i].shape[1]), dtype=torch.float64)
-                g[torch.arange(p.size), torch.from_numpy(n)] = 1.0
-                rows = self.suffix.pullback(i, p, g)
+            batch = max(1, min(_PATTERN_BATCH, _PATTERN_ELEMENTS // max(self.suffix.acts[i][0].numel(), self.n_k)))
+            for lo_idx in range(0, pts.size, batch):
+                p, n = pts[lo_idx:lo_idx + batch], neu[lo_idx:lo_idx + batch]
+                rows = self.suffix.pullback(i, p, self.suffix.functional(i, p, n))
                 sign = self.pre[i][p, n]
                 # z = coef·vars + const;  active: z >= 0,  inactive: z <= 0,  held at zero: z = 0
                 self.add_rows(rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
@@ -330,7 +335,7 @@ class PointLP:
 
     def add_violated(self, violated: dict[int, np.ndarray]) -> None:
         """Extend the LP by the pattern rows a candidate violated."""
-        self.kept = {i: self.kept[i] | violated[i] for i in self.suffix.pattern_relus}
+        self.kept = {i: self.kept[i] | violated[i] for i in self.suffix.pattern_modules}
         self.add_patterns(violated)
 
     @property
@@ -350,7 +355,7 @@ class PointLP:
         if self.zono is not None:
             signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
         tol = self.opts.pattern_tol
-        return candidate, {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_relus}
+        return candidate, {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_modules}
 
     def deltas(self, x: np.ndarray) -> np.ndarray:
         """δ = p - q for every delta column."""
@@ -381,6 +386,8 @@ class PointLP:
 
 #: Pattern rows pulled back at once: bounds the memory of the one-hot functionals.
 _PATTERN_BATCH = 20000
+#: ... and at most this many functional entries at once (a conv layer's maps are wide).
+_PATTERN_ELEMENTS = 40_000_000
 
 
 @dataclass

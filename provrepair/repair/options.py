@@ -20,7 +20,7 @@ from solvers.names import METHODS, SOLVERS
 from ..errors import InputError
 
 __all__ = ["Option", "option", "options_of", "add_flags", "given_flags", "build", "check_choice",
-           "PointRepairOptions", "PolytopeRepairOptions", "PolishOptions", "OBJECTIVES", "STRATEGIES", "BOX_ENCODINGS", "HULLS",
+           "PointRepairOptions", "PolytopeRepairOptions", "PolishOptions", "parse_index_set", "OBJECTIVES", "STRATEGIES", "BOX_ENCODINGS", "HULLS",
            "DISJUNCTION_MODES"]
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -188,6 +188,9 @@ class PointRepairOptions:
     margin: float = option(1e-3, "required output margin in the LP")  # eps: slack of each output row
     objective: str = option("linf+l1", "LP objective over the parameter changes", choices=OBJECTIVES)
     neurons: Sequence[int] | None = None  # rows of W_k (output neurons/channels) allowed to change
+    rows: str | None = option(None, "rows of the repair layer's weights that may change (its output neurons), "
+                                    "e.g. 0:64 or 1,5,9 or 0:8,12; default all")
+    channels: str | None = option(None, "output channels of a Conv2d repair layer that may change, as --rows")
     later_biases: bool = True  # also change the biases of every later affine layer
     solver: str = option("highs", "LP/MILP solver", choices=SOLVERS)
     method: str = option("auto", "LP algorithm of the first solve (later rounds re-solve warm)", choices=METHODS)
@@ -209,6 +212,51 @@ class PointRepairOptions:
         if not self.margin >= 0:
             raise InputError(f"margin must be >= 0, got {self.margin}")
         _check_fields(self)
+        self.selected_rows()
+
+    def selected_rows(self) -> tuple[int, ...] | None:
+        """The rows (output neurons or channels) of the repair layer that may change, from
+        ``neurons``, ``rows`` or ``channels`` (at most one of them); None: all. The layer's size
+        is checked where the layer is known (``aprnn.PointLP``)."""
+        given = [(name, getattr(self, name)) for name in ("neurons", "rows", "channels")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise InputError(f"give the rows that may change once: {' and '.join(n for n, _ in given)} were both given")
+        if not given:
+            return None
+        name, value = given[0]
+        return parse_index_set(value, name)
+
+
+def parse_index_set(value: Any, what: str) -> tuple[int, ...]:
+    """Sorted distinct indices from ``"0:64"`` (a half-open range), ``"1,5,9"``, a mix
+    (``"0:8,12"``) or a sequence of integers; an empty, reversed or negative item is the user's
+    error."""
+    if isinstance(value, str):
+        items = [t.strip() for t in value.split(",")]
+        if not value.strip() or any(not t for t in items):
+            raise InputError(f"{what} takes indices like 0:64 or 1,5,9, got {value!r}")
+        out: set[int] = set()
+        for t in items:
+            try:
+                if ":" in t:
+                    a, b = (int(x) for x in t.split(":"))
+                    if not 0 <= a < b:
+                        raise InputError(f"{what}: range {t!r} is empty or negative; write START:STOP with "
+                                         "0 <= START < STOP (STOP excluded)")
+                    out.update(range(a, b))
+                else:
+                    out.add(int(t))
+            except ValueError:
+                raise InputError(f"{what} takes indices like 0:64 or 1,5,9, got {value!r}") from None
+    else:
+        try:
+            out = {int(v) for v in value}
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be indices like 0:64 or 1,5,9, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise InputError(f"{what} must be non-negative indices, got {value!r}")
+    return tuple(sorted(out))
 
 
 @dataclass
