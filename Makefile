@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench docs
 
 # torch goes in first and pinned: a bare `torch` requirement would pull GPU wheels on machines
 # that have only a CPU build available.
@@ -22,3 +22,8 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/point_repair.py
+
+# API reference (pdoc) and the task guides as static HTML under docs/_build/; any warning fails.
+docs: install
+	$(PIP) install --quiet -e ".[docs]"
+	$(PYTHON) docs/build.py

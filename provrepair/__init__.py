@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 
 from .errors import ProvRepairError
+from .version import version
 
 # public name -> "module:attribute" (attribute defaults to the name)
 _LAZY = {
@@ -26,10 +27,12 @@ _LAZY = {
     "repair": "provrepair.repair", "certify": "provrepair.certify",
 }
 
-__all__ = ["ProvRepairError", *_LAZY]
+__all__ = ["ProvRepairError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        return version()
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'provrepair' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError, ProvRepairError
+from .version import version
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -79,7 +80,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provrepair", description="Repair neural networks and prove the repair.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_repair_parser, _certify_parser, _inspect_parsers, _patch_parser, _metarepair_parser,
                 _compare_parser, _evaluate_parser, _data_parser):
@@ -244,14 +245,6 @@ def _data_parser(sub) -> None:
     d.add_argument("--split", default="test", help="split the image comes from (default test)")
     d.add_argument("--index", type=int, default=0, help="position of the image in the split (default 0)")
     d = data.add_parser("list", help="datasets, splits and corruptions by group")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("provrepair")
-    except Exception:  # pragma: no cover - not installed
-        return "unknown"
 
 
 def _load(args):

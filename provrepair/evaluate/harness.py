@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..fileio import atomic_path, json_default, write_text_atomic
 from ..repair.deeppatch import PatchedNet
 from ..repair.options import build
+from ..version import version as provrepair_version
 from .measure import measure
 from .methods import run_method
 from .metrics import (
@@ -329,11 +330,7 @@ def versions() -> dict:
         out["solvers"] = [getattr(solvers, "DEFAULT", None)] if hasattr(solvers, "DEFAULT") else None
     except Exception:
         pass
-    try:
-        from importlib.metadata import version
-        out["provrepair"] = version("provrepair")
-    except Exception:
-        out["provrepair"] = "unknown (not installed)"
+    out["provrepair"] = provrepair_version()
     return out
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
+from ..version import version
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -86,7 +88,7 @@ class RepairResult:
     def to_dict(self) -> dict:
         """JSON-able record: every field but the model; certificates as their own dicts."""
         cert = lambda c: c.to_dict() if c is not None else None  # noqa: E731
-        return {"method": self.method, "status": self.status, "certified": self.certified, "layer": self.layer,
+        return {"provrepair": version(), "method": self.method, "status": self.status, "certified": self.certified, "layer": self.layer,
                 "message": self.message, "certificate": cert(self.certificate), "before": cert(self.before),
                 "metrics": self.metrics, "pretrained": self.pretrained, "training": self.training,
                 "details": self.details, "lp": self.lp, "solver": self.solver,
