@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("provrepair", "solvers", "heuristics")
 #: Folders in the order data flows (DESIGN.md); a folder may import only from folders before it.
-LAYERS = ["provrepair.errors", "provrepair.fileio", "provrepair.callable_package", "solvers", "provrepair.models",
+LAYERS = ["provrepair.errors", "provrepair.version", "provrepair.fileio", "provrepair.callable_package", "solvers", "provrepair.models",
           "provrepair.specs", "provrepair.data", "provrepair.zoo", "provrepair.certify", "heuristics",
           "provrepair.repair", "provrepair.api", "provrepair.evaluate", "provrepair.demo", "provrepair.cli",
           "provrepair.__main__", "provrepair"]
