@@ -10,8 +10,9 @@ from its sound bounds ``l < 0 < u``::
 and a MaxPool window whose maximiser the bounds cannot fix gets one binary per candidate input.
 The unsafe set ``G y <= h`` is reachable iff the program with ``G y - h <= t, t <= 0`` is feasible;
 the solver stops at its first solution (minimising ``t`` pushes it into the unsafe set's interior),
-and the solution is re-validated by a plain float64 forward pass of the network before it is
-reported as a counterexample. Infeasible means certified; anything else is ``unknown``.
+and the solution is moved exactly into the region (the solver meets its rows only within a
+tolerance) and re-validated by a plain float64 forward pass before it is reported as a
+counterexample. Infeasible means certified; anything else is ``unknown``.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ class _Encoding:
         self.b = backend
         self.binaries = 0
         device = prop.device
+        self.weights = None  # the indices of lambda for a V-polytope
         if inp.vertices is not None:  # x = V^T lambda, lambda in the simplex
             V = inp.vertices[0].reshape(inp.vertices.shape[1], -1).cpu().numpy()
             lam = backend.add_variables(V.shape[0], lb=0.0, ub=1.0)
+            self.weights = lam
             backend.add_rows(sp.csr_matrix(np.ones((1, lam.size))), lo=1.0, hi=1.0)
             M, c = sp.csr_matrix(V.T), np.zeros(V.shape[1])
         else:
@@ -186,14 +189,39 @@ def _chebyshev_centre(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarr
     return res.x[:n] if res.status == OPTIMAL and res.x[n] > 0 else None
 
 
-def _validate(net64: nn.Module, x: np.ndarray, inp: InputSet, h_rows, G, h, input_shape, interior=None):
-    """Clip a solver point into the region and test it with a plain forward pass."""
-    if inp.vertices is None:
-        x = np.clip(x, inp.lower[0].reshape(-1).cpu().numpy(), inp.upper[0].reshape(-1).cpu().numpy())
-        if h_rows is not None:
-            x = _into_hpolytope(x, h_rows[0], h_rows[1], interior)
-            if x is None:
-                return None, None
+def _into_region(enc: _Encoding, v: np.ndarray, inp: InputSet, h_rows, interior) -> np.ndarray | None:
+    """The solver's input moved exactly into the region, or None.
+
+    The solver meets the region's rows only within its feasibility tolerance, and on a region safe
+    by less than that tolerance its point outside is unsafe while every point inside is safe. So a
+    V-polytope's weights are projected onto the simplex (clipped to >= 0, renormalised) and
+    ``x = V^T lambda`` is recomputed in float64; a box point is clipped; an H-polytope point is
+    pulled towards ``interior`` until ``A x <= b`` holds in float64.
+    """
+    if inp.vertices is not None:
+        lam = np.clip(np.asarray(v, dtype=np.float64)[enc.weights], 0.0, None)
+        total = float(lam.sum())
+        if not np.isfinite(total) or total <= 0.0:
+            return None
+        V = inp.vertices[0].reshape(inp.vertices.shape[1], -1).cpu().numpy().astype(np.float64)
+        return V.T @ (lam / total)
+    lo, hi = (t[0].reshape(-1).cpu().numpy() for t in (inp.lower, inp.upper))
+    x = np.clip(enc.input_value(v), lo, hi)
+    if h_rows is None:
+        return x
+    A, b = np.asarray(h_rows[0]), np.asarray(h_rows[1])
+    x = _into_hpolytope(x, A, b, interior)
+    if x is None:
+        return None
+    x = np.clip(x, lo, hi)  # the step towards the interior point may round past a face of the box
+    return x if np.all(A @ x <= b) else None
+
+
+def _validate(net64: nn.Module, x: np.ndarray | None, G, h, input_shape):
+    """A forward pass at a point of the region: ``(x, y)`` if it reaches ``G y <= h``, else
+    ``(None, y)`` (``(None, None)`` when no point of the region was given)."""
+    if x is None:
+        return None, None
     y = forward_outputs(net64, x.reshape(1, *input_shape), torch.float64, 1)[0]
     if np.all(G @ y <= h):
         return x.reshape(input_shape), y
@@ -235,13 +263,17 @@ def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet, pre: di
             outcome.status, outcome.reason = CERTIFIED, "the MILP is infeasible: no input reaches the unsafe set"
             break
         if res.status in (OPTIMAL, FEASIBLE) and res.x is not None:
-            x, y = _validate(net64, enc.input_value(res.x), inp, h_rows, G, h, prop.input_shape, interior)
+            inside = _into_region(enc, res.x, inp, h_rows, interior)
+            x, y = _validate(net64, inside, G, h, prop.input_shape)
             if x is not None:
                 outcome.status, outcome.counterexample, outcome.output = VIOLATED, x, y
-                outcome.reason = "counterexample found by the MILP and re-validated by a forward pass"
+                outcome.reason = ("counterexample found by the MILP, moved exactly into the region and re-validated "
+                                  "by a forward pass")
                 break
-            outcome.reason = ("the MILP's solution did not re-validate in a forward pass (it lies on the "
-                              "boundary of the unsafe set within the solver's tolerance)")
+            outcome.reason = ("the MILP's solution did not re-validate in a forward pass once moved exactly into "
+                              "the region (it meets the region or the unsafe set only within the solver's "
+                              "tolerance)" if inside is not None else
+                              "the MILP's solution could not be moved exactly into the region")
             if attempt is None:
                 break
             continue

@@ -7,7 +7,11 @@ imports nothing from :mod:`provrepair.repair`):
    (``A y <= b``, see :meth:`provrepair.specs.PointSpec.output_constraints`) the slack
    ``b - A y`` is computed, and a point passes when its smallest slack is ``> margin``;
 2. a float32 copy (the model as a user runs it) is run on the float32-rounded inputs and every
-   slack must be ``> 0``; for labelled points the float32 argmax must also equal the label.
+   slack must be ``> 0``; for labelled points the float32 argmax must also equal the label. The
+   float32 pass runs twice, in batches and one point at a time, and both must pass: float32
+   reductions are ordered differently for different batch sizes (BLAS kernels pick their blocking by
+   shape), so a point certified with a margin below the rounding error can hold in a batch of 512
+   and fail alone, which is how a user classifies one input.
 
 The network is certified on the set when both hold for every point.
 """
@@ -43,10 +47,11 @@ class PointCertificate:
     """Outcome of :func:`certify_points`.
 
     ``certified``: every point passes in float64 (slack > ``margin``) and in float32 (slack > 0,
-    argmax = label). ``margins``: per point, the smallest float64 slack ``b - A y`` over its rows
-    (``+inf`` for a point without rows, NaN when the network produced NaN). ``min_margin``: the
-    smallest of them. ``failed``: points failing the float64 check; ``float32_failed``: points
-    failing the float32 check.
+    argmax = label) both in batches and alone. ``margins``: per point, the smallest float64 slack
+    ``b - A y`` over its rows (``+inf`` for a point without rows, NaN when the network produced NaN).
+    ``min_margin``: the smallest of them. ``failed``: points failing the float64 check;
+    ``float32_failed``: points failing the float32 check; ``float32_margins``: per point, the
+    smaller float32 slack of the batched and the one-at-a-time pass.
     """
 
     certified: bool
@@ -130,6 +135,20 @@ def _point_min(values: np.ndarray, rows_point: np.ndarray, n: int) -> np.ndarray
     return out
 
 
+def _float32_check(y32, spec: PointSpec, A, b, rows_point, n) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: the smallest float32 slack and whether the point passes (slack > 0, argmax = label,
+    finite outputs)."""
+    # float32 outputs are exactly representable in float64; A is usually +-1 so the slack is exact
+    margins32 = _point_min(_row_slack(A, b, rows_point, y32), rows_point, n)
+    ok32 = margins32 > 0.0
+    if spec.labels is not None:
+        labelled = spec.labels >= 0
+        argmax_ok = np.argmax(y32, axis=1) == spec.labels
+        ok32 &= np.where(labelled, argmax_ok, True)
+    ok32 &= np.isfinite(y32).all(axis=1)
+    return margins32, ok32
+
+
 def certify_points(
     net: nn.Module,
     spec: PointSpec,
@@ -142,7 +161,8 @@ def certify_points(
     ``net`` is not modified (copies are evaluated in eval mode). Inputs are reshaped to
     ``net.provrepair_meta.input_shape`` when that is known. A point passes when every one of its
     rows has float64 slack ``b - A y > margin``; the float32 model must also satisfy every row
-    (slack > 0) and, for labelled points, predict the label.
+    (slack > 0) and, for labelled points, predict the label, in batches of ``batch_size`` and one
+    point at a time (float32 results depend on the batch size).
     """
     if not isinstance(spec, PointSpec):
         raise InputError(f"certify_points needs a PointSpec, got {type(spec).__name__}; build one with PointSpec.load")
@@ -170,16 +190,14 @@ def certify_points(
     failed = np.flatnonzero(~passed)
 
     x32 = x64.astype(np.float32)
-    y32 = forward_outputs(network_copy(net, torch.float32), x32, torch.float32, batch_size)
-    # float32 outputs are exactly representable in float64; A is usually +-1 so the slack is exact
-    slack32 = _row_slack(A, b, rows_point, y32)
-    margins32 = _point_min(slack32, rows_point, n)
-    ok32 = margins32 > 0.0
-    if spec.labels is not None:
-        labelled = spec.labels >= 0
-        argmax_ok = np.argmax(y32, axis=1) == spec.labels
-        ok32 &= np.where(labelled, argmax_ok, True)
-    ok32 &= np.isfinite(y32).all(axis=1)
+    net32 = network_copy(net, torch.float32)
+    margins32 = np.full(n, np.inf)
+    ok32 = np.ones(n, dtype=bool)
+    for size in sorted({batch_size, 1}, reverse=True):  # in batches, then each point alone
+        y32 = forward_outputs(net32, x32, torch.float32, size)
+        m32, o32 = _float32_check(y32, spec, A, b, rows_point, n)
+        margins32 = np.minimum(margins32, m32)  # propagates NaN
+        ok32 &= o32
     float32_failed = np.flatnonzero(~ok32)
 
     finite_margins = margins[~np.isnan(margins)]

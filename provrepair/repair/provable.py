@@ -123,9 +123,13 @@ class PointRepairer:
             certificate = certify_points(outcome.model, spec)
             t_cert = time.perf_counter() - t1
             status = CERTIFIED if certificate.certified else NOT_CERTIFIED
+            failing = [f"{k} point(s) fail the {check}" for k, check in (
+                (certificate.n_points - certificate.n_passed, f"float64 check (slack > {certificate.margin:g})"),
+                (len(certificate.float32_failed), "float32 check (the model as run, in batches and one at a time)"),
+            ) if k]
             message = ("every repair point is certified" if certificate.certified else
-                       f"the LP repair did not certify: {certificate.n_points - certificate.n_passed} points fail "
-                       "the independent check (try a larger --margin)")
+                       f"the independent check did not certify the LP repair: {' and '.join(failing)}; "
+                       "try a larger --margin")
         else:
             status, message = _LP_STATUS.get(outcome.status, ERROR), outcome.message
         timings = {"build": outcome.build_time, "solve": outcome.solve_time, "check": outcome.check_time,
