@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from provrepair.data import mnist as mnist_mod
 from provrepair.data import load_mnist
+from provrepair.data import mnist as mnist_mod
 from provrepair.errors import InputError
 
 needs_pureml = pytest.mark.skipif(

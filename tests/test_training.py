@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_deeppatch import synthetic_data, tiny_cnn
 
 from provrepair.errors import InputError
 from provrepair.repair.options import (
@@ -24,8 +25,6 @@ from provrepair.repair.options import (
 from provrepair.repair.protocol import TRAINED, RepairResult
 from provrepair.repair.registry import get_repairer
 from provrepair.repair.training import RobustnessTask, check_limit, resolve_device
-
-from test_deeppatch import synthetic_data, tiny_cnn
 
 
 @pytest.fixture(autouse=True)
