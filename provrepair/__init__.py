@@ -13,6 +13,7 @@ Every name below is imported on first use (PEP 562), so ``import provrepair.cli`
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from .errors import ProvRepairError
 from .version import version
@@ -30,7 +31,7 @@ _LAZY = {
 __all__ = ["ProvRepairError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "__version__":
         return version()
     target = _LAZY.get(name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from .certify import PointCertificate, RegionCertificate, certify_points, certify_regions
 from .errors import InputError
 from .repair.deeppatch import PatchedNet, as_runnable, deeppatch, load_patched
@@ -42,6 +44,7 @@ def certify(model: Any, spec: PointSpec | RegionSpec, *, margin: float = 0.0, me
         if isinstance(net, PatchedNet):
             raise InputError("a DeepPatch model switches filters per sample, which bound propagation cannot "
                              "model; certify it on points (--points)")
+        assert isinstance(net, nn.Sequential)  # as_runnable: any model but a PatchedNet is the canonical network
         spec, _ = prepare_regions(net, spec)
         dev = None if device in (None, "cpu") else resolve_device(device)
         return certify_regions(net, spec, method=method, timeout=timeout, solver=solver, threads=threads,

@@ -65,16 +65,16 @@ class RepairResult:
     certificate: Any = None
     before: Any = None
     layer: int | None = None
-    metrics: dict = field(default_factory=dict)
-    pretrained: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    lp: dict = field(default_factory=dict)
-    solver: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)  # seconds; "total" always
-    delta: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-    layer_selection: dict | None = None  # with layer="auto": heuristic, ranking, layers tried
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    lp: dict[str, Any] = field(default_factory=dict)
+    solver: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # seconds; "total" always
+    delta: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    layer_selection: dict[str, Any] | None = None  # with layer="auto": heuristic, ranking, layers tried
 
     @property
     def certified(self) -> bool:
@@ -85,9 +85,12 @@ class RepairResult:
         """The certificate of the repaired model (the polish's name for it)."""
         return self.certificate
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able record: every field but the model; certificates as their own dicts."""
-        cert = lambda c: c.to_dict() if c is not None else None  # noqa: E731
+
+        def cert(c: Any) -> dict[str, Any] | None:
+            return c.to_dict() if c is not None else None
+
         return {"provrepair": version(), "method": self.method, "status": self.status, "certified": self.certified, "layer": self.layer,
                 "message": self.message, "certificate": cert(self.certificate), "before": cert(self.before),
                 "metrics": self.metrics, "pretrained": self.pretrained, "training": self.training,

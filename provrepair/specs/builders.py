@@ -182,7 +182,7 @@ def _pixel_indices(pixels: Any, plane: tuple[int, int] | None, size: int) -> np.
         if bad.any():
             r, c = p[np.flatnonzero(bad)[0]]
             raise SpecError(f"pixel ({r}, {c}) is outside the {h}x{w} image; rows are 0..{h - 1}, columns 0..{w - 1}")
-        flat = p[:, 0] * w + p[:, 1]
+        flat: np.ndarray = p[:, 0] * w + p[:, 1]
     elif p.ndim == 1:
         n = size if plane is None else plane[0] * plane[1]
         bad = (p < 0) | (p >= n)

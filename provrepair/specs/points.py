@@ -57,7 +57,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeAlias
 
 import numpy as np
 
@@ -70,6 +70,11 @@ __all__ = ["PointSpec", "validate_point_spec", "INPUT_KEYS", "LABEL_KEYS"]
 INPUT_KEYS = ("inputs", "points", "x")
 #: Keys looked up (in this order) for the labels of an ``.npz`` repair set.
 LABEL_KEYS = ("labels", "y")
+
+#: ``(A, b, point of each row)`` of a spec's explicit constraint rows.
+_Rows: TypeAlias = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: What a file reader returns: inputs, labels or None, constraint rows or None, the other fields.
+_Read: TypeAlias = tuple[np.ndarray, np.ndarray | None, _Rows | None, dict[str, Any]]
 
 def _as_float_array(value: Any, what: str) -> np.ndarray:
     try:
@@ -217,6 +222,13 @@ class PointSpec:
         """True when every point has a label (a pure classification spec)."""
         return self.labels is not None and bool(np.all(self.labels >= 0))
 
+    def _constraint_rows(self) -> _Rows | None:
+        """``(constraint_A, constraint_b, constraint_point)``, or None: ``__post_init__`` sets all three or none."""
+        if self.constraint_A is None:
+            return None
+        assert self.constraint_b is not None and self.constraint_point is not None
+        return self.constraint_A, self.constraint_b, self.constraint_point
+
     @property
     def n_outputs_hint(self) -> int | None:
         """Number of outputs implied by explicit constraints (``None`` for label-only specs)."""
@@ -243,18 +255,26 @@ class PointSpec:
         n_outputs = int(n_outputs)
         if n_outputs < 1:
             raise SpecError(f"the model must have at least one output, got n_outputs={n_outputs}")
-        parts_A, parts_b, parts_p = [], [], []
+        parts_A: list[np.ndarray] = []
+        parts_b: list[np.ndarray] = []
+        parts_p: list[np.ndarray] = []
         if self.labels is not None:
             lab_pts = np.flatnonzero(self.labels >= 0)
             lab = self.labels[lab_pts]
             if lab.size and lab.max() >= n_outputs:
                 _raise_label_range(self.labels, n_outputs)
             A, b, p = _label_rows(lab, lab_pts.astype(np.int64), n_outputs)
-            parts_A.append(A), parts_b.append(b), parts_p.append(p)
-        if self.constraint_A is not None:
-            if self.constraint_A.shape[1] != n_outputs:
-                _raise_columns(self.constraint_A.shape[1], n_outputs)
-            parts_A.append(self.constraint_A), parts_b.append(self.constraint_b), parts_p.append(self.constraint_point)
+            parts_A.append(A)
+            parts_b.append(b)
+            parts_p.append(p)
+        cons = self._constraint_rows()
+        if cons is not None:
+            con_A, con_b, con_point = cons
+            if con_A.shape[1] != n_outputs:
+                _raise_columns(con_A.shape[1], n_outputs)
+            parts_A.append(con_A)
+            parts_b.append(con_b)
+            parts_p.append(con_point)
         A = np.concatenate(parts_A, axis=0) if parts_A else np.zeros((0, n_outputs))
         b = np.concatenate(parts_b) if parts_b else np.zeros(0)
         p = np.concatenate(parts_p).astype(np.int64) if parts_p else np.zeros(0, dtype=np.int64)
@@ -274,17 +294,21 @@ class PointSpec:
             raise SpecError(f"subset indices must lie in [0, {self.n_points}), got min {idx.min()} max {idx.max()}")
         idx = np.where(idx < 0, idx + self.n_points, idx)
         labels = None if self.labels is None else self.labels[idx]
-        cA = cb = cp = None
-        if self.constraint_A is not None:
+        cA: np.ndarray | None = None
+        cb: np.ndarray | None = None
+        cp: np.ndarray | None = None
+        cons = self._constraint_rows()
+        if cons is not None:
+            con_A, con_b, con_point = cons
             # rows are grouped by point: gather each selected point's block of rows
-            starts = np.searchsorted(self.constraint_point, idx, side="left")
-            stops = np.searchsorted(self.constraint_point, idx, side="right")
+            starts = np.searchsorted(con_point, idx, side="left")
+            stops = np.searchsorted(con_point, idx, side="right")
             counts = stops - starts
             total = int(counts.sum())
             offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
             rows = np.arange(total) + offsets
-            cA = self.constraint_A[rows]
-            cb = self.constraint_b[rows]
+            cA = con_A[rows]
+            cb = con_b[rows]
             cp = np.repeat(np.arange(idx.size), counts)
             if labels is not None and np.all(labels < 0):
                 labels = None
@@ -388,7 +412,7 @@ class PointSpec:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         labels: Any = None,
         where: Mapping[str, Any] | None = None,
@@ -491,22 +515,24 @@ def validate_point_spec(spec: PointSpec, input_shape: Sequence[int] | None, n_ou
     n_outputs = int(n_outputs)
     if spec.labels is not None and spec.labels.size and spec.labels.max() >= n_outputs:
         _raise_label_range(spec.labels, n_outputs)
-    if spec.constraint_A is not None:
-        if spec.constraint_A.shape[1] != n_outputs:
-            _raise_columns(spec.constraint_A.shape[1], n_outputs)
-        for name, arr in (("A", spec.constraint_A), ("b", spec.constraint_b)):
+    cons = spec._constraint_rows()
+    if cons is not None:
+        con_A, con_b, con_point = cons
+        if con_A.shape[1] != n_outputs:
+            _raise_columns(con_A.shape[1], n_outputs)
+        for name, arr in (("A", con_A), ("b", con_b)):
             ok = np.isfinite(arr)
             if not ok.all():
                 row = int(np.flatnonzero(~ok.reshape(arr.shape[0], -1).all(axis=1))[0])
                 raise SpecError(
                     f"the output constraints{where} have a non-finite entry in {name} (row {row}, point "
-                    f"{int(spec.constraint_point[row])}); every coefficient and bound must be a finite number"
+                    f"{int(con_point[row])}); every coefficient and bound must be a finite number"
                 )
     return spec
 
 
 # ---------------------------------------------------------------------- readers
-def _read_npz(p: Path):
+def _read_npz(p: Path) -> _Read:
     try:
         # open the file ourselves: np.load leaks its handle when the archive is corrupt
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as data:
@@ -533,9 +559,7 @@ def _read_npz(p: Path):
     if ("A" in arrays) != ("b" in arrays):
         raise SpecError(f"{p} has only one of the keys 'A' and 'b'; output constraints need both")
     if "A" in arrays:
-        tmp = PointSpec.from_arrays(x, None, arrays["A"], arrays["b"])
-        if tmp.constraint_A is not None:
-            cons = (tmp.constraint_A, tmp.constraint_b, tmp.constraint_point)
+        cons = PointSpec.from_arrays(x, None, arrays["A"], arrays["b"])._constraint_rows()
     fields = {k: v for k, v in arrays.items() if k not in (xkey, "A", "b")}
     return x, lab, cons, fields
 
@@ -552,7 +576,7 @@ def _read_npy(p: Path) -> np.ndarray:
     return _as_float_array(arr, f"{p}: inputs")
 
 
-def _json_points(p: Path) -> list:
+def _json_points(p: Path) -> list[Any]:
     """The list of points of a JSON repair set (an object with ``points``, or the bare list)."""
     doc = read_json_document(p, "repair set")
     pts = doc.get("points") if isinstance(doc, dict) else doc
@@ -600,7 +624,7 @@ def _json_constraints(p: Path, i: int, cons: Any, width: int | None) -> tuple[np
     return Ai, bi
 
 
-def _json_inputs(p: Path, inputs: list) -> np.ndarray:
+def _json_inputs(p: Path, inputs: list[Any]) -> np.ndarray:
     """The inputs as one (n, *shape) array; the error names the first point that breaks it."""
     shapes = [_safe_shape(v) for v in inputs]
     x = None
@@ -623,7 +647,7 @@ def _json_inputs(p: Path, inputs: list) -> np.ndarray:
     return x
 
 
-def _json_fields(extra: dict[str, list]) -> dict[str, Any]:
+def _json_fields(extra: dict[str, list[Any]]) -> dict[str, Any]:
     """Extra per-point keys: integer ones as arrays for ``where=``, the rest kept as given."""
     fields: dict[str, Any] = {}
     for k, vals in extra.items():
@@ -634,11 +658,15 @@ def _json_fields(extra: dict[str, list]) -> dict[str, Any]:
     return fields
 
 
-def _read_json(p: Path):
+def _read_json(p: Path) -> _Read:
     pts = _json_points(p)
-    inputs, labels, rows_A, rows_b, rows_p = [], [], [], [], []
+    inputs: list[Any] = []
+    labels: list[int] = []
+    rows_A: list[np.ndarray] = []
+    rows_b: list[np.ndarray] = []
+    rows_p: list[np.ndarray] = []
     any_label = False
-    extra: dict[str, list] = {}
+    extra: dict[str, list[Any]] = {}
     for i, item in enumerate(pts):
         if not isinstance(item, dict) or "input" not in item:
             raise SpecError(f"{p}: point {i} must be an object with an \"input\" list (and a \"label\" or \"constraints\")")
@@ -668,7 +696,8 @@ def _read_json(p: Path):
 
 def _safe_shape(v: Any) -> tuple[int, ...] | None:
     try:
-        return np.shape(v)
+        shape: tuple[int, ...] = np.shape(v)
+        return shape
     except ValueError:  # ragged nested lists
         return None
 

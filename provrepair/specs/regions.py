@@ -292,7 +292,7 @@ class OutputProperty:
         return self
 
     # ------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "n_outputs": self.n_outputs,
             "unsafe": [{"G": G.tolist(), "h": h.tolist()} for G, h in self.disjuncts],
@@ -367,7 +367,8 @@ class Box(Region):
         return _shape(self.lower.shape)
 
     def center(self) -> np.ndarray:
-        return (self.lower + self.upper) / 2
+        c: np.ndarray = (self.lower + self.upper) / 2
+        return c
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.lower, self.upper
@@ -375,7 +376,8 @@ class Box(Region):
     def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
         """``n`` uniform points, shape ``(n, *input_shape)`` (``rng=None``: seed 0)."""
         u = _rng(rng).random((int(n),) + self.input_shape)
-        return self.lower + u * (self.upper - self.lower)
+        x: np.ndarray = self.lower + u * (self.upper - self.lower)
+        return x
 
     def corners(self, max_corners: int = 4096) -> np.ndarray:
         """Every vertex, varying only the non-degenerate coordinates: ``(2**d, *input_shape)``.
@@ -434,7 +436,8 @@ class VPolytope(Region):
 
     def center(self) -> np.ndarray:
         """The vertex mean (inside the polytope; not its centroid when vertices cluster)."""
-        return self.vertices.mean(axis=0)
+        c: np.ndarray = self.vertices.mean(axis=0)
+        return c
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(axis=0), self.vertices.max(axis=0)
@@ -556,7 +559,8 @@ class HPolytope(Region):
                 "the H-polytope is empty (its constraints A x <= b have no solution inside its box); "
                 "check the region's constraints"
             )
-        return np.clip(res.x[:d], lo, hi).reshape(self.input_shape)
+        c: np.ndarray = np.clip(res.x[:d], lo, hi).reshape(self.input_shape)
+        return c
 
     def with_shape(self, input_shape: Sequence[int]) -> HPolytope:
         shape = _shape(input_shape)
@@ -651,11 +655,13 @@ class RegionSpec:
 
     def __iter__(self) -> Iterator[tuple[Region, OutputProperty]]:
         self._require_resolved()
-        return iter(zip(self.regions, self.properties))
+        return iter(zip(self.regions, (p for p in self.properties if p is not None)))
 
     def __getitem__(self, i: int) -> tuple[Region, OutputProperty]:
         self._require_resolved()
-        return self.regions[i], self.properties[i]  # type: ignore[return-value]
+        p = self.properties[i]
+        assert p is not None  # _require_resolved: no property is None
+        return self.regions[i], p
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -733,7 +739,8 @@ class RegionSpec:
         for i, p in enumerate(props):
             try:
                 if p is None:
-                    props[i] = OutputProperty.label(int(self.labels[i]), n_outputs)  # type: ignore[index]
+                    assert self.labels is not None  # __post_init__: a None property is a label's
+                    props[i] = OutputProperty.label(int(self.labels[i]), n_outputs)
                 else:
                     p.validate(n_outputs)
             except SpecError as exc:
@@ -742,7 +749,8 @@ class RegionSpec:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def _build(cls, regions, n, labels, properties, n_outputs, names, source=None) -> RegionSpec:
+    def _build(cls, regions: Sequence[Region], n: int, labels: Any, properties: Any, n_outputs: int | None,
+               names: Sequence[str] | None, source: str | None = None) -> RegionSpec:
         if (labels is None) == (properties is None):
             raise SpecError("give either labels= or properties= (one output property per region), not both or neither")
         lab = None
@@ -868,7 +876,7 @@ class RegionSpec:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, path: str | os.PathLike, *, kind: str | None = None) -> RegionSpec:
+    def load(cls, path: str | os.PathLike[str], *, kind: str | None = None) -> RegionSpec:
         """Read a spec from ``.json``, ``.npz`` or ``.vnnlib`` (formats: module docstring).
 
         ``kind`` ('box', 'polytope', 'hpolytope' or 'vnnlib') says what the file must hold (e.g.
@@ -903,7 +911,7 @@ class RegionSpec:
                     raise SpecError(f"{p}: region {i} is a {r.kind} but a {kind} spec was asked for; pass the file with the right option")
         return spec
 
-    def save(self, path: str | os.PathLike, *, protect: Sequence[str | os.PathLike] = ()) -> None:
+    def save(self, path: str | os.PathLike[str], *, protect: Sequence[str | os.PathLike[str]] = ()) -> None:
         """Write the spec atomically as ``.json``, ``.npz`` or ``.vnnlib`` (by suffix)."""
         p = Path(path)
         suffix = p.suffix.lower()
@@ -916,11 +924,11 @@ class RegionSpec:
         elif suffix == ".npz":
             arrays = self._npz_arrays()
             with atomic_path(p, protect=tuple(protect)) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                np.savez(fh, allow_pickle=True, **arrays)  # numpy's default, named so that **arrays type-checks
         else:
             raise SpecError(f"cannot tell the format of {p} from its suffix; use .json, .npz or .vnnlib")
 
-    def _entry(self, i: int) -> dict:
+    def _entry(self, i: int) -> dict[str, Any]:
         r = self.regions[i]
         d: dict[str, Any] = {}
         if self.names is not None:
@@ -928,22 +936,22 @@ class RegionSpec:
         if isinstance(r, VPolytope):
             d["vertices"] = r.vertices.tolist()
         else:
-            d["lower"] = r.lower.tolist()  # type: ignore[attr-defined]
-            d["upper"] = r.upper.tolist()  # type: ignore[attr-defined]
+            assert isinstance(r, (Box, HPolytope))  # the three region kinds
+            d["lower"] = r.lower.tolist()
+            d["upper"] = r.upper.tolist()
             if isinstance(r, HPolytope):
                 d["input_A"] = r.A.tolist()
                 d["input_b"] = r.b.tolist()
         p = self.properties[i]
         if self.labels is not None and self.labels[i] >= 0:
             d["label"] = int(self.labels[i])
-        elif p is not None and p.is_conjunctive:
-            A, b = p.required_conjunction()  # type: ignore[misc]
-            d["A"], d["b"] = A.tolist(), b.tolist()
+        elif p is not None and (conj := p.required_conjunction()) is not None:  # None unless conjunctive
+            d["A"], d["b"] = conj[0].tolist(), conj[1].tolist()
         elif p is not None:
             d["unsafe"] = p.to_dict()["unsafe"]
         return d
 
-    def _json_doc(self) -> dict:
+    def _json_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         if self.n_outputs is not None:
             doc["n_outputs"] = self.n_outputs
@@ -959,26 +967,29 @@ class RegionSpec:
         kinds = {r.kind for r in self.regions}
         out: dict[str, np.ndarray] = {}
         if kinds == {"box"}:
-            out["lower"] = np.stack([r.lower for r in self.regions])  # type: ignore[attr-defined]
-            out["upper"] = np.stack([r.upper for r in self.regions])  # type: ignore[attr-defined]
+            boxes = [r for r in self.regions if isinstance(r, Box)]  # all of them
+            out["lower"] = np.stack([r.lower for r in boxes])
+            out["upper"] = np.stack([r.upper for r in boxes])
         elif kinds == {"polytope"}:
-            ks = {r.n_vertices for r in self.regions}  # type: ignore[attr-defined]
+            polys = [r for r in self.regions if isinstance(r, VPolytope)]  # all of them
+            ks = {r.n_vertices for r in polys}
             if len(ks) != 1:
                 raise SpecError(f"the polytopes have different vertex counts {sorted(ks)}; NPZ needs equal counts, save as .json")
-            out["vertices"] = np.stack([r.vertices for r in self.regions])  # type: ignore[attr-defined]
+            out["vertices"] = np.stack([r.vertices for r in polys])
         else:
             raise SpecError(f"NPZ stores only boxes or only V-polytopes, this spec has {', '.join(sorted(kinds))}; save as .json or .vnnlib")
         if self.labels is not None and np.all(self.labels >= 0):
             out["labels"] = self.labels.copy()
         else:
             conj = [p.required_conjunction() if p is not None else None for p in self.properties]
-            if any(c is None for c in conj) or len({c[0].shape for c in conj}) != 1:  # type: ignore[index]
+            reqs = [c for c in conj if c is not None]
+            if len(reqs) != len(conj) or len({c[0].shape for c in reqs}) != 1:
                 raise SpecError(
                     "NPZ stores labels or required conjunctions A y <= b with the same row count for every region; "
                     "this spec has other properties, save it as .json"
                 )
-            out["A"] = np.stack([c[0] for c in conj])  # type: ignore[index]
-            out["b"] = np.stack([c[1] for c in conj])  # type: ignore[index]
+            out["A"] = np.stack([c[0] for c in reqs])
+            out["b"] = np.stack([c[1] for c in reqs])
         if self.names is not None:
             out["names"] = np.array(self.names, dtype=str)
         if self.n_outputs is not None:
@@ -1008,7 +1019,10 @@ def _read_json(p: Path) -> RegionSpec:
     n_outputs = doc.get("n_outputs")
     if n_outputs is not None and (isinstance(n_outputs, bool) or not isinstance(n_outputs, int) or n_outputs < 1):
         raise SpecError(f'{p}: field "n_outputs" must be a positive integer, got {n_outputs!r}')
-    regions, props, labels, names = [], [], [], []
+    regions: list[Region] = []
+    props: list[OutputProperty | None] = []
+    labels: list[int] = []
+    names: list[str | None] = []
     for i, item in enumerate(items):
         where = f"{p}: {key}[{i}]"
         if not isinstance(item, dict):

@@ -34,13 +34,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from ..errors import InputError, SpecError
 from ..fileio import write_text_atomic
-from .regions import Box, HPolytope, OutputProperty, RegionSpec, VPolytope
+from .regions import Box, HPolytope, OutputProperty, Region, RegionSpec, VPolytope
 
 __all__ = ["MAX_DNF_TERMS", "format_vnnlib", "read_vnnlib", "write_vnnlib"]
 
@@ -51,6 +51,8 @@ _TOKENS = re.compile(r";[^\n]*|[()]|[^\s();]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _VARIABLE = re.compile(r"([XY])_(0|[1-9]\d*)")
 _IGNORED_COMMANDS = ("set-info", "set-logic", "set-option", "check-sat", "get-model", "exit")
+#: ``(lower, upper, ids of the multi-variable rows)`` of one term's input region.
+_RegionParts: TypeAlias = tuple[np.ndarray, np.ndarray, tuple[int, ...]]
 
 
 # ---------------------------------------------------------------------- S-expressions
@@ -70,7 +72,7 @@ class _List:
     __slots__ = ("at", "end", "items")
 
     def __init__(self, at: int):
-        self.items: list = []
+        self.items: list[_Tok | _List] = []
         self.at = at
         self.end = at
 
@@ -98,7 +100,7 @@ class _Source:
         offset = at if isinstance(at, int) else at.at
         return SpecError(f"{self.name}:{self.where(offset)}: {message}")
 
-    def parse(self) -> list:
+    def parse(self) -> list[_Tok | _List]:
         root = _List(0)
         stack = [root]
         top = root.items
@@ -135,9 +137,9 @@ def _show(item: Any) -> str:
 class _Lin:
     """``sum coefs[v] * v + const`` with ``v = ('X' | 'Y', index)``; ``first`` = a token per kind."""
 
-    coefs: dict
+    coefs: dict[tuple[str, int], float]
     const: float
-    first: dict
+    first: dict[str, _Tok]
 
     def scaled(self, c: float) -> _Lin:
         return _Lin({k: c * v for k, v in self.coefs.items()}, c * self.const, self.first)
@@ -155,7 +157,7 @@ class _Atom:
     """``sum coefs * var <= rhs`` over the variables of one kind ('X' or 'Y')."""
 
     kind: str
-    coefs: tuple  # ((index, coef), ...) sorted by index, no zeros
+    coefs: tuple[tuple[int, float], ...]  # ((index, coef), ...) sorted by index, no zeros
     rhs: float
 
 
@@ -316,7 +318,7 @@ class _Reader:
         terms: list[tuple[int, ...]] = [tuple(common)]
         for p in rest:
             self._limit(len(terms) * len(p), head)
-            new = []
+            new: list[tuple[int, ...]] = []
             for t in terms:
                 st = set(t)
                 new.extend(t + tuple(a for a in u if a not in st) for u in p)
@@ -334,18 +336,18 @@ class _Reader:
     # ------------------------------------------------------------------ terms
     def _term(self, node: Any) -> _Lin:
         if isinstance(node, _Tok):
-            t = node.text
-            if _NUMBER.fullmatch(t):
-                v = float(t)
+            text = node.text
+            if _NUMBER.fullmatch(text):
+                v = float(text)
                 if not math.isfinite(v):
-                    raise self.src.error(node, f"the number '{t}' is too large for a float")
+                    raise self.src.error(node, f"the number '{text}' is too large for a float")
                 return _Lin({}, v, {})
-            m = _VARIABLE.fullmatch(t)
+            m = _VARIABLE.fullmatch(text)
             if m is not None and int(m.group(2)) in self.declared[m.group(1)]:
                 return _Lin({(m.group(1), int(m.group(2))): 1.0}, 0.0, {m.group(1): node})
-            if m is not None or re.fullmatch(r"[A-Za-z_][\w.~!@$%^&*+=<>?/-]*", t):
-                raise self.src.error(node, f"undeclared variable '{t}'; declare it first with (declare-const {t} Real)")
-            raise self.src.error(node, f"expected a number or a variable but found '{t}'")
+            if m is not None or re.fullmatch(r"[A-Za-z_][\w.~!@$%^&*+=<>?/-]*", text):
+                raise self.src.error(node, f"undeclared variable '{text}'; declare it first with (declare-const {text} Real)")
+            raise self.src.error(node, f"expected a number or a variable but found '{text}'")
         head = self._head(node, "a term")
         op, args = head.text, node.items[1:]
         if op in ("and", "or", "<=", ">=", "="):
@@ -369,7 +371,8 @@ class _Reader:
             return out
         if len(terms) < 2:
             raise self.src.error(node.end, "expected a second factor but found ')' ('*' multiplies two or more terms)")
-        out, var_arg = None, None
+        var_term: _Lin | None = None
+        var_arg = None
         for a, t in zip(args, terms):
             if t.coefs:
                 if var_arg is not None:
@@ -380,8 +383,8 @@ class _Reader:
             if not t.coefs:
                 scale *= t.const
             else:
-                out = t
-        return _Lin({}, scale, {}) if out is None else out.scaled(scale)
+                var_term = t
+        return _Lin({}, scale, {}) if var_term is None else var_term.scaled(scale)
 
     # ------------------------------------------------------------------ regions
     def count(self, kind: str, ask: int | None, what: str) -> int:
@@ -403,8 +406,8 @@ class _Reader:
         return n
 
     def spec(self, dnf: list[tuple[int, ...]], n_in: int, n_out: int) -> RegionSpec:
-        groups: dict[Any, dict] = {}
-        region_cache: dict[tuple[int, ...], Any] = {}
+        groups: dict[Any, dict[str, Any]] = {}
+        region_cache: dict[tuple[int, ...], _RegionParts | str] = {}
         clash = None
         for term in dnf:
             ins = tuple(sorted(a for a in term if self.atoms[a].kind == "X"))
@@ -424,7 +427,8 @@ class _Reader:
             if clash:
                 raise SpecError(f"{self.src.name}: the input constraints are contradictory ({clash}); no input satisfies them")
             raise SpecError(f"{self.src.name}: the assertions can never hold (a constant constraint is false); nothing to check")
-        regions, props = [], []
+        regions: list[Region] = []
+        props: list[OutputProperty] = []
         for g_i, g in enumerate(groups.values()):
             where = f"{self.src.name}: " + ("" if len(groups) == 1 else f"region {g_i}: ")
             for bound, arr, op in (("lower", g["lo"], ">="), ("upper", g["hi"], "<=")):
@@ -459,11 +463,11 @@ class _Reader:
             props.append(OutputProperty(tuple(disjuncts), n_out))
         return RegionSpec(tuple(regions), tuple(props), source=self.src.name)
 
-    def _region_parts(self, ins: tuple[int, ...], n_in: int):
+    def _region_parts(self, ins: tuple[int, ...], n_in: int) -> _RegionParts | str:
         """(lower, upper, multi-variable row ids) of one term's input part, or why it is empty."""
         lo = np.full(n_in, -np.inf)
         hi = np.full(n_in, np.inf)
-        rows = []
+        rows: list[int] = []
         for a in ins:
             atom = self.atoms[a]
             if len(atom.coefs) == 1:
@@ -484,7 +488,7 @@ class _Reader:
 
 # ---------------------------------------------------------------------- public API
 def read_vnnlib(
-    path_or_text: str | os.PathLike,
+    path_or_text: str | os.PathLike[str],
     *,
     n_inputs: int | None = None,
     n_outputs: int | None = None,
@@ -548,7 +552,7 @@ def _row(coefs: np.ndarray, rhs: float, var: str) -> str:
     return f"(<= {lhs} {_num(rhs)})"
 
 
-def _input_atoms(region: Box | HPolytope) -> list[str]:
+def _input_atoms(region: Region) -> list[str]:
     lo, hi = (a.ravel() for a in region.bounds())
     out = []
     for i in range(lo.size):
@@ -573,6 +577,7 @@ def format_vnnlib(spec: RegionSpec, *, header: str | None = None) -> str:
                 "save the spec as .json or .npz instead"
             )
     n_in, n_out = spec.regions[0].dim, spec.n_outputs
+    assert n_out is not None  # resolved: every region has a property
     lines = [f"; {ln}".rstrip() for ln in (header or "").splitlines()]
     lines.append(
         f"; {len(spec)} region(s) over inputs X_0..X_{n_in - 1} (flattened), outputs Y_0..Y_{n_out - 1}; "
@@ -586,7 +591,7 @@ def format_vnnlib(spec: RegionSpec, *, header: str | None = None) -> str:
     if len(spec) == 1:
         region, prop = spec[0]
         lines.append("; input region")
-        lines += [f"(assert {a})" for a in _input_atoms(region)]  # type: ignore[arg-type]
+        lines += [f"(assert {a})" for a in _input_atoms(region)]
         lines.append("")
         lines.append("; unsafe outputs")
         if len(prop.disjuncts) == 1:
@@ -599,7 +604,7 @@ def format_vnnlib(spec: RegionSpec, *, header: str | None = None) -> str:
         lines.append("; one case per region: (and <input region> <unsafe outputs>)")
         lines.append("(assert (or")
         for region, prop in spec:
-            parts = _input_atoms(region)  # type: ignore[arg-type]
+            parts = _input_atoms(region)
             if len(prop.disjuncts) == 1:
                 parts += _output_atoms(*prop.disjuncts[0])
             else:
@@ -611,9 +616,9 @@ def format_vnnlib(spec: RegionSpec, *, header: str | None = None) -> str:
 
 def write_vnnlib(
     spec: RegionSpec,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
-    protect: Sequence[str | os.PathLike] = (),
+    protect: Sequence[str | os.PathLike[str]] = (),
     header: str | None = None,
 ) -> None:
     """Write ``spec`` (boxes and H-polytopes) as one VNN-LIB file, atomically.
