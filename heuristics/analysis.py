@@ -147,7 +147,7 @@ def analyze_points(spec: PointSpec, net: nn.Module | None = None) -> dict[str, A
 # LP size of the first round of point repair
 # --------------------------------------------------------------------------------------------------
 
-def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, int]:
+def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | None = None) -> dict[str, int]:
     """Predicted size of the FIRST-round LP of provable point repair at affine layer ``layer``.
 
     An estimate by counting, following the formulation in DESIGN.md ("Provable point repair").
@@ -167,6 +167,9 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
       layer ``k`` or its original pre-activation is > 0, and ``n_k_active_avg`` is the mean number of
       active units per point.
 
+    ``rows`` (a count) predicts a repair restricted to that many rows of ``W_k`` (``--rows``/``--channels``):
+    only their deltas and unit rows count (the other units' ``u`` are fixed columns).
+
     ``variables`` and ``rows`` are exact for the first round; ``nonzeros`` is an upper-leaning
     estimate (the output rows' ``u`` coefficients are not split into p/q, and zero coefficients of the
     masked later products are dropped by the builder): checked 5-20 % above the real count on small
@@ -181,7 +184,8 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
         raise InputError(f"affine layer {layer} is a grouped convolution, which point repair does not support")
     relu = _relu_follows(net64, mi)
     later_bias = sum(int(net64[j].weight.shape[0]) for j in affine[layer + 1:])
-    n_rows = int(layer_k.weight.shape[0])
+    n_all = int(layer_k.weight.shape[0])
+    n_rows = n_all if rows is None else max(1, min(int(rows), n_all))
 
     x = np.array(spec.inputs, dtype=np.float64)  # writable copy for torch
     n_points = x.shape[0]
@@ -206,9 +210,10 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int) -> dict[str, in
 
     n_delta = n_rows * live + n_rows + later_bias
     units = n_points * n_k
+    sel_units = units * n_rows // n_all
     variables = 2 * n_delta + 1 + units
-    rows = n_delta + units + R
-    unit_nnz = 2 * n_rows * patch_nnz + active + 2 * units
+    rows = n_delta + sel_units + R
+    unit_nnz = 2 * n_rows * patch_nnz + (active + 2 * units) * n_rows // n_all
     out_nnz = 2.0 * R * (active / n_points + later_bias)
     nonzeros = 3 * n_delta + unit_nnz + int(round(out_nnz))
     return {"variables": int(variables), "rows": int(rows), "nonzeros": int(nonzeros)}

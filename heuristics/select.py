@@ -7,29 +7,75 @@ import numpy as np
 from provrepair.errors import InputError
 from provrepair.models import affine_layers
 
-from .analysis import predict_lp_size
+from .analysis import estimate_seconds, predict_lp_size
 from .scorers import NEEDS, SCORERS, rank
 
 # The heuristic that benchmarks/layer_selection.py found best (see benchmarks/results/layer_selection.json).
 DEFAULT_HEURISTIC = "similarity"
-# Layers whose first-round LP is predicted above this many nonzeros are not candidates: on two
-# cores such LPs take minutes (the MNIST MLP's 784-input layer: 512 s for 50 points).
+#: Without a time limit, ``--layer auto`` tries the layers whose repair is predicted to take at most
+#: this many seconds (``analysis.estimate_seconds``, calibrated by benchmarks/point_repair.py).
+DEFAULT_BUDGET_SECONDS = 300.0
+#: A layer too slow whole may still be tried with a subset of its rows: at least this share of them.
+MIN_ROW_SHARE = 0.125
+#: Kept for callers that still filter by size (``candidate_layers(max_nonzeros=...)``).
 MAX_NONZEROS = 1_500_000
 
 
-def candidate_layers(net, spec, *, max_nonzeros: int = MAX_NONZEROS) -> list[int]:
-    """Affine layers whose predicted LP is small enough to try."""
+def candidate_plan(net, spec, *, time_limit: float | None = None) -> list[dict]:
+    """Per affine layer that fits ``time_limit`` (default ``DEFAULT_BUDGET_SECONDS``): its predicted
+    seconds and ``rows``: None (the whole layer) or how many rows of ``W_k`` to repair so that it
+    fits (halving from all down to ``MIN_ROW_SHARE`` of them; which rows: ``pick_rows``)."""
+    budget = DEFAULT_BUDGET_SECONDS if time_limit is None else float(time_limit)
+    plan = []
+    for k in range(len(affine_layers(net))):
+        n_rows = int(net[affine_layers(net)[k]].weight.shape[0])
+        rows, count = None, n_rows
+        while True:
+            secs = estimate_seconds(predict_lp_size(net, spec, k, rows=rows))
+            if secs <= budget:
+                plan.append({"layer": k, "rows": rows, "seconds": secs})
+                break
+            count //= 2
+            if count < max(1, int(np.ceil(MIN_ROW_SHARE * n_rows))):
+                break
+            rows = count
+    return plan
 
-    keep = [k for k in range(len(affine_layers(net)))
-            if predict_lp_size(net, spec, k)["nonzeros"] <= max_nonzeros]
+
+def candidate_layers(net, spec, *, time_limit: float | None = None, max_nonzeros: int | None = None) -> list[int]:
+    """Affine layers worth trying: predicted to finish within ``time_limit`` (whole or with a row
+    subset; see ``candidate_plan``), or, given ``max_nonzeros``, predicted that small whole."""
+    if max_nonzeros is not None:
+        keep = [k for k in range(len(affine_layers(net)))
+                if predict_lp_size(net, spec, k)["nonzeros"] <= max_nonzeros]
+        what = f"above {max_nonzeros:,} nonzeros"
+    else:
+        keep = [c["layer"] for c in candidate_plan(net, spec, time_limit=time_limit)]
+        limit = DEFAULT_BUDGET_SECONDS if time_limit is None else time_limit
+        what = f"to take more than {limit:g} s even with {MIN_ROW_SHARE:.0%} of its rows"
     if not keep:
-        raise InputError(f"every layer's repair LP is predicted above {max_nonzeros:,} nonzeros; repair fewer "
-                         "points, or name a layer with --layer K")
+        raise InputError(f"every layer's repair LP is predicted {what}; repair fewer points, raise --time-limit, "
+                         "or name a layer with --layer K")
     return keep
 
 
+def pick_rows(net, spec, layer: int, count: int) -> tuple[int, ...]:
+    """The ``count`` rows (output neurons/channels) of affine ``layer`` with the largest mean
+    activation magnitude over the repair points: the units that carry these inputs."""
+    import torch
+
+    from provrepair.models import affine_index_to_module_index
+
+    mi = affine_index_to_module_index(net, layer)
+    with torch.no_grad():
+        x = torch.as_tensor(np.array(spec.inputs), dtype=torch.float32)
+        out = net[:mi + 1](x)
+    mag = out.abs().reshape(out.shape[0], out.shape[1], -1).mean(dim=(0, 2)).numpy()
+    return tuple(sorted(int(i) for i in np.argsort(-mag, kind="stable")[:count]))
+
+
 def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: list[int] | None = None,
-                pairs: np.ndarray | None = None) -> list[int]:
+                pairs: np.ndarray | None = None, time_limit: float | None = None) -> list[int]:
     """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``)."""
     if heuristic not in SCORERS:
         raise InputError(f"unknown layer heuristic {heuristic!r}; choose one of {', '.join(SCORERS)}")
@@ -38,6 +84,6 @@ def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: li
     labels = spec.labels if spec.labels is not None and np.all(spec.labels >= 0) else None
     if NEEDS.get(heuristic) == "labels" and labels is None:
         raise InputError(f"the {heuristic!r} heuristic needs labelled repair points")
-    candidates = candidate_layers(net, spec) if candidates is None else candidates
+    candidates = candidate_layers(net, spec, time_limit=time_limit) if candidates is None else candidates
     scores = SCORERS[heuristic](net, spec.inputs, labels=labels, pairs=pairs)
     return rank(scores, candidates)

@@ -107,6 +107,32 @@ class Backend(ABC):
         self.nnz += A.nnz
         return np.arange(start, start + m)
 
+    def add_columns(self, A, lb=0.0, ub=np.inf, cost=0.0) -> np.ndarray:
+        """Add continuous variables with their coefficients ``A`` (``n_rows`` x n) in the rows that
+        exist (column generation). Returns their indices. Backends without it raise
+        NotImplementedError (check ``can_add_columns``)."""
+        A = sp.csc_matrix(A, dtype=np.float64)
+        n = A.shape[1]
+        if A.shape[0] != self.n_rows:
+            raise ValueError(f"column block has {A.shape[0]} rows but the model has {self.n_rows}")
+        A.sum_duplicates()
+        A.eliminate_zeros()
+        start = self.n_vars
+        self._add_cols(A, _broadcast(lb, n), _broadcast(ub, n), _broadcast(cost, n))
+        self.n_vars += n
+        self.nnz += A.nnz
+        return np.arange(start, start + n)
+
+    can_add_columns = False
+
+    def _add_cols(self, A: sp.csc_matrix, lb: np.ndarray, ub: np.ndarray, cost: np.ndarray) -> None:
+        raise NotImplementedError(f"{self.name} cannot add columns to a model")
+
+    def row_duals(self) -> np.ndarray | None:
+        """Dual values of the rows at the last optimal LP solve (min c x: reduced cost of column
+        ``j`` is ``c_j - A[:, j] @ duals``), or None where the backend does not give them."""
+        return None
+
     @abstractmethod
     def _add_vars(self, lb: np.ndarray, ub: np.ndarray, cost: np.ndarray, integer: bool) -> None: ...
 

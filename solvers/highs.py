@@ -114,6 +114,19 @@ class HighsBackend(Backend):
             self._integer = True
             h.changeColsIntegrality(n, idx, np.full(n, highspy.HighsVarType.kInteger))
 
+    can_add_columns = True
+
+    def _add_cols(self, A: sp.csc_matrix, lb, ub, cost):
+        inf = highspy.kHighsInf
+        self._h.addCols(A.shape[1], cost, np.clip(lb, -inf, None), np.clip(ub, None, inf), A.nnz,
+                        A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
+
+    def row_duals(self):
+        sol = self._h.getSolution()
+        if not sol.dual_valid:
+            return None
+        return np.asarray(sol.row_dual, dtype=np.float64)
+
     def _add_rows(self, A: sp.csr_matrix, lo, hi):
         inf = highspy.kHighsInf
         self._h.addRows(A.shape[0], np.clip(lo, -inf, None), np.clip(hi, None, inf), A.nnz,

@@ -71,9 +71,12 @@ class PointRepairOutcome:
 class _Layout:
     """Column layout. Each parameter delta is split, δ = p - q with p, q in [0, B], so that the
     L1 term needs no rows and an unchanged parameter sits at a bound (non-basic) in the simplex.
-    Columns: p = [ΔW, Δb_k, Δb_j (later)], then q (same order), then s (the L∞ bound), then u."""
+    Deltas are indexed [ΔW, Δb_k, Δb_j (later)]; ``pcol``/``qcol`` give each one's p and q column
+    (-1: not in the LP yet). Columns: p (every delta), q (same order), s (the L∞ bound), u; with
+    ``lazy_weights`` the ΔW columns are left out and appended in pairs as they are generated."""
 
-    def __init__(self, n_w: int, n_bk: int, later: dict[int, int], n_points: int, n_k: int):
+    def __init__(self, n_w: int, n_bk: int, later: dict[int, int], n_points: int, n_k: int,
+                 lazy_weights: bool = False):
         self.n_w, self.n_bk = n_w, n_bk
         self.bias_offset: dict[int, int] = {}
         off = n_w + n_bk
@@ -81,8 +84,14 @@ class _Layout:
             self.bias_offset[j] = off
             off += n
         self.n_delta = off
-        self.q0 = off
-        self.s = 2 * off
+        first = n_w if lazy_weights else 0  # deltas with columns from the start: [first, n_delta)
+        n0 = off - first
+        self.pcol = np.full(off, -1, dtype=np.int64)
+        self.qcol = np.full(off, -1, dtype=np.int64)
+        self.pcol[first:] = np.arange(n0)
+        self.qcol[first:] = n0 + np.arange(n0)
+        self.n_initial = n0
+        self.s = 2 * n0
         self.u0 = self.s + 1
         self.n_k = n_k
         self.n_vars = self.u0 + n_points * n_k
@@ -91,12 +100,19 @@ class _Layout:
         """(E, n_k) column indices of u for each row's point."""
         return self.u0 + point[:, None] * self.n_k + np.arange(self.n_k)[None, :]
 
+    @staticmethod
+    def delta(d):
+        """How a row names delta ``d`` for ``matrix`` (negative: apart from every LP column)."""
+        return -1 - d
+
     def matrix(self, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
-        """CSR rows from per-row (cols, vals) of equal length, in which delta columns stand for
-        δ and are expanded to +p and -q; zero values are dropped."""
+        """CSR rows from per-row (cols, vals) of equal length, in which delta columns (named by
+        ``delta``) stand for δ and are expanded to +p and -q (dropped while not in the LP);
+        other entries are LP columns; zero values are dropped."""
         m = cols.shape[0]
-        is_delta = cols < self.n_delta
-        cols2 = np.concatenate([cols, np.where(is_delta, cols + self.q0, -1)], 1)
+        is_delta = cols < 0
+        d = np.where(is_delta, -1 - cols, 0)
+        cols2 = np.concatenate([np.where(is_delta, self.pcol[d], cols), np.where(is_delta, self.qcol[d], -1)], 1)
         vals2 = np.concatenate([vals, -vals], 1)
         keep = (cols2 >= 0) & (vals2 != 0)
         indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
@@ -149,7 +165,7 @@ class PointLP:
     def __init__(self, net: nn.Sequential, inputs: np.ndarray, layer: int, opts: PointRepairOptions, *,
                  patterns: dict | None = None, generators: Sequence[np.ndarray | None] | None = None,
                  disjunctive: bool = False):
-        self.net, self.layer, self.opts = net, layer, opts
+        self.net, self.layer, self.opts, self.disjunctive = net, layer, opts, disjunctive
         self.k = affine_index_to_module_index(net, layer)
         self.aff_index = affine_layers(net).index(self.k)
         net64 = copy.deepcopy(net).double().eval()
@@ -225,7 +241,12 @@ class PointLP:
         # A weight whose input is zero at every repair point changes nothing the LP can see: leave it out.
         self.live = np.flatnonzero(np.abs(self.feats).max(axis=(0, 1)) > 0)
         self.later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
-        self.L = _Layout(n_sel * self.live.size, n_sel, self.later, self.n_points, self.n_k)
+        # Weight columns are generated lazily (priced by the layer rows' duals) where the backend can
+        # add columns; the full strategy, MILPs and zonotopes keep every column up front.
+        self.substituted = self._substitute()
+        self.lazy_weights = (opts.columns == "lazy" and opts.strategy != "full" and zono is None
+                             and not self.disjunctive and not self.substituted)
+        self.L = self._layout()
         # The L1 term is normalised by every parameter that may change, dropped ones included, so
         # the objective is the same as in the unreduced LP.
         self.n_params = n_sel * self.feats.shape[2] + n_sel + sum(self.later.values())
@@ -238,6 +259,30 @@ class PointLP:
             for v in self.kept.values():
                 v[zono.n_centres:] = False
 
+    def _substitute(self) -> bool:
+        """Whether ``u_p`` is substituted out (``opts.formulation``; auto: where it shrinks the LP).
+
+        A row over u then names the deltas directly: coefficient ``Σ_q coef_u[c, q] h_p[q, i]`` on
+        ΔW[c, i], ``Σ_q coef_u[c, q]`` on Δb[c]. A conv layer's ``u`` has one definition row per
+        point, channel and position, each with the whole kernel (50 points at the zoo CNN's conv2:
+        313k rows, 90 M nonzeros), while its deltas are few; substituted, every row is at most as
+        wide as the kernel count, and the ReLU on u becomes lazy pattern rows. For a Linear layer
+        the output rows would turn dense over every weight, so u stays.
+        """
+        f = self.opts.formulation
+        if f == "u" or self.zono is not None or self.disjunctive:
+            return False
+        if f == "substituted":
+            return True
+        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS
+
+    def _layout(self) -> _Layout:
+        n_sel = self.neurons.size
+        n_points = 0 if self.substituted else self.n_points
+        if self.substituted:
+            self.suffix.relu_on_u = None  # the ReLU on u: pattern rows like any other
+        return _Layout(n_sel * self.live.size, n_sel, self.later, n_points, self.n_k, self.lazy_weights)
+
     def build(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
               disjunctions: Sequence[np.ndarray] | None = None) -> None:
         """The LP up to the lazy pattern rows, plus those ``strategy`` wants up front."""
@@ -247,14 +292,21 @@ class PointLP:
         # simplex loses them (ACAS Xu boxes: "excessive dual values"), so the solver keeps its scaling.
         self.backend = solvers.create(opts.solver, time_limit=opts.time_limit, threads=opts.threads,
                                       method=opts.method, extra=dict(opts.solver_options), prescaled=zono is None)
+        if self.lazy_weights and not self.backend.can_add_columns:
+            self.lazy_weights = False
+            self.L = self._layout()
         self._add_columns()
         _add_objective_rows(self.backend, self.L, opts)
         biased = np.ones(self.n_points, dtype=bool) if zono is None else np.arange(self.n_points) < zono.n_centres
-        _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons, self.suffix, self.boxed,
-                        self.u0, biased)
+        if not self.substituted:
+            self.layer_rows = _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons,
+                                              self.suffix, self.boxed, self.u0, biased)
         self._add_zonotope_relu_rows()
         if len(point_index):  # the polytope repair's shift LPs have pattern rows only
             self._add_output_rows(A, b, point_index, disjunctions)
+        if self.lazy_weights:
+            self._rank_weights()
+            self.grow_weights()
         self.full_rows = self.backend.n_rows + sum(int(v.sum()) for v in self.exists.values())
         self.add_patterns(self.kept)
 
@@ -265,8 +317,11 @@ class PointLP:
         B = opts.delta_bound
         l1 = opts.objective in ("linf+l1", "l1")
         linf = opts.objective in ("linf+l1", "linf")
-        backend.add_variables(2 * L.n_delta, 0.0, B, cost=self.scale / self.n_params if l1 else 0.0)  # p, q
+        self.delta_cost = self.scale / self.n_params if l1 else 0.0
+        backend.add_variables(2 * L.n_initial, 0.0, B, cost=self.delta_cost)  # p, q
         backend.add_variables(1, 0.0, B if linf else 0.0, cost=self.scale if linf else 0.0)  # s
+        if self.substituted:
+            return
         lb = np.full((n_points, n_k), -np.inf)
         ub = np.full((n_points, n_k), np.inf)
         if self.suffix.relu_on_u is not None:  # zonotope points get rows instead (_add_zonotope_relu_rows)
@@ -308,17 +363,51 @@ class PointLP:
                                   opts.delta_bound)
         hard = np.flatnonzero(~grouped)
         self.add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
+        self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
+        np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
 
     def add_rows(self, rows: Rows, lo, hi) -> None:
         """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
         lo, hi = np.broadcast_to(lo, rows.point.shape), np.broadcast_to(hi, rows.point.shape)
         zrows = self.boxed[rows.point]
         plain = np.flatnonzero(~zrows)
-        if plain.size:
+        if plain.size and self.substituted:
+            for start in range(0, plain.size, self._substitute_batch()):
+                sel = plain[start:start + self._substitute_batch()]
+                cols, vals, shift = self._delta_rows(_select_rows(rows, sel))
+                scale = _row_scale(vals)
+                self.backend.add_rows(self.L.matrix(cols, vals * scale[:, None]), lo=(lo[sel] - shift) * scale,
+                                      hi=(hi[sel] - shift) * scale)
+        elif plain.size:
             _add_affine_rows(self.backend, self.L, _select_rows(rows, plain), lo=lo[plain], hi=hi[plain])
         if zrows.any():
             sel = np.flatnonzero(zrows)
             _add_zonotope_rows(self.backend, self.L, _select_rows(rows, sel), self.zono, lo[sel], hi[sel])
+
+    def _substitute_batch(self) -> int:
+        positions, fan_in = self.feats.shape[1], self.live.size
+        return max(1, _PATTERN_ELEMENTS // max(1, positions * max(fan_in, self.neurons.size)))
+
+    def _delta_rows(self, rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cols, vals) of rows over u rewritten over the deltas (``u_p = u0_p + ΔW h_p + Δb``), and
+        the shift ``coef_u @ u0_p`` that moves from the row's side to its bounds."""
+        n_points, positions = self.feats.shape[:2]
+        E = rows.point.size
+        n_rows_k = self.layer_k.weight.shape[0]
+        cu = rows.coef_u.reshape(E, n_rows_k, positions)[:, self.neurons, :]
+        h = self.feats[rows.point][:, :, self.live]
+        cw = np.einsum("esq,eqi->esi", cu, h).reshape(E, -1)
+        cb = cu.sum(2)
+        shift = (rows.coef_u * self.u0[rows.point]).sum(1)
+        L = self.L
+        blocks_c = [np.broadcast_to(L.delta(np.arange(L.n_w)), cw.shape),
+                    np.broadcast_to(L.delta(L.n_w + np.arange(cb.shape[1])), cb.shape)]
+        blocks_v = [cw, cb]
+        for j, c in rows.coef_b.items():
+            if j in L.bias_offset:
+                blocks_c.append(np.broadcast_to(L.delta(L.bias_offset[j] + np.arange(c.shape[1])), c.shape))
+                blocks_v.append(c)
+        return np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1), shift
 
     def add_patterns(self, select: dict[int, np.ndarray]) -> None:
         """The pattern rows ``select`` marks (per ReLU: points x units), in batches of bounded memory."""
@@ -337,6 +426,84 @@ class PointLP:
         """Extend the LP by the pattern rows a candidate violated."""
         self.kept = {i: self.kept[i] | violated[i] for i in self.suffix.pattern_modules}
         self.add_patterns(violated)
+
+    def price(self) -> np.ndarray:
+        """Weight deltas (indices) whose p or q column has a negative reduced cost at the last
+        solve: ``cost ± g`` with ``g = Σ_rows dual · scale · h`` over the layer rows of that row of
+        W_k (the only rows a weight enters; its L∞ row would be slack, dual 0). None priced out:
+        the LP's optimum is the optimum with every weight column. Without duals: every column."""
+        L = self.L
+        if not self.lazy_weights:
+            return np.zeros(0, dtype=np.int64)
+        missing = L.pcol[:L.n_w] < 0
+        if not missing.any():
+            return np.zeros(0, dtype=np.int64)
+        duals = self.backend.row_duals()
+        if duals is None:
+            return np.flatnonzero(missing)
+        rows, scale = self.layer_rows
+        n_points, positions = self.feats.shape[:2]
+        w = (duals[rows] * scale).reshape(n_points, self.neurons.size, positions)
+        g = np.einsum("psq,pqi->si", w, self.feats[:, :, self.live]).ravel()
+        reduced = self.delta_cost - np.abs(g)
+        tol = self.opts.price_tol * max(self.delta_cost, 1.0)
+        out = np.flatnonzero(missing & (reduced < -tol))
+        cap = max(1, int(np.ceil(self.opts.max_columns * L.n_w)))
+        if out.size > cap:  # the most attractive first: early duals would bring in nearly every column
+            out = out[np.argsort(reduced[out], kind="stable")[:cap]]
+            out.sort()
+        return out
+
+    def _rank_weights(self) -> None:
+        """Weight deltas, most promising first: by how strongly they move the output rows,
+        Σ_p |d out / d u_p[row, position]| · |h_p[position, input]|. Only the start set and the
+        growth after an infeasible round depend on it, never the optimum."""
+        n_points, positions = self.feats.shape[:2]
+        pull = getattr(self, "output_pull", np.zeros((n_points, self.n_k)))
+        n_rows_k = self.layer_k.weight.shape[0]
+        pull = pull.reshape(n_points, n_rows_k, positions)[:, self.neurons, :]
+        score = np.einsum("psq,pqi->si", pull, np.abs(self.feats[:, :, self.live])).ravel()
+        self.weight_order = np.argsort(-score, kind="stable")
+
+    def grow_weights(self) -> bool:
+        """Add the next best weight columns: the start set (``opts.start_columns`` of them), then
+        as many as the LP has (doubling) after an infeasible round. False when none is left."""
+        L = self.L
+        missing = self.weight_order[L.pcol[self.weight_order] < 0]
+        if missing.size == 0:
+            return False
+        have = self.weight_columns
+        n = max(int(np.ceil(self.opts.start_columns * L.n_w)), have, 1)
+        self.add_weight_columns(np.sort(missing[:n]))
+        return True
+
+    def add_weight_columns(self, d: np.ndarray) -> None:
+        """p and q columns of weight deltas ``d`` (index ``sel * live + i``) in the layer rows of
+        their row of W_k, and their L∞ rows."""
+        if d.size == 0:
+            return
+        L, backend = self.L, self.backend
+        rows, scale = self.layer_rows
+        n_points, positions = self.feats.shape[:2]
+        n_sel, n_live = self.neurons.size, self.live.size
+        sel, i = d // n_live, self.live[d % n_live]
+        # entries: -h[p, q, i] * scale for the layer row (p, sel, q), per column
+        r = rows.reshape(n_points, n_sel, positions)[:, sel, :]  # (P, D, Q)
+        v = -np.transpose(self.feats[:, :, i], (0, 2, 1)) * scale.reshape(n_points, n_sel, positions)[:, sel, :]
+        r, v = np.transpose(r, (1, 0, 2)).reshape(d.size, -1), np.transpose(v, (1, 0, 2)).reshape(d.size, -1)
+        keep = v != 0
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+        P = sp.csc_matrix((v[keep], r[keep], indptr), shape=(backend.n_rows, d.size))
+        B = self.opts.delta_bound
+        cp = backend.add_columns(P, 0.0, B, self.delta_cost)
+        cq = backend.add_columns(-P, 0.0, B, self.delta_cost)
+        L.pcol[d], L.qcol[d] = cp, cq
+        L.n_vars = backend.n_vars
+        _add_objective_rows(backend, L, self.opts, d)
+
+    @property
+    def weight_columns(self) -> int:
+        return int((self.L.pcol[:self.L.n_w] >= 0).sum())
 
     @property
     def pattern_rows(self) -> int:
@@ -360,7 +527,8 @@ class PointLP:
     def deltas(self, x: np.ndarray) -> np.ndarray:
         """δ = p - q for every delta column."""
         L = self.L
-        return x[:L.n_delta] - x[L.q0:L.q0 + L.n_delta]
+        xp = np.where(L.pcol >= 0, x[np.maximum(L.pcol, 0)], 0.0)
+        return xp - np.where(L.qcol >= 0, x[np.maximum(L.qcol, 0)], 0.0)
 
     def apply(self, x: np.ndarray) -> nn.Sequential:
         """A copy of the network with the LP's deltas added (computed in float64, stored in its dtype)."""
@@ -388,6 +556,9 @@ class PointLP:
 _PATTERN_BATCH = 20000
 #: ... and at most this many functional entries at once (a conv layer's maps are wide).
 _PATTERN_ELEMENTS = 40_000_000
+#: ``formulation="auto"`` substitutes u out where layer k has more output positions than this
+#: (a conv layer; a Linear layer has one): see ``PointLP._substitute``.
+_SUBSTITUTE_POSITIONS = 1
 
 
 @dataclass
@@ -417,21 +588,29 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
         result = run.result = lp.solve_round(time_left)
         run.solve_time += result.solve_time
         backend = lp.backend
-        info = {"round": rnd, "status": result.status, "rows": backend.n_rows, "nonzeros": backend.nnz,
-                "pattern_rows": lp.pattern_rows, "solve_time": result.solve_time,
+        info = {"round": rnd, "status": result.status, "variables": backend.n_vars, "rows": backend.n_rows,
+                "nonzeros": backend.nnz, "pattern_rows": lp.pattern_rows, "weight_columns": lp.weight_columns,
+                "solve_time": result.solve_time,
                 "objective": None if result.objective is None else result.objective / lp.scale}
         run.rounds.append(info)
+        if result.status == "infeasible" and lp.lazy_weights and lp.grow_weights():
+            say(f"round {rnd}: infeasible with {info['weight_columns']} weight columns; adding more")
+            continue
         if not result.optimal:
             break
         t0 = time.perf_counter()
         run.candidate, violated = lp.check(result.x)
-        run.check_time += time.perf_counter() - t0
         n_viol = info["violated_patterns"] = sum(int(v.sum()) for v in violated.values())
-        say(f"round {rnd}: objective {info['objective']:.6g}, {n_viol} activation patterns violated")
-        if n_viol == 0:
+        priced = lp.price()
+        info["priced_columns"] = int(priced.size)
+        run.check_time += time.perf_counter() - t0
+        say(f"round {rnd}: objective {info['objective']:.6g}, {n_viol} activation patterns violated"
+            + (f", {priced.size} weight columns priced in" if lp.lazy_weights else ""))
+        if n_viol == 0 and priced.size == 0:
             run.converged = True
             break
         t0 = time.perf_counter()
+        lp.add_weight_columns(priced)
         lp.add_violated(violated)
         run.build_time += time.perf_counter() - t0
     return run
@@ -481,26 +660,28 @@ def _objective_scale(opts, n_params: int) -> float:
     return float(n_params) if opts.objective in ("linf+l1", "l1") else 1.0
 
 
-def _add_objective_rows(backend, L: _Layout, opts) -> None:
-    """p_i + q_i - s <= 0: the L∞ epigraph (one row per parameter)."""
+def _add_objective_rows(backend, L: _Layout, opts, d: np.ndarray | None = None) -> None:
+    """p_i + q_i - s <= 0: the L∞ epigraph (one row per parameter ``d``, default every one in the LP)."""
     if opts.objective not in ("linf+l1", "linf"):
         return
-    n = L.n_delta
-    d = np.arange(n)
-    cols = np.stack([d, d + L.q0, np.full(n, L.s)], 1)
+    d = np.flatnonzero(L.pcol >= 0) if d is None else d
+    n = d.size
+    cols = np.stack([L.pcol[d], L.qcol[d], np.full(n, L.s)], 1)
     vals = np.tile([1.0, 1.0, -1.0], (n, 1))
     A = sp.csr_matrix((vals.ravel(), cols.ravel(), np.arange(0, 3 * n + 1, 3)), shape=(n, L.n_vars))
     backend.add_rows(A, hi=0.0)
 
 
 def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix,
-                    boxed: np.ndarray, u0: np.ndarray, biased: np.ndarray) -> None:
+                    boxed: np.ndarray, u0: np.ndarray, biased: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
 
     Where a ReLU acts on u and the unit is off at p, u_p appears in no later row (the pattern
     zeroes it), so the equality collapses to ``ΔW_k h_p + Δb_k <= -u0_p``: no u column needed.
     Zonotope points keep every equality: their u values enter the generator rows; a generator
     point's row has no bias (``biased`` false): its u is the generator's image.
+    Rows are ordered (point, row of W_k, position); returns their indices and scales (the
+    weight columns generated later need both).
     """
     n_points, positions, fan_in = feats.shape
     n_sel = neurons.size
@@ -513,12 +694,13 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     off &= ~boxed[P]
     u_cols = L.u0 + P * L.n_k + flat
     w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
-    cols = np.concatenate([u_cols[:, None], w_cols, L.n_w + S[:, None]], 1)
+    cols = np.concatenate([u_cols[:, None], L.delta(w_cols), L.delta(L.n_w + S[:, None])], 1)
     vals = np.concatenate([np.where(off, 0.0, 1.0)[:, None], -feats[P, Q, :], -biased[P].astype(np.float64)[:, None]], 1)
     # on:  u - ΔW h - Δb = u0     off: -ΔW h - Δb >= u0  (i.e. ΔW h + Δb <= -u0)
     scale = _row_scale(vals)
-    backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=rhs * scale,
-                     hi=np.where(off, np.inf, rhs) * scale)
+    rows = backend.add_rows(L.matrix(cols, vals * scale[:, None]), lo=rhs * scale,
+                            hi=np.where(off, np.inf, rhs) * scale)
+    return rows, scale
 
 
 def _add_affine_rows(backend, L: _Layout, rows: Rows, lo, hi) -> None:
@@ -666,7 +848,7 @@ def _row_cols(L: _Layout, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         if j not in L.bias_offset:
             continue
         off = L.bias_offset[j]
-        blocks_c.append(np.broadcast_to(off + np.arange(cb.shape[1]), cb.shape))
+        blocks_c.append(np.broadcast_to(L.delta(off + np.arange(cb.shape[1])), cb.shape))
         blocks_v.append(cb)
     return np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1)
 

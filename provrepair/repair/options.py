@@ -200,6 +200,17 @@ class PointRepairOptions:
     strategy: str = option("generate", "generate activation-pattern rows lazily, or build them all up front",
                            choices=STRATEGIES)
     pattern_tol: float = 1e-7  # a pattern counts as kept while the pre-activation is off by less
+    # weight columns of W_k: "all" up front, or "lazy" (start with the best-ranked share, add those
+    # whose reduced cost is negative, as the pattern rows; HiGHS only). Lazy gives the same optimum
+    # with half the nonzeros on the 9x100 at layer 5, but HiGHS's re-solves after adding columns are
+    # slow: 31 s against 27 s there, 152 s against 74 s on the MLP's layer 1 (57% of its weights move).
+    columns: str = "all"
+    # "u": an auxiliary u_p per point (rows u_p = (W_k + ΔW_k) h_p + b_k + Δb_k); "substituted": u
+    # substituted out, every row over the deltas; "auto": substituted for a conv layer (aprnn.PointLP._substitute)
+    formulation: str = "auto"
+    price_tol: float = 1e-9  # a column prices in below -price_tol * max(its cost, 1)
+    max_columns: float = 0.05  # share of the weight columns added per round at most (the most negative first)
+    start_columns: float = 0.1  # share of the weight columns in the first lazy round (ranked by output pull)
     max_rounds: int = 100
     # which layer: an affine index (negative counts from the end) or "auto" (ranked by ``heuristic``,
     # default the benchmark's best, tried in order until one certifies); the CLI's --layer/--heuristic

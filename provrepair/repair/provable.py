@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from heuristics.select import DEFAULT_HEURISTIC, rank_layers
+from heuristics.select import DEFAULT_HEURISTIC, candidate_layers, candidate_plan, pick_rows, rank_layers
 
 from ..certify import certify_points, certify_regions
 from ..errors import InputError
@@ -106,10 +106,23 @@ class PointRepairer:
             return self._at(net, spec, n_out, options.layer, options, progress)
         t0 = time.perf_counter()
         heuristic = options.heuristic or DEFAULT_HEURISTIC
-        ranking = rank_layers(net, spec, heuristic=heuristic)
+        # candidates: the layers predicted to finish within the time limit, whole or with a row subset
+        plan = {c["layer"]: c for c in candidate_plan(net, spec, time_limit=options.time_limit)}
+        if not plan:
+            candidate_layers(net, spec, time_limit=options.time_limit)  # raises, saying what to do
+        ranking = rank_layers(net, spec, heuristic=heuristic, candidates=sorted(plan))
         say(progress)(f"layer auto ({heuristic}): trying layers {ranking} in this order")
-        return _try_layers(ranking, lambda k: self._at(net, spec, n_out, k, options, progress),
-                           {"heuristic": heuristic}, progress, t0)
+
+        def attempt(k: int) -> RepairResult:
+            rows = plan.get(k, {}).get("rows")
+            opts = options
+            if rows is not None and options.selected_rows() is None:
+                picked = pick_rows(net, spec, k, rows)
+                say(progress)(f"layer {k}: too slow whole; repairing {rows} of its rows")
+                opts = dataclasses.replace(options, rows=",".join(map(str, picked)))
+            return self._at(net, spec, n_out, k, opts, progress)
+
+        return _try_layers(ranking, attempt, {"heuristic": heuristic, "plan": list(plan.values())}, progress, t0)
 
     def _at(self, net: nn.Sequential, spec: PointSpec, n_out: int, layer: int, options: PointRepairOptions,
             progress: Progress | None) -> RepairResult:
