@@ -27,6 +27,10 @@ DEFAULT_SAMPLES = 256
 LOW_DIM_SAMPLES = 32768
 LOW_DIM = 12
 DEFAULT_PGD_STEPS = 20
+#: Low-dimensional regions get a longer gradient search from more starts (the best samples and
+#: random restarts): thin unsafe pockets such as ACAS Xu's φ7 on N1,9 are missed by sampling alone.
+LOW_DIM_PGD_STEPS = 60
+LOW_DIM_PGD_STARTS = 64
 #: Corners of a box tried as candidates (a box over many inputs has too many).
 MAX_CORNERS = 64
 _PGD_STARTS = 8
@@ -100,11 +104,19 @@ def falsify(net64: nn.Module, region: Region, prop: OutputProperty, *, samples: 
     cex = _first_violation(prop, x, y, "sample")
     if cex is not None or pgd_steps <= 0 or isinstance(region, VPolytope):
         return cex
+    low_dim = int(np.count_nonzero(hi > lo)) <= LOW_DIM
+    n_starts = LOW_DIM_PGD_STARTS if low_dim else _PGD_STARTS
+    if low_dim:
+        pgd_steps = max(pgd_steps, LOW_DIM_PGD_STEPS)
     for G, h in prop.disjuncts:
         if G.shape[0] == 0:
             continue
         score = (y @ G.T - h).max(1)
-        starts = x[np.argsort(score)[:_PGD_STARTS]]
+        order = np.argsort(score)
+        best = order[: n_starts // 2]
+        restarts = rng.choice(order[n_starts // 2:], size=min(n_starts - best.size, max(0, order.size - best.size)),
+                              replace=False) if low_dim else order[:0]
+        starts = x[np.concatenate([best, restarts])] if low_dim else x[order[:n_starts]]
         xs = _pgd(net64, region, G, h, starts, pgd_steps)
         if isinstance(region, HPolytope):
             xs = xs[np.asarray(region.contains(xs), dtype=bool).reshape(-1)]

@@ -173,7 +173,8 @@ def _bound_step(prop: BoundPropagator, items: list[_Open], method: str, tol: flo
 def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout, solver, threads,
                    max_depth) -> None:
     t0 = time.perf_counter()
-    deadline = t0 + (timeout if timeout is not None else float("inf"))
+    # the budget covers the region's whole ladder: what falsification and bounds spent counts
+    deadline = t0 + (timeout - it.seconds if timeout is not None else float("inf"))
     region = it.region
     free = int(np.count_nonzero(region.bounds()[1] > region.bounds()[0]))
     inp = _input_set([region], prop.device)

@@ -19,12 +19,22 @@ import torch
 from torch import nn
 
 from .bounds import BoundPropagator, InputSet, as_tensor
-from .points import forward_outputs
+from .forward import ForwardBounds
 
 __all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_SPLIT_BATCH", "SplitOutcome", "split_search"]
 
 DEFAULT_MAX_DEPTH = 40
 DEFAULT_SPLIT_BATCH = 1024
+#: Sub-boxes per step when forward linear bounds make each one cheap.
+FAST_SPLIT_BATCH = 2048
+#: A step takes at most this share of the time left (its size from the last step's time per box).
+STEP_SHARE = 0.25
+MIN_SPLIT_BATCH = 8
+#: Between splits, sign-gradient steps from the centres of this many least safe open boxes.
+PGD_BOXES = 32
+PGD_BOX_STEPS = 6
+#: Levels between hidden-layer CROWN recomputations of a sub-box (see ``_fast_bounds``).
+REFRESH_EVERY = 1
 
 
 @dataclass
@@ -44,50 +54,78 @@ def split_search(prop: BoundPropagator, net64: nn.Module, lower, upper, G, h, *,
     shape = prop.input_shape
     lo = as_tensor(lower, prop.device).reshape(1, *shape)
     hi = as_tensor(upper, prop.device).reshape(1, *shape)
-    depth = torch.zeros(1, dtype=torch.long)
+    region_lo, region_hi = lo[0].clone(), hi[0].clone()
+    depth = torch.zeros(1, dtype=torch.long, device=prop.device)
     G_t = as_tensor(G, prop.device)
     h_t = as_tensor(h, prop.device)
     A_t = b_t = None
     if h_rows is not None:
         A_t = as_tensor(h_rows[0], prop.device)
         b_t = as_tensor(h_rows[1], prop.device)
+    fwd = ForwardBounds(prop) if ForwardBounds.supports(prop) else None
     stats = {"boxes": 0, "max_depth": 0, "milp_leaves": 0}
-    queue = [(lo, hi, depth)]
+    queue = [(lo, hi, depth, None)]
+    per_box = None  # seconds per sub-box of the last step
+
+    def inside(x):
+        if A_t is None:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return (x.reshape(x.shape[0], -1) @ A_t.T <= b_t).all(1)
+
+    def unsafe(x):
+        """Inputs among ``x`` (all in the region's box) that the float64 forward pass puts in the unsafe set."""
+        with torch.no_grad():
+            y = net64(x).reshape(x.shape[0], -1)
+        return ((y @ G_t.T) <= h_t).all(1) & inside(x), y
+
     while queue:
         if time.perf_counter() > deadline:
             return SplitOutcome("unknown", reason="time limit reached while splitting the input region", stats=stats)
-        lo, hi, depth = _take(queue, batch)
+        # as many boxes as fit a share of the time left, so one step cannot overrun the deadline
+        size = batch if fwd is None else FAST_SPLIT_BATCH
+        left = deadline - time.perf_counter()
+        if per_box is not None and left < float("inf"):
+            size = max(MIN_SPLIT_BATCH, min(size, int(STEP_SHARE * left / max(per_box, 1e-9))))
+        step_t0 = time.perf_counter()
+        lo, hi, depth, packed = _take(queue, size)
         stats["boxes"] += lo.shape[0]
         stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
         # 1. the centres as counterexamples
         centre = (lo + hi) / 2
-        inside = torch.ones(lo.shape[0], dtype=torch.bool, device=lo.device)
-        if A_t is not None:
-            inside = (centre.reshape(lo.shape[0], -1) @ A_t.T <= b_t).all(1)
-        y = torch.as_tensor(forward_outputs(net64, centre.cpu().numpy(), torch.float64, 4096))
-        hit = ((y @ G_t.cpu().T) <= h_t.cpu()).all(1) & inside.cpu()
+        hit, y = unsafe(centre)
         if bool(hit.any()):
             i = int(hit.nonzero()[0])
-            return SplitOutcome("violated", x=centre[i].cpu().numpy(), y=y[i].numpy(),
+            return SplitOutcome("violated", x=centre[i].cpu().numpy(), y=y[i].cpu().numpy(),
                                 reason="the centre of a sub-box reaches the unsafe set", stats=stats)
         # 2. bounds
-        nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
-        margin = (nb.lower - h_t).amax(1)
+        if fwd is None:
+            nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
+            margin, coeff, pre = (nb.lower - h_t).amax(1), nb.coefficients.abs().amax(1), None
+        else:
+            margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed)
         open_ = margin <= tol
         if A_t is not None:  # sub-boxes entirely outside A x <= b are decided too
             c, r = centre.reshape(lo.shape[0], -1), ((hi - lo) / 2).reshape(lo.shape[0], -1)
             outside = ((c @ A_t.T - r @ A_t.abs().T) > b_t).any(1)
             open_ &= ~outside
+        per_box = (time.perf_counter() - step_t0) / lo.shape[0]
         if not bool(open_.any()):
             continue
-        lo, hi, depth = lo[open_], hi[open_], depth[open_]
-        coeff = nb.coefficients[open_]
-        # 3. leaves at max depth go to the complete check
+        lo, hi, depth, coeff, margin = lo[open_], hi[open_], depth[open_], coeff[open_], margin[open_]
+        pre = None if pre is None else pre[open_]
+        # 3. a short gradient search from the least safe open boxes (between splits)
+        cex = _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t)
+        if cex is not None:
+            return SplitOutcome("violated", x=cex[0], y=cex[1], reason="a gradient search inside a sub-box reaches "
+                                "the unsafe set", stats=stats)
+        # 4. leaves at max depth go to the complete check
         deep = depth >= max_depth
         if bool(deep.any()):
             if leaf_check is None:
                 return SplitOutcome("unknown", reason=f"sub-boxes remain open at depth {max_depth}", stats=stats)
             for j in deep.nonzero().flatten().tolist():
+                if time.perf_counter() > deadline:
+                    return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats)
                 stats["milp_leaves"] += 1
                 status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1])
                 if status == "violated":
@@ -97,28 +135,78 @@ def split_search(prop: BoundPropagator, net64: nn.Module, lower, upper, G, h, *,
                                         stats=stats)
             keep = ~deep
             lo, hi, depth, coeff = lo[keep], hi[keep], depth[keep], coeff[keep]
+            pre = None if pre is None else pre[keep]
             if lo.shape[0] == 0:
                 continue
-        # 4. split along the input with the largest smear
-        width = (hi - lo).reshape(lo.shape[0], -1)
-        smear = width * coeff.abs().amax(1).reshape(lo.shape[0], -1)
+        # 5. split along the input with the largest smear
+        n = lo.shape[0]
+        width = (hi - lo).reshape(n, -1)
+        smear = width * coeff.abs().reshape(n, -1)
         smear = torch.where(width > 0, smear + 1e-12 * width, torch.full_like(smear, -1.0))
         dim = smear.argmax(1)
-        rows = torch.arange(lo.shape[0], device=lo.device)
-        mid = (lo.reshape(lo.shape[0], -1)[rows, dim] + hi.reshape(lo.shape[0], -1)[rows, dim]) / 2
-        left_hi = hi.reshape(lo.shape[0], -1).clone()
+        rows = torch.arange(n, device=lo.device)
+        mid = (lo.reshape(n, -1)[rows, dim] + hi.reshape(n, -1)[rows, dim]) / 2
+        left_hi = hi.reshape(n, -1).clone()
         left_hi[rows, dim] = mid
-        right_lo = lo.reshape(lo.shape[0], -1).clone()
+        right_lo = lo.reshape(n, -1).clone()
         right_lo[rows, dim] = mid
         queue.append((torch.cat([lo, right_lo.reshape(lo.shape)]), torch.cat([left_hi.reshape(hi.shape), hi]),
-                      torch.cat([depth + 1, depth + 1])))
+                      torch.cat([depth + 1, depth + 1]), None if pre is None else torch.cat([pre, pre])))
     return SplitOutcome("certified", reason="every sub-box is certified by CROWN bounds or the MILP", stats=stats)
+
+
+def _pack(pre: list) -> torch.Tensor:
+    """The hidden intervals of a batch as one (B, 2 * neurons) tensor, layer by layer."""
+    return torch.cat([t for pair in pre for t in pair], 1)
+
+
+def _unpack(packed: torch.Tensor, widths: list[int]) -> list:
+    out, at = [], 0
+    for n in widths:
+        out.append((packed[:, at:at + n], packed[:, at + n:at + 2 * n]))
+        at += 2 * n
+    return out
+
+
+def _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed):
+    """Lean CROWN (``forward.ForwardBounds``) with the hidden intervals inherited from the parent
+    box; hidden CROWN is recomputed every ``REFRESH_EVERY`` levels (a box that the bounds cannot
+    decide is split anyway, and its children start from these intervals)."""
+    widths = [w.shape[0] for w in fwd.W[:-1]]
+    inherited = None if packed is None else _unpack(packed, widths)
+    margin, coeff, pre = fwd.bounds(lo, hi, G_t, h_t, inherited, tol=tol, refresh=depth % REFRESH_EVERY == 0)
+    return margin, coeff, _pack(pre)
+
+
+def _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t, *, starts: int = PGD_BOXES,
+               steps: int = PGD_BOX_STEPS):
+    """Projected sign-gradient descent on ``max_r (G_r y - h_r)`` inside the least safe boxes; a
+    hit is returned only after the plain float64 forward pass confirms it (x, y as numpy)."""
+    k = min(starts, lo.shape[0])
+    order = torch.argsort(margin)[:k]
+    blo, bhi = lo[order], hi[order]
+    x = (blo + bhi) / 2
+    step0 = (bhi - blo) / 4
+    for t in range(steps):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = net64(x).reshape(k, -1)
+            loss = (y @ G_t.T - h_t).amax(1)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - step0 * (1 - t / steps) * grad.sign(), blo), bhi)
+            x = torch.minimum(torch.maximum(x, region_lo), region_hi)
+    hit, y = unsafe(x.detach())
+    if bool(hit.any()):
+        i = int(hit.nonzero()[0])
+        return x[i].detach().cpu().numpy(), y[i].cpu().numpy()
+    return None
 
 
 def _take(queue: list, batch: int):
     """Up to ``batch`` boxes from the end of the queue (depth first keeps the queue short)."""
-    lo, hi, depth = queue.pop()
+    lo, hi, depth, pre = queue.pop()
     if lo.shape[0] > batch:
-        queue.append((lo[batch:], hi[batch:], depth[batch:]))
-        return lo[:batch], hi[:batch], depth[:batch]
-    return lo, hi, depth
+        queue.append((lo[batch:], hi[batch:], depth[batch:], None if pre is None else pre[batch:]))
+        return lo[:batch], hi[:batch], depth[:batch], None if pre is None else pre[:batch]
+    return lo, hi, depth, pre

@@ -1,0 +1,220 @@
+"""Lean CROWN for input splitting on Linear/ReLU networks with few inputs.
+
+Input splitting bounds thousands of sub-boxes, so the cost per box matters more than generality.
+This version composes the network into dense ``(W_k, c_k)`` layers with ReLUs between them, and
+for a batch of boxes:
+
+* takes hidden intervals *inherited* from the parent box (sound: the parent contains the child)
+  and intersects them with the child's own interval and CROWN bounds, so a child is never looser
+  than its parent, and neurons that are stable already need no backward pass;
+* computes the CROWN bounds of a hidden layer only for the neurons unstable in some box of the
+  batch, with each ReLU's relaxation built once per layer;
+* bounds the spec with one backward pass whose lower ReLU slopes ``a in [0, 1]`` (any value is
+  sound: ``relu(z) >= a z``) and the weights ``lam`` of a convex combination of the spec's rows
+  (if ``sum_r lam_r (G_r y - h_r) > 0`` on the box, no point meets every row) are improved by a
+  few projected gradient steps (alpha-CROWN style), only on the boxes still undecided.
+
+Soundness is with respect to real arithmetic, evaluated in float64 (as ``bounds``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .bounds import DTYPE, BoundPropagator, _Affine, _ReLU, as_tensor
+
+__all__ = ["FORWARD_MAX_INPUTS", "FORWARD_MAX_WIDTH", "ForwardBounds"]
+
+#: Lean CROWN is used while the input is narrow and every layer fits a dense matrix.
+FORWARD_MAX_INPUTS = 16
+FORWARD_MAX_WIDTH = 4096
+#: Gradient steps on the spec's lower slopes and row weights, and their step size.
+ALPHA_STEPS = 8
+ALPHA_LR = 0.2
+
+
+class ForwardBounds:
+    """Bounds of ``G y - h`` over many boxes at once for a Linear/ReLU network with few inputs."""
+
+    def __init__(self, prop: BoundPropagator):
+        self.prop = prop
+        dev = prop.device
+        self.relu_ops: list[int] = []  # op index of each ReLU, in order
+        layers: list[list] = []  # [W, c] per affine block
+        n_in = prop.ops and int(torch.tensor(prop.input_shape).prod())
+        W = torch.eye(n_in, dtype=DTYPE, device=dev)
+        c = torch.zeros(n_in, dtype=DTYPE, device=dev)
+        for i, op in enumerate(prop.ops):
+            if isinstance(op, _Affine):
+                L, off = op.matrix(prop.shapes[i], prop.shapes[i + 1], dev)
+                L = torch.as_tensor(L.toarray(), dtype=DTYPE, device=dev)
+                W, c = L @ W, L @ c + torch.as_tensor(off, dtype=DTYPE, device=dev)
+            else:
+                layers.append([W, c])
+                self.relu_ops.append(i)
+                n = W.shape[0]
+                W, c = torch.eye(n, dtype=DTYPE, device=dev), torch.zeros(n, dtype=DTYPE, device=dev)
+        layers.append([W, c])
+        self.W = [w for w, _ in layers]
+        self.c = [b for _, b in layers]
+
+    @staticmethod
+    def supports(prop: BoundPropagator) -> bool:
+        if int(torch.tensor(prop.input_shape).prod()) > FORWARD_MAX_INPUTS:
+            return False
+        for i, op in enumerate(prop.ops):
+            if not isinstance(op, (_Affine, _ReLU)) or int(torch.tensor(prop.shapes[i + 1]).prod()) > FORWARD_MAX_WIDTH:
+                return False
+        return True
+
+    @staticmethod
+    def _relax(lo, hi):
+        """Per neuron: default lower slope a, upper slope s and intercept t; and the unstable mask."""
+        active, unstable = lo >= 0, (lo < 0) & (hi > 0)
+        denom = torch.where(unstable, hi - lo, torch.ones_like(lo))
+        s = torch.where(unstable, hi / denom, active.to(DTYPE))
+        t = torch.where(unstable, -s * lo, torch.zeros_like(lo))
+        a = torch.where(unstable, (hi >= -lo).to(DTYPE), active.to(DTYPE))
+        return a, s, t, unstable
+
+    def _back(self, lam, bias, k, relax, c, r, alphas=None, first=None):
+        """Lower bound over each box of ``lam . z + bias`` where z is the input of ReLU layer ``k``
+        (``k = len(relax)`` for the output); lam (B, R, N_k). ``first = (lam', bias')`` gives
+        ``lam W_k, bias + lam c_k`` already (rows of a layer's own matrix: no product needed)."""
+        for j in range(k - 1, -1, -1):
+            if first is not None and j == k - 1:
+                lam, bias = first
+            else:
+                bias = bias + lam @ self.c[j + 1]
+                lam = lam @ self.W[j + 1]
+            a, s, t, _ = relax[j]
+            if alphas is not None and alphas[j] is not None:
+                a = alphas[j]
+            neg = lam.clamp(max=0)
+            bias = bias + (neg @ t.unsqueeze(2)).squeeze(2)
+            lam = lam * torch.where(lam >= 0, a.unsqueeze(1), s.unsqueeze(1))
+        bias = bias + lam @ self.c[0]
+        lam = lam @ self.W[0]
+        return bias + (lam @ c.unsqueeze(2)).squeeze(2) - (lam.abs() @ r.unsqueeze(2)).squeeze(2), lam
+
+    @torch.no_grad()
+    def hidden(self, lower, upper, inherited: list | None = None, crown: bool = True):
+        """Sound intervals (lo, hi) of every ReLU input, and their relaxations; ``crown=False``
+        keeps the inherited and interval bounds only (no backward pass: cheap)."""
+        lower, upper = as_tensor(lower, self.prop.device), as_tensor(upper, self.prop.device)
+        b = lower.shape[0]
+        lo_in, hi_in = lower.reshape(b, -1), upper.reshape(b, -1)
+        c, r = (lo_in + hi_in) / 2, (hi_in - lo_in) / 2
+        pre, relax = [], []
+        for k in range(len(self.relu_ops)):
+            W, cb = self.W[k], self.c[k]
+            if k == 0:
+                mid, rad = c @ W.T + cb, r @ W.abs().T  # exact over the box
+            else:
+                plo, phi = pre[-1]
+                plo, phi = plo.clamp(min=0), phi.clamp(min=0)
+                mid, rad = (plo + phi) / 2 @ W.T + cb, (phi - plo) / 2 @ W.abs().T
+            lo, hi = mid - rad, mid + rad
+            if inherited is not None:
+                lo, hi = torch.maximum(lo, inherited[k][0]), torch.minimum(hi, inherited[k][1])
+            if k > 0 and crown:
+                want = (lo < 0) & (hi > 0)
+                rows = want.any(0).nonzero().flatten()
+                if rows.numel():
+                    m = rows.numel()
+                    w_rows = torch.cat([W[rows], -W[rows]])  # the rows +-e_j pushed through W_k
+                    c_rows = torch.cat([cb[rows], -cb[rows]])
+                    first = (w_rows.unsqueeze(0).expand(b, *w_rows.shape), c_rows.unsqueeze(0).expand(b, -1))
+                    bound, _ = self._back(None, None, k, relax, c, r, first=first)
+                    sub_lo = torch.where(want[:, rows], torch.maximum(lo[:, rows], bound[:, :m]), lo[:, rows])
+                    sub_hi = torch.where(want[:, rows], torch.minimum(hi[:, rows], -bound[:, m:]), hi[:, rows])
+                    lo, hi = lo.clone(), hi.clone()
+                    lo[:, rows], hi[:, rows] = sub_lo, sub_hi
+            lo = torch.minimum(lo, hi)  # equal bounds stay ordered despite rounding
+            pre.append((lo, hi))
+            relax.append(self._relax(lo, hi))
+        return pre, relax
+
+    def bounds(self, lower, upper, G, h, inherited: list | None = None, *, tol: float = 0.0,
+               steps: int = ALPHA_STEPS, refresh=None):
+        """Per box: a lower bound of ``max_r (G_r y - h_r)``'s certificate (> tol means the box
+        cannot reach ``G y <= h``), the input coefficients of the bound (B, n) for choosing a split,
+        and the hidden intervals (to hand down to sub-boxes). With inherited intervals, a cheap
+        pass without hidden CROWN runs first; only the boxes it leaves open and ``refresh``
+        (a mask, default all) selects get their hidden intervals recomputed by CROWN."""
+        lower, upper, G, h = (as_tensor(v, self.prop.device) for v in (lower, upper, G, h))
+        if inherited is None:
+            return self._bounds(lower, upper, G, h, None, tol, steps, True)
+        margin, coeff, pre = self._bounds(lower, upper, G, h, inherited, tol, steps, False)
+        redo = margin <= tol
+        if refresh is not None:
+            redo &= refresh
+        if bool(redo.any()):
+            idx = redo.nonzero().flatten()
+            m2, c2, p2 = self._bounds(lower[idx], upper[idx], G, h, [(a[idx], b[idx]) for a, b in pre], tol, steps,
+                                      True)
+            margin, coeff = margin.clone(), coeff.clone()
+            margin[idx], coeff[idx] = m2, c2
+            pre = [(a.index_put((idx,), a2), b.index_put((idx,), b2)) for (a, b), (a2, b2) in zip(pre, p2)]
+        return margin, coeff, pre
+
+    def _bounds(self, lower, upper, G, h, inherited, tol, steps, crown):
+        b = lower.shape[0]
+        lo_in, hi_in = lower.reshape(b, -1), upper.reshape(b, -1)
+        c, r = (lo_in + hi_in) / 2, (hi_in - lo_in) / 2
+        pre, relax = self.hidden(lower, upper, inherited, crown)
+        k = len(relax)
+        with torch.no_grad():  # each row alone, default slopes
+            Gb = G.unsqueeze(0).expand(b, *G.shape)
+            rows_lb, lam_in = self._back(Gb, -h.unsqueeze(0).expand(b, -1), k, relax, c, r)
+            best, arg = rows_lb.max(1)
+            coeff = lam_in[torch.arange(b), arg]
+        open_ = best <= tol
+        if steps <= 0 or not bool(open_.any()):
+            return best, coeff, pre
+        idx = open_.nonzero().flatten()
+        sub_relax = [tuple(t[idx] for t in rl) for rl in relax]
+        cs, rs = c[idx], r[idx]
+        # parameters: lower slopes of unstable neurons (start at the default), and row weights
+        alpha = [rl[0].clone().requires_grad_(True) for rl in sub_relax]
+        logits = torch.zeros(idx.numel(), G.shape[0], dtype=DTYPE, device=G.device)
+        logits[torch.arange(idx.numel()), arg[idx]] = 2.0
+        logits.requires_grad_(True)
+        params = alpha + [logits]
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
+        got, got_coeff = best[idx].clone(), coeff[idx].clone()
+        for it in range(steps):
+            with torch.enable_grad():
+                w = torch.softmax(logits, 1)
+                lam = (w @ G).unsqueeze(1)
+                bias = -(w * h).sum(1, keepdim=True)
+                lb, lam_in = self._back(lam, bias, k, sub_relax, cs, rs, alphas=alpha)
+                lb = lb[:, 0]
+                (-lb.sum()).backward()
+            with torch.no_grad():
+                better = lb > got
+                got = torch.where(better, lb.detach(), got)
+                got_coeff = torch.where(better.unsqueeze(1), lam_in[:, 0].detach(), got_coeff)
+                _adam_step(params, moments, it + 1)
+                for j, al in enumerate(alpha):  # project: a in [0, 1], stable neurons keep theirs
+                    al.clamp_(0.0, 1.0)
+                    al.copy_(torch.where(sub_relax[j][3], al, sub_relax[j][0]))
+                if bool((got > tol).all()):
+                    break
+        best, coeff = best.clone(), coeff.clone()
+        best[idx], coeff[idx] = got, got_coeff
+        return best, coeff, pre
+
+
+def _adam_step(params, moments, step: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+    """One Adam ascent step on tensors whose ``grad`` holds the gradient of the loss to minimise
+    (torch.optim would import torch._dynamo, seconds of start-up, on its first use)."""
+    for q, (m, v) in zip(params, moments):
+        if q.grad is None:
+            continue
+        g = q.grad
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        mh, vh = m / (1 - beta1**step), v / (1 - beta2**step)
+        q.sub_(ALPHA_LR * mh / (vh.sqrt() + eps))
+        q.grad = None
