@@ -187,14 +187,37 @@ def _row(r: dict) -> str:
     return line
 
 
+def calibrate(path: Path) -> int:
+    """The measurements behind ``heuristics.analysis.TIMING_MEASUREMENTS`` (``--layer auto``'s time
+    model): each finished row's first-round LP nonzeros and total seconds, and their log-log fit.
+    Paste the tuples into TIMING_MEASUREMENTS after a full run on a quiet machine."""
+    import numpy as np
+
+    rows = []
+    for r in json.loads(path.read_text())["tasks"]:
+        rounds = r.get("lp", {}).get("rounds") if isinstance(r.get("lp"), dict) else None
+        if r.get("kind") == "ours" and rounds and r.get("status") in ("certified", "infeasible"):
+            rows.append((r["name"], int(rounds[0]["nonzeros"]), float(r["timings"]["total"])))
+    for name, nnz, secs in rows:
+        print(f"    ({nnz:_}, {secs:.1f}),  # {name}")
+    if len(rows) >= 2:
+        b, log_a = np.polyfit(np.log([n for _, n, _ in rows]), np.log([t for *_, t in rows]), 1)
+        print(f"fit: seconds = {np.exp(log_a):.3g} * nonzeros ** {b:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="folder with the benchmark assets")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "point_repair.json")
     ap.add_argument("--no-reference", action="store_true", help="skip the APRNN-encoding baseline")
     ap.add_argument("--only", nargs="*", help="task names to run")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="print the time model's measurements (first-round nonzeros, seconds) from --out and their fit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.calibrate:
+        return calibrate(args.out)
     if args.worker:
         print(json.dumps(run_task(json.loads(args.worker), args.bench), default=float))
         return 0

@@ -147,7 +147,8 @@ def analyze_points(spec: PointSpec, net: nn.Module | None = None) -> dict[str, A
 # LP size of the first round of point repair
 # --------------------------------------------------------------------------------------------------
 
-def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | None = None) -> dict[str, int]:
+def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | None = None,
+                    formulation: str = "u") -> dict[str, int]:
     """Predicted size of the FIRST-round LP of provable point repair at affine layer ``layer``.
 
     An estimate by counting, following the formulation in DESIGN.md ("Provable point repair").
@@ -170,6 +171,10 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     ``rows`` (a count) predicts a repair restricted to that many rows of ``W_k`` (``--rows``/``--channels``):
     only their deltas and unit rows count (the other units' ``u`` are fixed columns).
 
+    ``formulation`` "auto" follows the repairer's default (``PointRepairOptions.formulation``): a conv
+    layer's ``u`` is substituted out, leaving ``2*n_delta + 1`` variables, ``n_delta + R`` rows and
+    output rows dense over the deltas (its ReLU rows come lazily, in later rounds).
+
     ``variables`` and ``rows`` are exact for the first round; ``nonzeros`` is an upper-leaning
     estimate (the output rows' ``u`` coefficients are not split into p/q, and zero coefficients of the
     masked later products are dropped by the builder): checked 5-20 % above the real count on small
@@ -191,6 +196,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     n_points = x.shape[0]
     live_mask = None
     patch_nnz = 0     # sum over points and positions of nnz(h_p at that position)
+    positions = 1
     active = 0        # active (point, unit) pairs of layer k
     n_k = n_out = 0
     with torch.no_grad():
@@ -198,6 +204,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
             h = torch.as_tensor(x[start:start + _CHUNK], dtype=torch.float64)
             h = net64[:mi](h) if mi > 0 else h
             nz = layer_inputs(layer_k, h) != 0
+            positions = int(nz.shape[1])
             live_chunk = nz.any(dim=0).any(dim=0)
             live_mask = live_chunk if live_mask is None else live_mask | live_chunk
             patch_nnz += int(nz.sum())
@@ -209,6 +216,9 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     R = int(spec.output_constraints(n_out)[0].shape[0])
 
     n_delta = n_rows * live + n_rows + later_bias
+    if formulation != "u" and (formulation == "substituted" or positions > 1):
+        return {"variables": int(2 * n_delta + 1), "rows": int(n_delta + R),
+                "nonzeros": int(3 * n_delta + 2 * R * n_delta)}
     units = n_points * n_k
     sel_units = units * n_rows // n_all
     variables = 2 * n_delta + 1 + units

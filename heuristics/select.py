@@ -31,7 +31,7 @@ def candidate_plan(net, spec, *, time_limit: float | None = None) -> list[dict]:
         n_rows = int(net[affine_layers(net)[k]].weight.shape[0])
         rows, count = None, n_rows
         while True:
-            secs = estimate_seconds(predict_lp_size(net, spec, k, rows=rows))
+            secs = estimate_seconds(predict_lp_size(net, spec, k, rows=rows, formulation="auto"))
             if secs <= budget:
                 plan.append({"layer": k, "rows": rows, "seconds": secs})
                 break

@@ -142,3 +142,35 @@ def test_cli_rejects_bad_rows_with_exit_2(tmp_path, capsys):
     assert main(base + ["--rows", "3,8"]) == 2
     assert "8 output neurons" in capsys.readouterr().err
     assert main(base + ["--rows", "0:8"]) in (0, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# --layer auto by predicted time
+
+
+def test_layer_auto_on_the_zoo_cnn_lists_more_than_one_candidate():
+    from heuristics.select import candidate_layers, candidate_plan
+    from provrepair.zoo import load_zoo
+
+    net = load_zoo("mnist_cnn")
+    x = np.random.default_rng(0).uniform(size=(10, 1, 28, 28)).astype(np.float32)
+    spec = PointSpec.from_arrays(x, labels=np.zeros(10, dtype=np.int64))
+    assert len(candidate_layers(net, spec)) > 1
+    # a tight time limit leaves fewer layers (or row subsets), never more
+    tight = candidate_plan(net, spec, time_limit=1.0)
+    assert {c["layer"] for c in tight} <= set(candidate_layers(net, spec))
+    with pytest.raises(InputError, match="time-limit"):
+        candidate_layers(net, spec, time_limit=1e-9)
+
+
+def test_layer_auto_falls_back_to_a_row_subset(monkeypatch):
+    import heuristics.select as select
+
+    net = _cnn()
+    spec = _spec(net)
+    # pretend layer 1 is too slow whole: the plan gives it half its channels
+    monkeypatch.setattr(select, "estimate_seconds", lambda size: 1e9 if size["variables"] > 150 else 1.0)
+    plan = {c["layer"]: c for c in select.candidate_plan(net, spec, time_limit=10.0)}
+    assert all(c["rows"] is None or c["rows"] < net[[0, 3, 7, 9][k]].weight.shape[0] for k, c in plan.items())
+    rows = select.pick_rows(net, spec, 1, 2)
+    assert len(rows) == 2 and all(0 <= r < 4 for r in rows)

@@ -374,45 +374,100 @@ class PointLP:
         if plain.size and self.substituted:
             for start in range(0, plain.size, self._substitute_batch()):
                 sel = plain[start:start + self._substitute_batch()]
-                cols, vals, shift = self._delta_rows(_select_rows(rows, sel))
-                scale = _row_scale(vals)
-                self.backend.add_rows(self.L.matrix(cols, vals * scale[:, None]), lo=(lo[sel] - shift) * scale,
-                                      hi=(hi[sel] - shift) * scale)
+                block, shift, scale = self._delta_rows(_select_rows(rows, sel))
+                self.backend.add_rows(block, lo=(lo[sel] - shift) * scale, hi=(hi[sel] - shift) * scale)
         elif plain.size:
             _add_affine_rows(self.backend, self.L, _select_rows(rows, plain), lo=lo[plain], hi=hi[plain])
         if zrows.any():
             sel = np.flatnonzero(zrows)
             _add_zonotope_rows(self.backend, self.L, _select_rows(rows, sel), self.zono, lo[sel], hi[sel])
 
-    def _substitute_batch(self) -> int:
-        positions, fan_in = self.feats.shape[1], self.live.size
-        return max(1, _PATTERN_ELEMENTS // max(1, positions * max(fan_in, self.neurons.size)))
+    def _add_direct_patterns(self, i: int, p: np.ndarray, n: np.ndarray) -> None:
+        """Pattern rows at a module whose input is u up to ReLUs (substituted LP), built sparse from
+        the functional's one or two entries: a conv layer's ReLU and max-pool rows, by the
+        ten thousand, without a dense row over u each."""
+        suffix = self.suffix
+        r, unit, val = suffix.functional_entries(i, p, n)
+        for j in range(self.k + 1, i):  # ReLUs on the way zero what they hold inactive
+            if j in suffix.sign:
+                val = val * (suffix.sign[j].reshape(suffix.n_points, -1).numpy()[p[r], unit] > 0)
+        positions = self.feats.shape[1]
+        n_rows_k = self.layer_k.weight.shape[0]
+        ch, q = unit // positions, unit % positions
+        pos_of = np.full(n_rows_k, -1)
+        pos_of[self.neurons] = np.arange(self.neurons.size)
+        sel = pos_of[ch]
+        shift = np.zeros(p.size)
+        np.add.at(shift, r, val * self.u0[p[r], unit])
+        live = sel >= 0  # frozen rows of W_k keep their u: constant
+        self._add_sparse_delta_rows(r[live], sel[live], p[r[live]] * positions + q[live], val[live], p.size,
+                                    shift, self.pre[i][p, n])
 
-    def _delta_rows(self, rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cols, vals) of rows over u rewritten over the deltas (``u_p = u0_p + ΔW h_p + Δb``), and
-        the shift ``coef_u @ u0_p`` that moves from the row's side to its bounds."""
+    def _add_sparse_delta_rows(self, r, sel, hq, val, E, shift, sign) -> None:
+        """Rows ``Σ val · u[sel, q] (+ u0 part) <=> 0`` over the deltas: entry (r, sel, hq) stands for
+        ``val · (ΔW[sel] h[hq] + Δb[sel])``; ``sign``: >0 the row is >= 0, <0 <= 0, 0 both."""
+        L = self.L
+        n_sel, n_live = self.neurons.size, self.live.size
+        n_points, positions = self.feats.shape[:2]
+        if not hasattr(self, "_h_flat"):
+            self._delta_rows_init()
+        M = sp.csr_matrix((val, (r * n_sel + sel, hq)), shape=(E * n_sel, n_points * positions))
+        cw = (M @ self._h_flat).tocoo()
+        W = sp.csr_matrix((cw.data, (cw.row // n_sel, (cw.row % n_sel) * n_live + cw.col)), shape=(E, L.n_w))
+        Bk = sp.csr_matrix((val, (r, sel)), shape=(E, n_sel))
+        D = sp.hstack([W, Bk, sp.csr_matrix((E, L.n_delta - L.n_w - n_sel))], format="csr")
+        big = np.abs(D).max(axis=1).toarray().ravel()
+        scale = np.where(big > 0, 1.0 / np.where(big > 0, big, 1.0), 1.0)
+        lo = np.where(sign >= 0, -shift, -np.inf) * scale
+        hi = np.where(sign > 0, np.inf, -shift) * scale
+        self.backend.add_rows(sp.diags(scale) @ D @ self._pq, lo=lo, hi=hi)
+
+    def _delta_rows_init(self) -> None:
+        L = self.L
+        n_points, positions = self.feats.shape[:2]
+        self._h_flat = sp.csr_matrix(self.feats[:, :, self.live].reshape(n_points * positions, -1))
+        pq = np.flatnonzero(L.pcol >= 0)
+        self._pq = sp.csr_matrix((np.concatenate([np.ones(pq.size), -np.ones(pq.size)]),
+                                  (np.concatenate([pq, pq]), np.concatenate([L.pcol[pq], L.qcol[pq]]))),
+                                 shape=(L.n_delta, L.n_vars))
+
+    def _substitute_batch(self) -> int:
+        return max(1, _PATTERN_ELEMENTS // max(1, self.n_k))
+
+    def _delta_rows(self, rows: Rows) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Rows over u rewritten over the deltas (``u_p = u0_p + ΔW h_p + Δb``), as a sparse block
+        over the LP's columns (δ as p - q), and the shift ``coef_u @ u0_p`` that moves from the
+        row's side to its bounds. Built sparse throughout: a pattern row touches one or two units."""
         n_points, positions = self.feats.shape[:2]
         E = rows.point.size
-        n_rows_k = self.layer_k.weight.shape[0]
-        cu = rows.coef_u.reshape(E, n_rows_k, positions)[:, self.neurons, :]
-        h = self.feats[rows.point][:, :, self.live]
-        cw = np.einsum("esq,eqi->esi", cu, h).reshape(E, -1)
-        cb = cu.sum(2)
-        shift = (rows.coef_u * self.u0[rows.point]).sum(1)
         L = self.L
-        blocks_c = [np.broadcast_to(L.delta(np.arange(L.n_w)), cw.shape),
-                    np.broadcast_to(L.delta(L.n_w + np.arange(cb.shape[1])), cb.shape)]
-        blocks_v = [cw, cb]
-        for j, c in rows.coef_b.items():
-            if j in L.bias_offset:
-                blocks_c.append(np.broadcast_to(L.delta(L.bias_offset[j] + np.arange(c.shape[1])), c.shape))
-                blocks_v.append(c)
-        return np.concatenate(blocks_c, 1), np.concatenate(blocks_v, 1), shift
+        n_rows_k = self.layer_k.weight.shape[0]
+        n_sel, n_live = self.neurons.size, self.live.size
+        cu = rows.coef_u.reshape(E, n_rows_k, positions)[:, self.neurons, :]
+        if not hasattr(self, "_h_flat"):
+            self._delta_rows_init()
+        e, sel, q = np.nonzero(cu)
+        M = sp.csr_matrix((cu[e, sel, q], (e * n_sel + sel, rows.point[e] * positions + q)),
+                          shape=(E * n_sel, n_points * positions))
+        cw = (M @ self._h_flat).tocoo()  # (E * n_sel, live)
+        blocks = [sp.csr_matrix((cw.data, (cw.row // n_sel, (cw.row % n_sel) * n_live + cw.col)), shape=(E, L.n_w)),
+                  sp.csr_matrix(cu.sum(2))]
+        for j in L.bias_offset:
+            c = rows.coef_b.get(j)
+            blocks.append(sp.csr_matrix(c) if c is not None else sp.csr_matrix((E, self.later[j])))
+        D = sp.hstack(blocks, format="csr")
+        shift = (rows.coef_u * self.u0[rows.point]).sum(1)
+        big = np.abs(D).max(axis=1).toarray().ravel()
+        scale = np.where(big > 0, 1.0 / np.where(big > 0, big, 1.0), 1.0)
+        return sp.diags(scale) @ D @ self._pq, shift, scale
 
     def add_patterns(self, select: dict[int, np.ndarray]) -> None:
         """The pattern rows ``select`` marks (per ReLU: points x units), in batches of bounded memory."""
         for i, sel in select.items():
             pts, neu = np.nonzero(sel)
+            if self.substituted and self.suffix.direct(i) and pts.size:
+                self._add_direct_patterns(i, pts, neu)
+                continue
             batch = max(1, min(_PATTERN_BATCH, _PATTERN_ELEMENTS // max(self.suffix.acts[i][0].numel(), self.n_k)))
             for lo_idx in range(0, pts.size, batch):
                 p, n = pts[lo_idx:lo_idx + batch], neu[lo_idx:lo_idx + batch]
@@ -613,6 +668,7 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
         lp.add_weight_columns(priced)
         lp.add_violated(violated)
         run.build_time += time.perf_counter() - t0
+        say(f"round {rnd + 1}: LP {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
     return run
 
 

@@ -130,6 +130,26 @@ class Suffix:
         mask = (member >= 0) & (member != arg[..., None])
         return mask.reshape(self.n_points, -1).numpy()
 
+    def functional_entries(self, i: int, point: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``functional`` as (row, index, value) triples: one per ReLU unit, two per max-pool member."""
+        rows = np.arange(point.size)
+        if i not in self.argmax:
+            return rows, np.asarray(unit, dtype=np.int64), np.ones(point.size)
+        win, arg = self.windows[i], self.argmax[i]
+        n_k, n_o = win.shape
+        ch, rest = unit // (n_o * n_k), unit % (n_o * n_k)
+        o, s = rest // n_k, rest % n_k
+        plane = self.acts[i].shape[2] * self.acts[i].shape[3]
+        chosen = arg.numpy()[point, ch, o]
+        member = np.maximum(win.numpy()[s, o], 0)
+        return (np.concatenate([rows, rows]), np.concatenate([ch * plane + chosen, ch * plane + member]),
+                np.concatenate([np.ones(point.size), -np.ones(point.size)]))
+
+    def direct(self, i: int) -> bool:
+        """Whether the input of module ``i`` is u itself up to ReLUs and reshapes (a pattern row there
+        touches a unit or two of u)."""
+        return all(isinstance(self.modules[j], (nn.ReLU, nn.Flatten)) for j in range(self.k + 1, i))
+
     def functional(self, i: int, point: np.ndarray, unit: np.ndarray) -> torch.Tensor:
         """(E, size of the input of module ``i``): the linear functional of each pattern row
         (one-hot for a ReLU unit; chosen minus member for a max-pool's)."""
