@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 
 ERAN100 = {"net": "mnist_relu_9_100.tf", "points": "fog8"}
+CNN_LIMIT = 120.0  # seconds: the bound for the zoo CNNs
 TASKS = [
     {"name": "layer5_100", "kind": "ours", "layer": 5, "n": 100, **ERAN100},
     {"name": "layer6_100", "kind": "ours", "layer": 6, "n": 100, **ERAN100},
@@ -50,8 +51,11 @@ TASKS = [
      "points": "fog"},
     {"name": "mlp_layer1", "kind": "ours", "layer": 1, "n": 100, "net": "zoo:mnist_mlp", "points": "fog"},
     {"name": "mlp_layer0", "kind": "ours", "layer": 0, "n": 100, "net": "zoo:mnist_mlp", "points": "fog"},
-    *[{"name": f"{z}_layer{k}", "kind": "ours", "layer": k, "n": 50, "net": f"zoo:{z}", "points": "fog"}
-      for z in ("mnist_cnn", "fashion_cnn") for k in range(4)],
+    *[{"name": f"{z}_layer{k}", "kind": "ours", "layer": k, "n": 50, "net": f"zoo:{z}", "points": "fog",
+       "time_limit": CNN_LIMIT} for z in ("mnist_cnn", "fashion_cnn") for k in range(4)],
+    # the same with a subset of the layer's rows/channels (APRNN's way to large layers)
+    *[{"name": f"{z}_layer{k}_rows{r}", "kind": "ours", "layer": k, "n": 50, "net": f"zoo:{z}", "points": "fog",
+       "rows": f"0:{r}", "time_limit": CNN_LIMIT} for z in ("mnist_cnn", "fashion_cnn") for k, r in ((0, 4), (1, 8), (2, 16))],
 ]
 #: Test images searched for fog failures, and the severities tried (lowest first).
 FOG_SEARCH = 10000

@@ -100,7 +100,11 @@ class HighsBackend(Backend):
         return f"{self._h.versionMajor()}.{self._h.versionMinor()}.{self._h.versionPatch()}"
 
     def _apply_time_limit(self, seconds):
-        self._h.setOptionValue("time_limit", float("inf") if seconds is None else float(seconds))
+        # HiGHS compares time_limit with its run clock, which counts every solve of this model so
+        # far: a re-solve given ``seconds`` must be limited at the clock's reading plus them (else
+        # the later rounds of constraint generation stop at once, "time limit").
+        h = self._h
+        h.setOptionValue("time_limit", float("inf") if seconds is None else h.getRunTime() + float(seconds))
 
     def _add_vars(self, lb, ub, cost, integer):
         h = self._h

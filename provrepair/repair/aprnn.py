@@ -577,7 +577,20 @@ class PointLP:
         if self.zono is not None:
             signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
         tol = self.opts.pattern_tol
-        return candidate, {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_modules}
+        violated = {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_modules}
+        return candidate, self._most_violated(violated, signed)
+
+    def _most_violated(self, violated: dict, signed: dict) -> dict:
+        """At most ``opts.max_pattern_rows`` of the violated rows, the most violated first (None: all).
+        Fewer rows per round keep each re-solve small where the first rounds break tens of
+        thousands of patterns; convergence still needs a round that violates none."""
+        cap = self.opts.max_pattern_rows
+        total = sum(int(v.sum()) for v in violated.values())
+        if cap is None or total <= cap:
+            return violated
+        vals = np.concatenate([signed[i][v] for i, v in violated.items()])
+        cut = np.partition(vals, cap - 1)[cap - 1]
+        return {i: v & (signed[i] <= cut) for i, v in violated.items()}
 
     def deltas(self, x: np.ndarray) -> np.ndarray:
         """δ = p - q for every delta column."""
@@ -655,7 +668,7 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
             break
         t0 = time.perf_counter()
         run.candidate, violated = lp.check(result.x)
-        n_viol = info["violated_patterns"] = sum(int(v.sum()) for v in violated.values())
+        n_viol = info["violated_patterns"] = sum(int(v.sum()) for v in violated.values())  # (capped)
         priced = lp.price()
         info["priced_columns"] = int(priced.size)
         run.check_time += time.perf_counter() - t0

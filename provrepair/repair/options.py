@@ -208,6 +208,7 @@ class PointRepairOptions:
     # "u": an auxiliary u_p per point (rows u_p = (W_k + ΔW_k) h_p + b_k + Δb_k); "substituted": u
     # substituted out, every row over the deltas; "auto": substituted for a conv layer (aprnn.PointLP._substitute)
     formulation: str = "auto"
+    max_pattern_rows: int | None = None  # pattern rows added per round at most, the most violated first
     price_tol: float = 1e-9  # a column prices in below -price_tol * max(its cost, 1)
     max_columns: float = 0.05  # share of the weight columns added per round at most (the most negative first)
     start_columns: float = 0.1  # share of the weight columns in the first lazy round (ranked by output pull)
