@@ -51,12 +51,18 @@ GUROBI_RESTRICTED_LIMIT = 2000
 #: A layer whose estimated solve time exceeds this many seconds gets a warning.
 SLOW_SECONDS = 300.0
 #: Measurements of the real point repairer (HiGHS, 2 cores): (first-round nonzeros, total seconds).
+#: ``--layer auto`` keeps a layer when ``estimate_seconds`` of its predicted LP fits the time limit
+#: (heuristics.select). Refresh with ``python benchmarks/point_repair.py --calibrate`` after a full
+#: benchmark run on a quiet machine; the last three (issue 18) were measured on a busy one.
 TIMING_MEASUREMENTS = (
     (145_000, 1.2),
     (657_000, 4.8),
     (1_020_000, 4.5),
     (1_160_000, 12.9),
     (663_000, 15.0),  # MLP layer 1, 50 points
+    (1_266_250, 74.0),  # zoo MLP layer 1, 100 fog failures
+    (1_725_681, 30.5),  # zoo mnist_cnn fc1 (layer 2), 16 of 64 rows, 50 fog failures
+    (38_500, 0.17),  # zoo mnist_cnn fc2 (layer 3), 50 fog failures
 )
 # Points are pushed through the network in chunks of this many (bounds the memory of conv patches).
 _CHUNK = 32
@@ -172,8 +178,8 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     only their deltas and unit rows count (the other units' ``u`` are fixed columns).
 
     ``formulation`` "auto" follows the repairer's default (``PointRepairOptions.formulation``): a conv
-    layer's ``u`` is substituted out, leaving ``2*n_delta + 1`` variables, ``n_delta + R`` rows and
-    output rows dense over the deltas (its ReLU rows come lazily, in later rounds).
+    layer's ``u`` is substituted out, leaving ``2*n_delta + 1`` variables, ``n_delta + R`` rows,
+    output rows dense over the deltas, and rows for its ReLU (counted all, though they come lazily).
 
     ``variables`` and ``rows`` are exact for the first round; ``nonzeros`` is an upper-leaning
     estimate (the output rows' ``u`` coefficients are not split into p/q, and zero coefficients of the
@@ -217,8 +223,12 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
 
     n_delta = n_rows * live + n_rows + later_bias
     if formulation != "u" and (formulation == "substituted" or positions > 1):
-        return {"variables": int(2 * n_delta + 1), "rows": int(n_delta + R),
-                "nonzeros": int(3 * n_delta + 2 * R * n_delta)}
+        # counted as if every row of the ReLU on u came in (they come lazily, but the first rounds
+        # of a conv layer break tens of thousands of them): each as wide as a patch, twice (p, q)
+        relu_rows = n_points * n_k * n_rows // n_all if relu else 0
+        per_row = 2.0 * (patch_nnz / max(1, n_points * positions) + 1.0)
+        return {"variables": int(2 * n_delta + 1), "rows": int(n_delta + R + relu_rows),
+                "nonzeros": int(3 * n_delta + 2 * R * n_delta + relu_rows * per_row)}
     units = n_points * n_k
     sel_units = units * n_rows // n_all
     variables = 2 * n_delta + 1 + units
