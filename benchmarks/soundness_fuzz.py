@@ -59,7 +59,7 @@ VIOLATION_TOL = 1e-12
 #: A polytope counterexample farther than this from the hull (NNLS residual, inf-norm) is outside.
 MEMBERSHIP_TOL = 1e-12
 SAMPLES = 256
-PRODUCT_TIMEOUT = 30.0
+PRODUCT_TIMEOUT = 10.0
 MILP_TIME_LIMIT = 60.0
 
 
@@ -624,6 +624,21 @@ def versions() -> dict:
             "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
 
 
+def write(out: Path, args, n_cases: int, groups: list, records: list[dict], wall: float, complete: bool) -> None:
+    doc = {"benchmark": "soundness_fuzz", "seed": args.seed, "cases_requested": n_cases, "complete": complete,
+           "groups_requested": len(groups), "groups_done": len({r["group"] for r in records}),
+           "cases_per_net": CASES_PER_NET, "delta_range": DELTA_RANGE, "method_weights": METHOD_WEIGHTS,
+           "violation_tol": VIOLATION_TOL, "membership_tol": MEMBERSHIP_TOL, "samples_per_case": SAMPLES,
+           "product_timeout_s": PRODUCT_TIMEOUT, "wall_seconds": round(wall, 1), "versions": versions(),
+           "summary": summarise(records),
+           "flagged": [r for r in records if r["false"] or "reference_inconsistent" in r],
+           "reproduce": "python benchmarks/soundness_fuzz.py --seed SEED --group GROUP"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=10_000, help="number of region verdicts (default 10,000)")
@@ -641,28 +656,23 @@ def main(argv=None) -> int:
         if len(groups) > 20 and (groups.index(g) + 1) % max(1, len(groups) // 20) == 0:
             bad = sum(bool(r["false"]) for r in records)
             print(f"  {len(records)} cases, {time.perf_counter() - t0:.0f} s, {bad} false", flush=True)
+            if out is not None:  # a run cut short still leaves its figures so far
+                write(out, args, n_cases, groups, records, time.perf_counter() - t0, complete=False)
 
+    out = args.out if args.out is not None else (None if args.group else RESULTS)
     records = run_groups(args.seed, groups, progress)
     wall = time.perf_counter() - t0
     summary = summarise(records)
     print(table(summary))
-    flagged = [r for r in records if r["false"] or "reference_inconsistent" in r]
-    for r in flagged:
-        print(f"FLAG seed={r['seed']} group={r['group']} case={r['case']} {r['net']}/{r['region']} "
-              f"{r['designed']} delta={r['delta']:.3g} method={r['method']}: {r['false'] or r['reference_inconsistent']}")
+    for r in records:
+        if r["false"] or "reference_inconsistent" in r:
+            print(f"FLAG seed={r['seed']} group={r['group']} case={r['case']} {r['net']}/{r['region']} "
+                  f"{r['designed']} delta={r['delta']:.3g} method={r['method']}: {r['false'] or r['reference_inconsistent']}")
     t = summary["total"]
     print(f"false certified: {t['false_certified']}   false violated: {t['false_violated']}   "
           f"unknown: {t['unknown']} of {t['cases']}   ({wall:.1f} s)")
-    out = args.out if args.out is not None else (None if args.group else RESULTS)
     if out is not None:
-        doc = {"benchmark": "soundness_fuzz", "seed": args.seed, "cases_requested": n_cases,
-               "groups": len(groups), "cases_per_net": CASES_PER_NET, "delta_range": DELTA_RANGE,
-               "method_weights": METHOD_WEIGHTS, "violation_tol": VIOLATION_TOL, "membership_tol": MEMBERSHIP_TOL,
-               "samples_per_case": SAMPLES, "product_timeout_s": PRODUCT_TIMEOUT, "wall_seconds": round(wall, 1),
-               "versions": versions(), "summary": summary, "flagged": flagged,
-               "reproduce": "python benchmarks/soundness_fuzz.py --seed SEED --group GROUP"}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1) + "\n")
+        write(out, args, n_cases, groups, records, wall, complete=True)
         print(f"wrote {out}")
     return 0 if t["false_certified"] == 0 and t["false_violated"] == 0 else 1
 
