@@ -119,17 +119,20 @@ class ForwardBounds:
                 lo, hi = torch.maximum(lo, inherited[k][0]), torch.minimum(hi, inherited[k][1])
             if k > 0 and crown:
                 want = (lo < 0) & (hi > 0)
-                rows = want.any(0).nonzero().flatten()
-                if rows.numel():
-                    m = rows.numel()
-                    w_rows = torch.cat([W[rows], -W[rows]])  # the rows +-e_j pushed through W_k
-                    c_rows = torch.cat([cb[rows], -cb[rows]])
-                    first = (w_rows.unsqueeze(0).expand(b, *w_rows.shape), c_rows.unsqueeze(0).expand(b, -1))
+                cnt = want.sum(1)
+                m = int(cnt.max())
+                if m:
+                    # each box's own unstable neurons (padded to the largest count), not the
+                    # batch's union: as boxes shrink, few neurons per box stay unstable
+                    idx = torch.sort(want.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]
+                    valid = torch.arange(m, device=lower.device).unsqueeze(0) < cnt.unsqueeze(1)
+                    w_rows, c_rows = W[idx], cb[idx]
+                    first = (torch.cat([w_rows, -w_rows], 1), torch.cat([c_rows, -c_rows], 1))
                     bound, _ = self._back(None, None, k, relax, c, r, first=first)
-                    sub_lo = torch.where(want[:, rows], torch.maximum(lo[:, rows], bound[:, :m]), lo[:, rows])
-                    sub_hi = torch.where(want[:, rows], torch.minimum(hi[:, rows], -bound[:, m:]), hi[:, rows])
-                    lo, hi = lo.clone(), hi.clone()
-                    lo[:, rows], hi[:, rows] = sub_lo, sub_hi
+                    lo_sel, hi_sel = lo.gather(1, idx), hi.gather(1, idx)
+                    lo_sel = torch.where(valid, torch.maximum(lo_sel, bound[:, :m]), lo_sel)
+                    hi_sel = torch.where(valid, torch.minimum(hi_sel, -bound[:, m:]), hi_sel)
+                    lo, hi = lo.scatter(1, idx, lo_sel), hi.scatter(1, idx, hi_sel)
             lo = torch.minimum(lo, hi)  # equal bounds stay ordered despite rounding
             pre.append((lo, hi))
             relax.append(self._relax(lo, hi))

@@ -6,8 +6,9 @@ the first that decides, per region and per unsafe disjunct:
 
 1. ``falsify``: centre, corners/vertices, samples, a short gradient search;
 2. ``ibp``: interval bounds; 3. ``crown``: linear bounds (batched over all regions);
-4. complete: input splitting with CROWN for low-dimensional regions (MILP on the deepest
-   sub-boxes), else the MILP on the whole region.
+4. complete: input splitting with CROWN for low-dimensional regions (lean batched CROWN with
+   optimised slopes and a gradient search between splits, ``split``/``forward``; MILP on the
+   deepest sub-boxes), else the MILP on the whole region.
 
 ``method`` caps the ladder: ``ibp`` and ``crown`` stop after their step (sound but incomplete),
 ``milp`` and ``auto`` run it to the end. A disjunct counts as unreachable when the lower bound of
@@ -229,7 +230,8 @@ def certify_regions(net: nn.Sequential, spec: RegionSpec, *, method: str = "auto
                     max_depth: int = DEFAULT_MAX_DEPTH,
                     progress: Callable[[str], None] | None = None) -> RegionCertificate:
     """Certify every region of ``spec`` (already validated against ``net``); ``timeout`` is the
-    complete check's budget per region, in seconds."""
+    budget per region, in seconds, for its whole ladder: the complete check gets what falsification
+    and the bounds left of it (issue 20: it holds within 10 % + 0.5 s)."""
     if method not in CERTIFY_METHODS:
         raise InputError(f"unknown certification method {method!r}; choose one of {', '.join(CERTIFY_METHODS)}")
     say = progress or (lambda msg: None)
