@@ -236,12 +236,10 @@ def main(argv=None) -> int:
         r = _spawn(task, args.bench)
         print(_row(r), flush=True)
         results.append(r)
-    by = {r["name"]: r for r in results}
-    old = {}
+    by = {r["name"]: r for r in results}  # this run's rows: the speed-ups compare rows of one run only
     if args.only and args.out.exists():  # a partial run updates its rows and keeps the others
         old = {r["name"]: r for r in json.loads(args.out.read_text()).get("tasks", [])}
-        by = {**old, **by}
-        results = list(by.values())
+        results = list({**old, **by}.values())
     summary = {}
     for ours_name, ref_name in (("layer5_100", "reference_layer5_100"), ("9x200_layer6", "reference_9x200_layer6")):
         ours, ref = by.get(ours_name), by.get(ref_name)

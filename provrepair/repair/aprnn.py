@@ -585,6 +585,8 @@ class PointLP:
         Fewer rows per round keep each re-solve small where the first rounds break tens of
         thousands of patterns; convergence still needs a round that violates none."""
         cap = self.opts.max_pattern_rows
+        if cap is None and self.substituted:
+            cap = _SUBSTITUTED_MAX_PATTERN_ROWS
         total = sum(int(v.sum()) for v in violated.values())
         if cap is None or total <= cap:
             return violated
@@ -627,6 +629,10 @@ _PATTERN_ELEMENTS = 40_000_000
 #: ``formulation="auto"`` substitutes u out where layer k has more output positions than this
 #: (a conv layer; a Linear layer has one): see ``PointLP._substitute``.
 _SUBSTITUTE_POSITIONS = 1
+#: A substituted (conv-layer) LP adds at most this many pattern rows per round unless
+#: ``max_pattern_rows`` says otherwise: the zoo CNN's conv1 broke 240k at its first round, whose
+#: rows (23.8 M nonzeros) took 230 s and 2.5 GB to add.
+_SUBSTITUTED_MAX_PATTERN_ROWS = 20000
 
 
 @dataclass
