@@ -17,7 +17,7 @@ from provrepair.certify.bounds import BoundPropagator
 from provrepair.certify.forward import ForwardBounds
 from provrepair.certify.split import split_search
 from provrepair.models import Normalize
-from provrepair.specs import Box, OutputProperty, RegionSpec
+from provrepair.specs import OutputProperty, RegionSpec
 
 #: Rounding slack when a float64 bound is compared with a float64 forward pass.
 SLACK = 1e-9
