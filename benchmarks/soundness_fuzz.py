@@ -245,6 +245,9 @@ class _Model:
 
 
 def _highs() -> highspy.Highs:
+    # HiGHS runs one scheduler per process and refuses another thread count later ("Not Set")
+    # unless it is reset: the product may have started it with its own count
+    highspy.Highs.resetGlobalScheduler(True)
     h = highspy.Highs()
     # Tolerances 1e-9: at 1e-10 HiGHS 1.16 returned wrong "Optimal" minima (seed 0: group 168 case 4 with
     # presolve on, group 14 case 6 with it off; points of the region 0.05-0.08 below the claimed bound),

@@ -65,3 +65,17 @@ def test_fuzz_slice_has_no_false_verdicts(fuzz):
     assert summary["cases"] == 8 * len(GROUPS)
     assert summary["false_certified"] == 0 and summary["false_violated"] == 0, "\n".join(bad)
     assert not [r for r in records if "reference_inconsistent" in r]
+
+
+def test_a_violation_below_the_solver_tolerance_is_never_certified(fuzz):
+    """Seed 0, group 132, case 1 of the full fuzz: a box unsafe by 5.7e-8 whose MILP on a tiny
+    sub-box HiGHS called infeasible, so the split search said certified. Regression for the
+    widened unsafe set in certify/milp.py."""
+    import provrepair
+
+    net, ref, shape, cases = fuzz.make_group(0, 132, fuzz._highs())
+    case = cases[1]
+    assert case.designed == "unsafe" and case.ref_upper <= 0  # the reference's witness violates
+    for method in ("auto", "milp"):
+        verdict = provrepair.certify(net, fuzz._spec([case], shape), method=method, timeout=20).verdicts[0]
+        assert verdict.status != "certified", (method, verdict.reason)
