@@ -200,25 +200,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
 
     x = np.array(spec.inputs, dtype=np.float64)  # writable copy for torch
     n_points = x.shape[0]
-    live_mask = None
-    patch_nnz = 0     # sum over points and positions of nnz(h_p at that position)
-    positions = 1
-    active = 0        # active (point, unit) pairs of layer k
-    n_k = n_out = 0
-    with torch.no_grad():
-        for start in range(0, n_points, _CHUNK):
-            h = torch.as_tensor(x[start:start + _CHUNK], dtype=torch.float64)
-            h = net64[:mi](h) if mi > 0 else h
-            nz = layer_inputs(layer_k, h) != 0
-            positions = int(nz.shape[1])
-            live_chunk = nz.any(dim=0).any(dim=0)
-            live_mask = live_chunk if live_mask is None else live_mask | live_chunk
-            patch_nnz += int(nz.sum())
-            u = layer_k(h)
-            n_k = int(u[0].numel())
-            active += int((u > 0).sum()) if relu else int(u.numel())
-            n_out = int(net64[mi:](h)[0].numel())
-    live = int(live_mask.sum())
+    live, patch_nnz, positions, active, n_k, n_out = _layer_counts(net64, mi, x, relu)
     R = int(spec.output_constraints(n_out)[0].shape[0])
 
     n_delta = n_rows * live + n_rows + later_bias
@@ -237,6 +219,33 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     out_nnz = 2.0 * R * (active / n_points + later_bias)
     nonzeros = 3 * n_delta + unit_nnz + int(round(out_nnz))
     return {"variables": int(variables), "rows": int(rows), "nonzeros": int(nonzeros)}
+
+
+def _layer_counts(net64: nn.Sequential, mi: int, x: np.ndarray, relu: bool) -> tuple[int, int, int, int, int, int]:
+    """What the LP size depends on, counted over the points ``x``: live input columns of module
+    ``mi``, nonzeros of its (unfolded) inputs summed over points and positions, positions, active
+    (point, unit) pairs, units of its output and outputs of the network."""
+    layer_k = net64[mi]
+    live_mask = None
+    patch_nnz = 0     # sum over points and positions of nnz(h_p at that position)
+    positions = 1
+    active = 0        # active (point, unit) pairs of layer k
+    n_k = n_out = 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], _CHUNK):
+            h = torch.as_tensor(x[start:start + _CHUNK], dtype=torch.float64)
+            h = net64[:mi](h) if mi > 0 else h
+            nz = layer_inputs(layer_k, h) != 0
+            positions = int(nz.shape[1])
+            live_chunk = nz.any(dim=0).any(dim=0)
+            live_mask = live_chunk if live_mask is None else live_mask | live_chunk
+            patch_nnz += int(nz.sum())
+            u = layer_k(h)
+            n_k = int(u[0].numel())
+            active += int((u > 0).sum()) if relu else int(u.numel())
+            n_out = int(net64[mi:](h)[0].numel())
+    live = int(live_mask.sum())
+    return live, patch_nnz, positions, active, n_k, n_out
 
 
 def _fit_timing() -> tuple[float, float]:

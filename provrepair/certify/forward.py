@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .bounds import DTYPE, BoundPropagator, _Affine, _ReLU, as_tensor
+from .bounds import AFFINE, DTYPE, RELU, BoundPropagator, as_tensor
 
 __all__ = ["FORWARD_MAX_INPUTS", "FORWARD_MAX_WIDTH", "ForwardBounds"]
 
@@ -45,7 +45,7 @@ class ForwardBounds:
         W = torch.eye(n_in, dtype=DTYPE, device=dev)
         c = torch.zeros(n_in, dtype=DTYPE, device=dev)
         for i, op in enumerate(prop.ops):
-            if isinstance(op, _Affine):
+            if op.kind == AFFINE:
                 L, off = op.matrix(prop.shapes[i], prop.shapes[i + 1], dev)
                 L = torch.as_tensor(L.toarray(), dtype=DTYPE, device=dev)
                 W, c = L @ W, L @ c + torch.as_tensor(off, dtype=DTYPE, device=dev)
@@ -63,7 +63,7 @@ class ForwardBounds:
         if int(torch.tensor(prop.input_shape).prod()) > FORWARD_MAX_INPUTS:
             return False
         for i, op in enumerate(prop.ops):
-            if not isinstance(op, (_Affine, _ReLU)) or int(torch.tensor(prop.shapes[i + 1]).prod()) > FORWARD_MAX_WIDTH:
+            if op.kind not in (AFFINE, RELU) or int(torch.tensor(prop.shapes[i + 1]).prod()) > FORWARD_MAX_WIDTH:
                 return False
         return True
 

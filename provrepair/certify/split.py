@@ -113,16 +113,7 @@ def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max
             return SplitOutcome("violated", x=centre[i].cpu().numpy(), y=y[i].cpu().numpy(),
                                 reason="the centre of a sub-box reaches the unsafe set", stats=stats)
         # 2. bounds
-        if fwd is None:
-            nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
-            margin, coeff, pre = (nb.lower - h_t).amax(1), nb.coefficients.abs().amax(1), None
-        else:
-            margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed)
-        open_ = margin <= tol
-        if A_t is not None:  # sub-boxes entirely outside A x <= b are decided too
-            c, r = centre.reshape(lo.shape[0], -1), ((hi - lo) / 2).reshape(lo.shape[0], -1)
-            outside = ((c @ A_t.T - r @ A_t.abs().T) > b_t).any(1)
-            open_ &= ~outside
+        margin, coeff, pre, open_ = _box_bounds(prop, fwd, lo, hi, depth, packed, G_t, h_t, tol, A_t, b_t)
         per_box = (time.perf_counter() - step_t0) / lo.shape[0]
         if not bool(open_.any()):
             continue
@@ -136,18 +127,9 @@ def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max
         # 4. leaves at max depth go to the complete check
         deep = depth >= max_depth
         if bool(deep.any()):
-            if leaf_check is None:
-                return SplitOutcome("unknown", reason=f"sub-boxes remain open at depth {max_depth}", stats=stats)
-            for j in deep.nonzero().flatten().tolist():
-                if time.perf_counter() > deadline:
-                    return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats)
-                stats["milp_leaves"] += 1
-                status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1])
-                if status == "violated":
-                    return SplitOutcome("violated", x=x, y=yv, reason="found by the MILP on a sub-box", stats=stats)
-                if status != "certified":
-                    return SplitOutcome("unknown", reason=f"the MILP on a sub-box was inconclusive ({status})",
-                                        stats=stats)
+            done = _check_leaves(lo[deep], hi[deep], leaf_check, max_depth, deadline, stats)
+            if done is not None:
+                return done
             keep = ~deep
             lo, hi, depth, coeff, margin = lo[keep], hi[keep], depth[keep], coeff[keep], margin[keep]
             pre = None if pre is None else pre[keep]
@@ -155,23 +137,62 @@ def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max
                 continue
         # 5. split along the input with the largest smear; the least safe boxes (smallest
         # bound) first, so that the depth-first queue looks where counterexamples are likeliest
-        n = lo.shape[0]
-        order = torch.argsort(margin)
-        lo, hi, depth, coeff = lo[order], hi[order], depth[order], coeff[order]
-        pre = None if pre is None else pre[order]
-        width = (hi - lo).reshape(n, -1)
-        smear = width * coeff.abs().reshape(n, -1)
-        smear = torch.where(width > 0, smear + 1e-12 * width, torch.full_like(smear, -1.0))
-        dim = smear.argmax(1)
-        rows = torch.arange(n, device=lo.device)
-        mid = (lo.reshape(n, -1)[rows, dim] + hi.reshape(n, -1)[rows, dim]) / 2
-        left_hi = hi.reshape(n, -1).clone()
-        left_hi[rows, dim] = mid
-        right_lo = lo.reshape(n, -1).clone()
-        right_lo[rows, dim] = mid
-        queue.append((_pair(lo, right_lo.reshape(lo.shape)), _pair(left_hi.reshape(hi.shape), hi),
-                      _pair(depth + 1, depth + 1), None if pre is None else _pair(pre, pre)))
+        queue.append(_bisect(lo, hi, depth, coeff, margin, pre))
     return SplitOutcome("certified", reason="every sub-box is certified by CROWN bounds or the MILP", stats=stats)
+
+
+def _box_bounds(prop, fwd, lo, hi, depth, packed, G_t, h_t, tol: float, A_t, b_t) -> tuple:
+    """Per sub-box: the bound on the unsafe set's margin, the input coefficients (for the split),
+    the hidden intervals to hand down, and whether the box is still open (not certified, and not
+    entirely outside the H-polytope ``A x <= b``)."""
+    if fwd is None:
+        nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
+        margin, coeff, pre = (nb.lower - h_t).amax(1), nb.coefficients.abs().amax(1), None
+    else:
+        margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed)
+    open_ = margin <= tol
+    if A_t is not None:
+        c, r = ((lo + hi) / 2).reshape(lo.shape[0], -1), ((hi - lo) / 2).reshape(lo.shape[0], -1)
+        open_ &= ~((c @ A_t.T - r @ A_t.abs().T) > b_t).any(1)
+    return margin, coeff, pre, open_
+
+
+def _check_leaves(lo, hi, leaf_check, max_depth: int, deadline: float, stats: dict) -> SplitOutcome | None:
+    """The complete check of sub-boxes at the depth limit: an outcome when one of them decides
+    (a counterexample) or stops the search (unknown), None when every one is certified."""
+    if leaf_check is None:
+        return SplitOutcome("unknown", reason=f"sub-boxes remain open at depth {max_depth}", stats=stats)
+    for j in range(lo.shape[0]):
+        if time.perf_counter() > deadline:
+            return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats)
+        stats["milp_leaves"] += 1
+        status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1])
+        if status == "violated":
+            return SplitOutcome("violated", x=x, y=yv, reason="found by the MILP on a sub-box", stats=stats)
+        if status != "certified":
+            return SplitOutcome("unknown", reason=f"the MILP on a sub-box was inconclusive ({status})", stats=stats)
+    return None
+
+
+def _bisect(lo, hi, depth, coeff, margin, pre) -> tuple:
+    """Both halves of every box along its input of largest smear (width x |coefficient|), least
+    safe boxes first and siblings adjacent: the queue entry (lo, hi, depth, inherited intervals)."""
+    n = lo.shape[0]
+    order = torch.argsort(margin)
+    lo, hi, depth, coeff = lo[order], hi[order], depth[order], coeff[order]
+    pre = None if pre is None else pre[order]
+    width = (hi - lo).reshape(n, -1)
+    smear = width * coeff.abs().reshape(n, -1)
+    smear = torch.where(width > 0, smear + 1e-12 * width, torch.full_like(smear, -1.0))
+    dim = smear.argmax(1)
+    rows = torch.arange(n, device=lo.device)
+    mid = (lo.reshape(n, -1)[rows, dim] + hi.reshape(n, -1)[rows, dim]) / 2
+    left_hi = hi.reshape(n, -1).clone()
+    left_hi[rows, dim] = mid
+    right_lo = lo.reshape(n, -1).clone()
+    right_lo[rows, dim] = mid
+    return (_pair(lo, right_lo.reshape(lo.shape)), _pair(left_hi.reshape(hi.shape), hi),
+            _pair(depth + 1, depth + 1), None if pre is None else _pair(pre, pre))
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
