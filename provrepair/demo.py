@@ -23,7 +23,7 @@ from .errors import InputError
 DEMO_MODEL = "mnist_cnn"
 DEMO_CORRUPTION, DEMO_SEVERITY = "fog", 3
 DEMO_METHODS = "aprnn,finetune,finetune+aprnn"
-DEMO_OPTIONS = {"aprnn": {"layer": "auto"}, "finetune": {"epochs": 2}}
+DEMO_OPTIONS = {"aprnn": {"layer": "auto", "time_limit": 30}, "finetune": {"epochs": 2}}
 
 
 def run_demo(out_dir: str | Path = "provrepair-demo", n_points: int = 50, quiet: bool = False) -> int:

@@ -14,7 +14,14 @@ from typing import Any, Callable
 
 from torch import nn
 
-from heuristics.select import DEFAULT_HEURISTIC, candidate_layers, candidate_plan, pick_rows, rank_layers
+from heuristics.select import (
+    DEFAULT_BUDGET_SECONDS,
+    DEFAULT_HEURISTIC,
+    candidate_layers,
+    candidate_plan,
+    pick_rows,
+    rank_layers,
+)
 
 from ..certify import certify_points, certify_regions
 from ..errors import InputError
@@ -113,13 +120,16 @@ class PointRepairer:
         ranking = rank_layers(net, spec, heuristic=heuristic, candidates=sorted(plan))
         say(progress)(f"layer auto ({heuristic}): trying layers {ranking} in this order")
 
+        budget = DEFAULT_BUDGET_SECONDS if options.time_limit is None else options.time_limit
+
         def attempt(k: int) -> RepairResult:
             rows = plan.get(k, {}).get("rows")
-            opts = options
+            # the budget covers every layer tried, so a slow first choice cannot run unbounded
+            opts = dataclasses.replace(options, time_limit=max(1.0, budget - (time.perf_counter() - t0)))
             if rows is not None and options.selected_rows() is None:
                 picked = pick_rows(net, spec, k, rows)
                 say(progress)(f"layer {k}: too slow whole; repairing {rows} of its rows")
-                opts = dataclasses.replace(options, rows=",".join(map(str, picked)))
+                opts = dataclasses.replace(opts, rows=",".join(map(str, picked)))
             return self._at(net, spec, n_out, k, opts, progress)
 
         return _try_layers(ranking, attempt, {"heuristic": heuristic, "plan": list(plan.values())}, progress, t0)
