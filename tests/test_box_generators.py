@@ -15,13 +15,7 @@ from provrepair.repair.aprnn import PointRepairOptions, repair_points
 from provrepair.repair.polytope import MAX_BOX_CORNERS
 from provrepair.specs import Box, OutputProperty, RegionSpec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(n_in, seed=0, hidden=12, n_out=3):

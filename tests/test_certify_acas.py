@@ -25,12 +25,7 @@ SLACK = 1e-9
 OVERRUN_FACTOR, OVERRUN_SECONDS = 1.1, 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(seed, n_in, width, n_out=3, depth=3, normalize=False):

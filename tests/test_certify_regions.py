@@ -23,12 +23,7 @@ from provrepair.specs import Box, HPolytope, OutputProperty, RegionSpec, VPolyto
 ACAS = Path(__file__).resolve().parents[1] / "benchmarks" / "acasxu"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- networks

@@ -23,13 +23,7 @@ from provrepair.repair.registry import get_repairer
 from provrepair.specs import HPolytope, OutputProperty, PointSpec, RegionSpec, VPolytope
 from solvers.base import FEASIBLE, SolveResult
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------- defect 1: MILP counterexamples

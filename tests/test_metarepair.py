@@ -23,12 +23,7 @@ SMALL = dict(collect=20, min_fail=5, episodes=2, tasks=2, shots=2, query=10, inn
              adapt_batch=16, train_limit=None, replay=0.5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cnn(seed: int = 0) -> nn.Sequential:

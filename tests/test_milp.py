@@ -20,13 +20,7 @@ from provrepair.certify.milp import (
 )
 from provrepair.models import Normalize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GRID_1D = np.linspace(-1.0, 1.0, 2001)[:, None]

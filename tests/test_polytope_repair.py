@@ -20,14 +20,7 @@ from provrepair.errors import InputError, SolverLicenseError, SpecError, Unsuppo
 from provrepair.models import affine_layers, normalize_model, save_model
 from provrepair.specs import Box, HPolytope, OutputProperty, PointSpec, RegionSpec, VPolytope
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: torch's thread pool only adds contention (20x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CERT_METHODS = {"ibp", "crown", "split", "milp", "milp+split", "split+milp"}

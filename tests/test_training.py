@@ -26,13 +26,7 @@ from provrepair.repair.protocol import TRAINED, RepairResult
 from provrepair.repair.registry import get_repairer
 from provrepair.repair.training import RobustnessTask, check_limit, resolve_device
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def run_method(method: Method, net: nn.Module, data, *, seed: int, options: dict
         opts["layer"] = _layer(opts["layer"])
     known = {o.name for o in options_of(repairer.Options)} | {"layer"}
     typed = {k: v for k, v in opts.items() if k in known and v is not None}
-    if "seed" in {f for f in repairer.Options.__dataclass_fields__}:
+    if "seed" in repairer.Options.__dataclass_fields__:
         typed["seed"] = seed
     result = repairer.run(net, target, build(repairer.Options, **typed))
     details = {k: v for k, v in result.to_dict().items() if k not in ("certificate", "before", "options", "model")}
