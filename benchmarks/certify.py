@@ -129,7 +129,7 @@ def main() -> None:
     # one thread: on a shared 2-core machine two torch threads were up to 100x slower on these
     # small matrices (they spin while the other core is busy)
     torch.set_num_threads(1)
-    import solvers
+    from provrepair import solvers
 
     result = {"machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                           "torch": torch.__version__, "highs": solvers.create("highs").version},

@@ -117,9 +117,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from heuristics.brute_force import best_layer, brute_force_many, make_executor
-    from heuristics.scorers import NEEDS, SCORERS, rank
-    from heuristics.select import candidate_layers
+    from provrepair.heuristics.brute_force import best_layer, brute_force_many, make_executor
+    from provrepair.heuristics.scorers import NEEDS, SCORERS, rank
+    from provrepair.heuristics.select import candidate_layers
     from provrepair.api import repair
     from provrepair.fileio import write_text_atomic
 

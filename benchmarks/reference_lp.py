@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-import solvers
+from provrepair import solvers
 
 
 def reference_point_repair(net: nn.Sequential, x: np.ndarray, labels: np.ndarray, layer: int, *,

@@ -115,7 +115,7 @@ def run_cli(todo, timeout: float) -> dict:
     startup = time.perf_counter() - t0
     # what a certify process pays before its first instance: the interpreter and the imports
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, provrepair, provrepair.certify, provrepair.specs, solvers"],
+    subprocess.run([sys.executable, "-c", "import torch, provrepair, provrepair.certify, provrepair.specs, provrepair.solvers"],
                    capture_output=True, env=env, check=True)
     imports = time.perf_counter() - t0
     rows = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_build"
-MODULES = ["provrepair", "solvers", "heuristics"]
+MODULES = ["provrepair", "provrepair.solvers", "provrepair.heuristics"]
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
@@ -46,6 +46,10 @@ def main() -> int:
     import pdoc.render
     from markdown2 import markdown
 
+    import provrepair
+
+    for name in provrepair.__all__:  # pdoc reads a module's __dict__; resolve the lazy names first
+        getattr(provrepair, name)
     if OUT.exists():
         shutil.rmtree(OUT)
     with warnings.catch_warnings(record=True) as caught:
@@ -57,7 +61,7 @@ def main() -> int:
     body = ("<h1>provrepair</h1><p>Repair trained neural networks and prove the repair.</p>"
             f"<h2>Guides</h2><ul>{items}</ul>"
             '<h2>Reference</h2><ul><li><a href="api/provrepair.html">provrepair</a></li>'
-            '<li><a href="api/solvers.html">solvers</a></li><li><a href="api/heuristics.html">heuristics</a></li></ul>')
+            '<li><a href="api/provrepair/solvers.html">provrepair.solvers</a></li><li><a href="api/provrepair/heuristics.html">provrepair.heuristics</a></li></ul>')
     (OUT / "index.html").write_text(PAGE.format(title="provrepair", body=body, root=""))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

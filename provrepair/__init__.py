@@ -7,7 +7,7 @@
 >>> result.certified, result.timings["total"]
 
 Every name below is imported on first use (PEP 562), so ``import provrepair.cli`` or
-``import solvers`` pays for torch and the repairers only when they are used.
+``import provrepair.solvers`` pays for torch and the repairers only when they are used.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ __all__ = ["ProvRepairError", "__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        return version()
+        globals()[name] = version()
+        return globals()[name]
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'provrepair' has no attribute {name!r}")

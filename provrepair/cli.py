@@ -106,7 +106,7 @@ def _repair_parser(sub) -> None:
 
 
 def _certify_parser(sub) -> None:
-    from solvers.names import SOLVERS
+    from provrepair.solvers.names import SOLVERS
     p = sub.add_parser("certify", help="check a network on points (exactly) or on input regions (bounds, MILP)")
     _add_model_args(p)
     _add_spec_args(p, regions=True)
@@ -404,8 +404,8 @@ def _print_result(result, written: Sequence[str]) -> None:
 def _cmd_layers(args) -> int:
     import numpy as np
 
-    from heuristics.scorers import rank, score_all
-    from heuristics.select import DEFAULT_HEURISTIC, candidate_layers
+    from provrepair.heuristics.scorers import rank, score_all
+    from provrepair.heuristics.select import DEFAULT_HEURISTIC, candidate_layers
 
     from .models import affine_layers
     from .repair.provable import prepare_points
@@ -427,7 +427,7 @@ def _cmd_layers(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
-    from heuristics.analysis import analyze, format_analysis
+    from provrepair.heuristics.analysis import analyze, format_analysis
     _check_outputs([args.report], [args.model, args.points, args.labels])
     spec = _load_spec(args)
     net = None

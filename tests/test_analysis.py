@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from heuristics.analysis import (
+from provrepair.heuristics.analysis import (
     GUROBI_RESTRICTED_LIMIT,
     TIMING_MEASUREMENTS,
     analyze,

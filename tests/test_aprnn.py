@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import provrepair
-import solvers
+from provrepair import solvers
 from provrepair.certify import certify_points
 from provrepair.errors import InputError, SolverLicenseError
 from provrepair.specs import PointSpec

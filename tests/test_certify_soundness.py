@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import solvers
+from provrepair import solvers
 from provrepair.certify import certify_points, certify_regions
 from provrepair.certify.bounds import BoundPropagator, InputSet
 from provrepair.certify.milp import CERTIFIED, UNKNOWN, VIOLATED, complete_check
@@ -21,7 +21,7 @@ from provrepair.repair.options import PointRepairOptions
 from provrepair.repair.protocol import NOT_CERTIFIED
 from provrepair.repair.registry import get_repairer
 from provrepair.specs import HPolytope, OutputProperty, PointSpec, RegionSpec, VPolytope
-from solvers.base import FEASIBLE, SolveResult
+from provrepair.solvers.base import FEASIBLE, SolveResult
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from heuristics.select import DEFAULT_HEURISTIC
+from provrepair.heuristics.select import DEFAULT_HEURISTIC
 from provrepair.cli import main
 from provrepair.models import load_model, save_model
 

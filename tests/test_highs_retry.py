@@ -5,7 +5,7 @@ the primal simplex, before reporting an error, and leaves the user's options as 
 import numpy as np
 import pytest
 
-import solvers
+from provrepair import solvers
 
 highspy = pytest.importorskip("highspy")
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import provrepair
 import provrepair.api as api
-from heuristics.brute_force import CandidateOutcome, best_layer, brute_force
+from provrepair.heuristics.brute_force import CandidateOutcome, best_layer, brute_force
 from provrepair.specs import PointSpec
 
 
@@ -69,7 +69,7 @@ def test_auto_falls_back_when_the_first_choice_fails(monkeypatch):
         return res
 
     monkeypatch.setattr(PointRepairer, "_at", fake)
-    monkeypatch.setattr("heuristics.select.rank_layers", lambda *a, **k: [2, 1, 0])
+    monkeypatch.setattr("provrepair.heuristics.select.rank_layers", lambda *a, **k: [2, 1, 0])
     res = provrepair.repair(net, spec, layer="auto")
     assert calls[:2] == [2, 1]
     assert res.certified and res.layer == 1

@@ -5,7 +5,7 @@ record both the hint and the setting it became."""
 import numpy as np
 import pytest
 
-import solvers
+from provrepair import solvers
 
 highspy = pytest.importorskip("highspy")
 

@@ -209,8 +209,8 @@ def test_affine_matrix_reproduces_each_layer(make):
 
 def test_unknown_outcome_carries_a_reason(monkeypatch):
     """A solver that stops at its time limit gives 'unknown' with the reason, never a verdict."""
-    import solvers
-    from solvers.base import TIME_LIMIT
+    from provrepair import solvers
+    from provrepair.solvers.base import TIME_LIMIT
 
     real_create = solvers.create
 

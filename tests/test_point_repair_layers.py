@@ -149,7 +149,7 @@ def test_cli_rejects_bad_rows_with_exit_2(tmp_path, capsys):
 
 
 def test_layer_auto_on_the_zoo_cnn_lists_more_than_one_candidate():
-    from heuristics.select import candidate_layers, candidate_plan
+    from provrepair.heuristics.select import candidate_layers, candidate_plan
     from provrepair.zoo import load_zoo
 
     net = load_zoo("mnist_cnn")
@@ -164,7 +164,7 @@ def test_layer_auto_on_the_zoo_cnn_lists_more_than_one_candidate():
 
 
 def test_layer_auto_falls_back_to_a_row_subset(monkeypatch):
-    import heuristics.select as select
+    import provrepair.heuristics.select as select
 
     net = _cnn()
     spec = _spec(net)

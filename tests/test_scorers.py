@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from heuristics import scorers as S
-from heuristics.scorers import NEEDS, SCORERS, rank, score_all
+from provrepair.heuristics import scorers as S
+from provrepair.heuristics.scorers import NEEDS, SCORERS, rank, score_all
 from provrepair.errors import InputError
 
 

@@ -32,8 +32,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-import solvers
-from solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
+from provrepair import solvers
+from provrepair.solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
 
 from ..errors import SolverError
 from .bounds import AFFINE, MAXPOOL, RELU, BoundPropagator, InputSet

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import solvers
+from provrepair import solvers
 
 from ..errors import InputError, SolverUnavailableError
 from ..specs.regions import HPolytope, RegionSpec, VPolytope

@@ -321,12 +321,12 @@ def versions() -> dict:
     except Exception:
         out["highspy"] = None
     try:
-        import solvers
+        from provrepair import solvers
         out["highs"] = solvers.create("highs").version  # the backend silences HiGHS's banner
     except Exception:
         out["highs"] = None
     try:
-        import solvers
+        from provrepair import solvers
         out["solvers"] = [getattr(solvers, "DEFAULT", None)] if hasattr(solvers, "DEFAULT") else None
     except Exception:
         pass

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-import solvers
+from provrepair import solvers
 
 from ..errors import InputError
 from ..models import affine_index_to_module_index, affine_layers, layer_inputs

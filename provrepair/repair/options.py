@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from solvers.names import METHODS, SOLVERS
+from provrepair.solvers.names import METHODS, SOLVERS
 
 from ..errors import InputError
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from heuristics.select import (
+from provrepair.heuristics.select import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_HEURISTIC,
     candidate_layers,

@@ -540,7 +540,7 @@ class HPolytope(Region):
         Degenerate box coordinates (lower == upper) are left out of the ball, so a polytope that is
         thin along them still has a centre.
         """
-        import solvers  # only here: loading a spec needs no solver
+        from provrepair import solvers  # only here: loading a spec needs no solver
 
         d = self.A.shape[1]
         lo, hi = self.lower.ravel(), self.upper.ravel()
