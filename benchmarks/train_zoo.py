@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from provrepair.data import load_mnist
+from provrepair.zoo.architectures import gelu_mlp, vit_small
 from provrepair.evaluate.metrics import accuracy, logits
 from provrepair.models import (
     ModelMeta,
@@ -80,6 +81,7 @@ class ZooSpec:
     train_data: str = ""  # where the training images come from, for the card
     test_data: str = ""
     image_shape: tuple[int, ...] = (1, 28, 28)  # the images' layout, for the corruptions
+    cut: str | None = None  # recorded in the saved model's metadata: where its frozen front ends ("auto")
 
 
 # --------------------------------------------------------------------------- architectures
@@ -116,6 +118,19 @@ def build_small_cnn() -> nn.Sequential:
 SMALL_CNN_TEXT = (
     "CNN Conv(1->16, 3x3, pad 1)-BN-ReLU-MaxPool(2)-Conv(16->32, 3x3, pad 1)-BN-ReLU-MaxPool(2)-"
     "Flatten-Linear(1568->64)-ReLU-Linear(64->10)"
+)
+
+
+VIT_TEXT = (
+    "ViT: PatchEmbed(Conv 1->64, 7x7 stride 7, class token, learned positions; 17 tokens of 64), "
+    "3 pre-norm blocks (LayerNorm, 4-head self-attention, LayerNorm, MLP 64-128-64 with GELU; residuals), "
+    "LayerNorm, ClsToken, head Linear(64->128)-ReLU-Linear(128->10); factory "
+    "provrepair.zoo.architectures:vit_small; frozen front up to ClsToken, the head is the repairable back"
+)
+
+GELU_MLP_TEXT = (
+    "MLP 784-100-100-10: Linear, GELU, Linear, ReLU, Linear; factory provrepair.zoo.architectures:gelu_mlp; "
+    "frozen front up to the GELU, the last two Linear layers are the repairable back"
 )
 
 
@@ -170,6 +185,42 @@ SPECS: dict[str, ZooSpec] = {
             epochs=10,
             train_data='load_dataset("fashion-mnist", "train-full") (all 60,000 training images)',
             test_data='load_dataset("fashion-mnist", "test")',
+        ),
+        ZooSpec(
+            name="mnist_gelu_mlp",
+            architecture=GELU_MLP_TEXT,
+            build=gelu_mlp,
+            data=mnist_flat,
+            input_shape=(784,),
+            dataset="MNIST",
+            epochs=20,
+            train_data='load_mnist("train") (all 60,000 training images)',
+            test_data='load_mnist("test")',
+            cut="auto",
+        ),
+        ZooSpec(
+            name="mnist_vit",
+            architecture=VIT_TEXT,
+            build=vit_small,
+            data=mnist_images,
+            input_shape=(1, 28, 28),
+            dataset="MNIST",
+            epochs=12,
+            train_data='load_mnist("train", flat=False) (all 60,000 training images)',
+            test_data='load_mnist("test", flat=False)',
+            cut="auto",
+        ),
+        ZooSpec(
+            name="fashion_vit",
+            architecture=VIT_TEXT,
+            build=vit_small,
+            data=fashion_images,
+            input_shape=(1, 28, 28),
+            dataset="Fashion-MNIST",
+            epochs=20,
+            train_data='load_dataset("fashion-mnist", "train-full") (all 60,000 training images)',
+            test_data='load_dataset("fashion-mnist", "test")',
+            cut="auto",
         ),
     ]
 }
@@ -240,7 +291,8 @@ def train(spec: ZooSpec, *, log=print) -> tuple[nn.Sequential, dict]:
             f"test acc {accuracy(net, x_test, y_test):.4f} ({train_time:.1f} s)")
 
     net.eval()
-    set_meta(net, ModelMeta(format="pt", source=None, input_shape=spec.input_shape, extra={}))
+    set_meta(net, ModelMeta(format="pt", source=None, input_shape=spec.input_shape,
+                            extra={"cut": spec.cut} if spec.cut else {}))
     test_acc = accuracy(net, x_test, y_test)
     card = {
         "name": spec.name,
@@ -322,6 +374,12 @@ def _measured_fields(spec: ZooSpec, pt: Path, x_test, y_test, *, log=print) -> d
     if _has_batchnorm(stored):
         fields["batchnorm"] = "folded at load (the file stores the trained BatchNorm2d layers; load_zoo folds each into the conv before it)"
     fields["loaded_layers"] = [type(m).__name__ for m in loaded]
+    from provrepair.models import front_info
+
+    if front_info(loaded) is not None:
+        fields["frozen_front"] = dict(front_info(loaded), note=(
+            "the modules before the cut are a frozen front: point repair works at the affine layers of the back "
+            "(layer 0 = the first Linear after the cut); regions cannot be certified through this front"))
     table = corruption_table(loaded, spec, x_test, y_test, log=log)
     if table is not None:
         fields.update(table)

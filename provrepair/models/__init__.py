@@ -2,7 +2,8 @@
 BatchNorm folding, the table of supported layers, inspection and saving."""
 
 from .batchnorm import batchnorm_as_affine, fold_batchnorm
-from .canonical import check_input_shape, normalize_model
+from .canonical import check_input_shape, normalize_model, with_front
+from .front import FrozenFront, front_info, front_of, has_front, refuse_regions, unfreeze
 from .io import SUFFIXES, load_model, save_model
 from .layers import AFFINE_TYPES, SUPPORTED_TEXT, SUPPORTED_TYPES, Normalize
 from .meta import ModelMeta, get_meta, set_meta
@@ -19,6 +20,7 @@ from .summary import (
 
 __all__ = [
     "AFFINE_TYPES",
+    "FrozenFront",
     "SUFFIXES",
     "SUPPORTED_TEXT",
     "SUPPORTED_TYPES",
@@ -30,6 +32,9 @@ __all__ = [
     "check_input_shape",
     "describe",
     "fold_batchnorm",
+    "front_info",
+    "front_of",
+    "has_front",
     "get_meta",
     "layer_inputs",
     "load_model",
@@ -37,7 +42,10 @@ __all__ = [
     "num_outputs",
     "output_shape",
     "output_shapes",
+    "refuse_regions",
     "save_model",
     "set_meta",
     "summary_text",
+    "unfreeze",
+    "with_front",
 ]

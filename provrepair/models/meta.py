@@ -23,7 +23,9 @@ class ModelMeta:
     in-memory module). ``source``: the file path, or None. ``input_shape``: one sample's shape
     without the batch dimension, or None when it cannot be known. ``extra``: format-specific
     facts (for ``.nnet``: input_min, input_max, input_mean, input_range, output_mean,
-    output_range as lists of floats).
+    output_range as lists of floats). ``extra["cut"]``: where the model splits into a frozen front
+    and a piecewise-linear back (a position, a module name or "auto"; see ``normalize_model``),
+    so a model saved with its front loads with the same cut.
     """
 
     format: str = "torch"
@@ -46,6 +48,8 @@ def infer_input_shape(net: nn.Module) -> tuple[int, ...] | None:
 
     modules = list(net) if isinstance(net, nn.Sequential) else [net]
     for m in modules:
+        if type(m).__name__ == "FrozenFront":  # its own first module decides (recorded when it was cut)
+            return getattr(m, "input_shape", None)
         if isinstance(m, Normalize):
             if m.mean.dim() == 1 and m.mean.numel() > 1:
                 return (m.mean.numel(),)

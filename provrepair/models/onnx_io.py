@@ -16,7 +16,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ..errors import ModelFormatError, UnsupportedLayerError
+from ..errors import InputError, ModelFormatError, UnsupportedLayerError
 from ..fileio import atomic_path
 from .layers import Normalize
 from .meta import ModelMeta, get_meta
@@ -324,8 +324,13 @@ def _graph_input_shape(model: onnx.ModelProto, consts: set[str]) -> tuple[int, .
     return None
 
 
-def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> tuple[nn.Sequential, ModelMeta]:
-    """The layers of a sequential ONNX graph (BatchNorm not yet folded) and the model's metadata."""
+def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, *,
+              cut: str | None = None) -> tuple[nn.Sequential, ModelMeta]:
+    """The layers of a sequential ONNX graph (BatchNorm not yet folded) and the model's metadata.
+
+    ``cut`` ('auto' or the name of the tensor where the back begins) splits a graph whose ops are
+    not all supported: the nodes before the cut run in onnxruntime as a ``FrozenFront``.
+    """
     path = Path(path)
     try:
         model = onnx.load(str(path))
@@ -333,7 +338,37 @@ def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> t
         raise ModelFormatError(f"{path}: not a valid ONNX file ({type(exc).__name__}: {exc}); re-export the model to ONNX") from None
     inits = {t.name for t in model.graph.initializer}
     shape = tuple(input_shape) if input_shape is not None else _graph_input_shape(model, inits)
-    modules = _Importer(path, model).run(shape)
+    front = None
+    if cut is not None and not isinstance(cut, str):
+        raise InputError(f"cut= for an ONNX model is 'auto' or the name of the tensor where the back begins, got {cut!r}")
+    if cut is None:
+        try:
+            modules = _Importer(path, model).run(shape)
+        except UnsupportedLayerError as exc:
+            from .onnx_front import auto_cut_tensor
+
+            try:
+                tensor = auto_cut_tensor(model)
+            except Exception:  # the hint is a courtesy; the refusal stands without it
+                tensor = None
+            data_inputs = [i.name for i in model.graph.input if i.name not in inits]
+            if tensor is None or tensor in data_inputs:
+                raise
+            raise UnsupportedLayerError(
+                f"{exc}. To repair the piecewise-linear layers at the end of the graph, run the nodes before tensor "
+                f"{tensor!r} in onnxruntime as a frozen front (point repair only): load with cut='auto' (CLI --cut "
+                f"auto) or cut={tensor!r}; needs pip install onnxruntime") from None
+    else:
+        from .front import FrozenFront
+        from .onnx_front import split_onnx
+
+        onnx_front, back, tensor, last = split_onnx(path, model, cut, shape)
+        if onnx_front is None:
+            modules = _Importer(path, model).run(shape)
+        else:
+            front = FrozenFront(onnx_front, last_nonlinear=last, input_shape=shape,
+                                description=f"ONNX nodes up to tensor {tensor!r}, run by onnxruntime")
+            modules = [front, *back]
     extra: dict = {}
     for prop in model.metadata_props:
         if prop.key == META_KEY:
@@ -344,6 +379,9 @@ def load_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None) -> t
                     shape = tuple(stored["input_shape"])
             except (ValueError, AttributeError, TypeError):
                 pass  # metadata is a convenience; a damaged entry must not block loading
+    extra.pop("cut", None)
+    if front is not None:
+        extra["cut"] = f"onnx:{cut}"  # informational: an ONNX front lives in the .pt file, not in the graph
     return nn.Sequential(*modules), ModelMeta(format="onnx", source=str(path), input_shape=shape, extra=extra)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .front import FrozenFront, front_of
 from .layers import AFFINE_TYPES, Normalize
 from .meta import get_meta
 
@@ -25,6 +26,15 @@ def affine_index_to_module_index(net: nn.Module, k: int) -> int:
     """The module index of affine layer ``k`` (negative ``k`` counts from the end)."""
     idx = affine_layers(net)
     if not -len(idx) <= k < len(idx):
+        front = front_of(net)
+        if front is not None:
+            before = front.last_nonlinear or "the front's last module"
+            raise InputError(
+                f"affine layer {k} does not exist: layers count the piecewise-linear back of the network, which has "
+                f"{len(idx)} affine layers (Linear/Conv2d), numbered 0 to {len(idx) - 1}, after its {front.where()}. "
+                f"Layers before or at {before} cannot be repaired: the repair LP needs every layer from the repaired "
+                "one on to be piecewise linear; choose one of the back's layers"
+            )
         raise InputError(
             f"affine layer {k} does not exist: the network has {len(idx)} affine layers "
             f"(Linear/Conv2d), numbered 0 to {len(idx) - 1}; choose one of those"
@@ -51,6 +61,9 @@ def _detail(m: nn.Module) -> str:
         return f"output {m.output_size}"
     if isinstance(m, Normalize):
         return f"mean/std shape {tuple(m.mean.shape)}"
+    if isinstance(m, FrozenFront):
+        ends = f"; ends with {m.last_nonlinear}" if m.last_nonlinear else "; piecewise linear"
+        return f"frozen: {m.description}{ends} (not repaired; regions need a piecewise-linear front)"
     return ""
 
 
@@ -154,6 +167,9 @@ def summary_text(net: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
         f"format: {meta.format}" + (f"  source: {meta.source}" if meta.source else ""),
         f"input shape: {_fmt_shape(shape)}",
     ]
+    front = front_of(net)
+    if front is not None:
+        head.append(f"{front.where()}; affine layers count the back only")
     out = head + [line(table[0]), line(["-" * w for w in widths])] + [line(r) for r in table[1:]]
     out.append(f"{len(rows)} modules, {n_affine} affine layers, {total:,} parameters")
     return "\n".join(out)

@@ -36,7 +36,8 @@ def load_torch(path: str | Path, arch: nn.Module | None = None) -> nn.Module:
     except (AttributeError, ModuleNotFoundError) as exc:
         raise ModelFormatError(
             f"{path}: the pickled model refers to a class that cannot be imported ({exc}); import or define "
-            "that class before loading, or save model.state_dict() and pass the architecture (arch=...)"
+            "that class before loading, or save model.state_dict() and pass the architecture (CLI --arch MODULE:FACTORY, "
+            "API arch=...)"
         ) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         raise ModelFormatError(
@@ -50,13 +51,16 @@ def load_torch(path: str | Path, arch: nn.Module | None = None) -> nn.Module:
                 break
     if isinstance(obj, nn.Module):
         if arch is not None:
-            warnings.warn(f"{path} holds a whole model; the architecture given with arch= is not used", UserWarning, stacklevel=3)
+            warnings.warn(f"{path} holds a whole model; the architecture given with arch=/--arch is not used", UserWarning,
+                          stacklevel=3)
         return obj
     if _is_state_dict(obj):
         if arch is None:
             raise ModelFormatError(
-                f"{path} holds only weights (a state_dict), not the network's architecture; pass the architecture "
-                "as arch=<an nn.Module instance of the same shape>, or save the whole model with torch.save(model, path)"
+                f"{path} holds only weights (a state_dict), not the network's architecture; pass the architecture: "
+                "on the command line --arch MODULE:FACTORY (a function that builds it, e.g. mypkg.nets:build_net) or "
+                "a zoo architecture name (e.g. --arch vit_small), in the API arch= (the same, or an nn.Module "
+                "instance); or save the whole model with torch.save(model, path)"
             )
         if not isinstance(arch, nn.Module):
             raise InputError(f"arch must be an nn.Module instance, got {type(arch).__name__}; build the architecture first")
