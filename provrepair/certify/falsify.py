@@ -44,7 +44,8 @@ class Counterexample:
     how: str  # centre/vertex/sample, or pgd
 
 
-def _candidates(region: Region, n_samples: int, rng) -> np.ndarray:
+def _candidates(region: Region, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    assert isinstance(region, (Box, VPolytope, HPolytope))  # the three region kinds (Region has no center/sample)
     pts = [region.center()[None]]
     if isinstance(region, VPolytope):
         pts.append(np.asarray(region.vertices))

@@ -19,6 +19,10 @@ Soundness is with respect to real arithmetic, evaluated in float64 (as ``bounds`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import numpy.typing as npt
 import torch
 
 from .bounds import AFFINE, DTYPE, RELU, BoundPropagator, as_tensor
@@ -32,6 +36,11 @@ FORWARD_MAX_WIDTH = 4096
 ALPHA_STEPS = 8
 ALPHA_LR = 0.2
 
+#: Sound bounds (lo, hi) of one ReLU layer's inputs, each (B, N_k).
+Interval: TypeAlias = tuple[torch.Tensor, torch.Tensor]
+#: A ReLU layer's relaxation: default lower slope, upper slope, upper intercept, unstable mask.
+Relaxation: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class ForwardBounds:
     """Bounds of ``G y - h`` over many boxes at once for a Linear/ReLU network with few inputs."""
@@ -40,8 +49,8 @@ class ForwardBounds:
         self.prop = prop
         dev = prop.device
         self.relu_ops: list[int] = []  # op index of each ReLU, in order
-        layers: list[list] = []  # [W, c] per affine block
-        n_in = prop.ops and int(torch.tensor(prop.input_shape).prod())
+        layers: list[list[torch.Tensor]] = []  # [W, c] per affine block
+        n_in = int(torch.tensor(prop.input_shape).prod())
         W = torch.eye(n_in, dtype=DTYPE, device=dev)
         c = torch.zeros(n_in, dtype=DTYPE, device=dev)
         for i, op in enumerate(prop.ops):
@@ -68,7 +77,7 @@ class ForwardBounds:
         return True
 
     @staticmethod
-    def _relax(lo, hi):
+    def _relax(lo: torch.Tensor, hi: torch.Tensor) -> Relaxation:
         """Per neuron: default lower slope a, upper slope s and intercept t; and the unstable mask."""
         active, unstable = lo >= 0, (lo < 0) & (hi > 0)
         denom = torch.where(unstable, hi - lo, torch.ones_like(lo))
@@ -77,19 +86,21 @@ class ForwardBounds:
         a = torch.where(unstable, (hi >= -lo).to(DTYPE), active.to(DTYPE))
         return a, s, t, unstable
 
-    def _back(self, lam, bias, k, relax, c, r, alphas=None, first=None):
+    def _back(self, lam: torch.Tensor, bias: torch.Tensor, k: int, relax: Sequence[Relaxation], c: torch.Tensor,
+              r: torch.Tensor, alphas: Sequence[torch.Tensor | None] | None = None,
+              premultiplied: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bound over each box of ``lam . z + bias`` where z is the input of ReLU layer ``k``
-        (``k = len(relax)`` for the output); lam (B, R, N_k). ``first = (lam', bias')`` gives
-        ``lam W_k, bias + lam c_k`` already (rows of a layer's own matrix: no product needed)."""
+        (``k = len(relax)`` for the output); lam (B, R, N_k). ``premultiplied``: ``(lam, bias)``
+        are ``lam W_k, bias + lam c_k`` already (rows of a layer's own matrix: no product needed;
+        only for ``k > 0``)."""
         for j in range(k - 1, -1, -1):
-            if first is not None and j == k - 1:
-                lam, bias = first
-            else:
+            if not (premultiplied and j == k - 1):
                 bias = bias + lam @ self.c[j + 1]
                 lam = lam @ self.W[j + 1]
             a, s, t, _ = relax[j]
-            if alphas is not None and alphas[j] is not None:
-                a = alphas[j]
+            alpha = alphas[j] if alphas is not None else None
+            if alpha is not None:
+                a = alpha
             neg = lam.clamp(max=0)
             bias = bias + (neg @ t.unsqueeze(2)).squeeze(2)
             lam = lam * torch.where(lam >= 0, a.unsqueeze(1), s.unsqueeze(1))
@@ -98,14 +109,17 @@ class ForwardBounds:
         return bias + (lam @ c.unsqueeze(2)).squeeze(2) - (lam.abs() @ r.unsqueeze(2)).squeeze(2), lam
 
     @torch.no_grad()
-    def hidden(self, lower, upper, inherited: list | None = None, crown: bool = True):
+    def hidden(self, lower: npt.ArrayLike | torch.Tensor, upper: npt.ArrayLike | torch.Tensor,
+               inherited: Sequence[Interval] | None = None,
+               crown: bool = True) -> tuple[list[Interval], list[Relaxation]]:
         """Sound intervals (lo, hi) of every ReLU input, and their relaxations; ``crown=False``
         keeps the inherited and interval bounds only (no backward pass: cheap)."""
         lower, upper = as_tensor(lower, self.prop.device), as_tensor(upper, self.prop.device)
         b = lower.shape[0]
         lo_in, hi_in = lower.reshape(b, -1), upper.reshape(b, -1)
         c, r = (lo_in + hi_in) / 2, (hi_in - lo_in) / 2
-        pre, relax = [], []
+        pre: list[Interval] = []
+        relax: list[Relaxation] = []
         for k in range(len(self.relu_ops)):
             W, cb = self.W[k], self.c[k]
             if k == 0:
@@ -127,8 +141,8 @@ class ForwardBounds:
                     idx = torch.sort(want.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]
                     valid = torch.arange(m, device=lower.device).unsqueeze(0) < cnt.unsqueeze(1)
                     w_rows, c_rows = W[idx], cb[idx]
-                    first = (torch.cat([w_rows, -w_rows], 1), torch.cat([c_rows, -c_rows], 1))
-                    bound, _ = self._back(None, None, k, relax, c, r, first=first)
+                    bound, _ = self._back(torch.cat([w_rows, -w_rows], 1), torch.cat([c_rows, -c_rows], 1), k, relax,
+                                          c, r, premultiplied=True)
                     lo_sel, hi_sel = lo.gather(1, idx), hi.gather(1, idx)
                     lo_sel = torch.where(valid, torch.maximum(lo_sel, bound[:, :m]), lo_sel)
                     hi_sel = torch.where(valid, torch.minimum(hi_sel, -bound[:, m:]), hi_sel)
@@ -138,30 +152,34 @@ class ForwardBounds:
             relax.append(self._relax(lo, hi))
         return pre, relax
 
-    def bounds(self, lower, upper, G, h, inherited: list | None = None, *, tol: float = 0.0,
-               steps: int = ALPHA_STEPS, refresh=None):
+    def bounds(self, lower: npt.ArrayLike | torch.Tensor, upper: npt.ArrayLike | torch.Tensor,
+               G: npt.ArrayLike | torch.Tensor, h: npt.ArrayLike | torch.Tensor,
+               inherited: Sequence[Interval] | None = None, *, tol: float = 0.0, steps: int = ALPHA_STEPS,
+               refresh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
         """Per box: a lower bound of ``max_r (G_r y - h_r)``'s certificate (> tol means the box
         cannot reach ``G y <= h``), the input coefficients of the bound (B, n) for choosing a split,
         and the hidden intervals (to hand down to sub-boxes). With inherited intervals, a cheap
         pass without hidden CROWN runs first; only the boxes it leaves open and ``refresh``
         (a mask, default all) selects get their hidden intervals recomputed by CROWN."""
-        lower, upper, G, h = (as_tensor(v, self.prop.device) for v in (lower, upper, G, h))
+        lo, hi, G_t, h_t = (as_tensor(v, self.prop.device) for v in (lower, upper, G, h))
         if inherited is None:
-            return self._bounds(lower, upper, G, h, None, tol, steps, True)
-        margin, coeff, pre = self._bounds(lower, upper, G, h, inherited, tol, steps, False)
+            return self._bounds(lo, hi, G_t, h_t, None, tol, steps, True)
+        margin, coeff, pre = self._bounds(lo, hi, G_t, h_t, inherited, tol, steps, False)
         redo = margin <= tol
         if refresh is not None:
             redo &= refresh
         if bool(redo.any()):
             idx = redo.nonzero().flatten()
-            m2, c2, p2 = self._bounds(lower[idx], upper[idx], G, h, [(a[idx], b[idx]) for a, b in pre], tol, steps,
+            m2, c2, p2 = self._bounds(lo[idx], hi[idx], G_t, h_t, [(a[idx], b[idx]) for a, b in pre], tol, steps,
                                       True)
             margin, coeff = margin.clone(), coeff.clone()
             margin[idx], coeff[idx] = m2, c2
             pre = [(a.index_put((idx,), a2), b.index_put((idx,), b2)) for (a, b), (a2, b2) in zip(pre, p2)]
         return margin, coeff, pre
 
-    def _bounds(self, lower, upper, G, h, inherited, tol, steps, crown):
+    def _bounds(self, lower: torch.Tensor, upper: torch.Tensor, G: torch.Tensor, h: torch.Tensor,
+                inherited: Sequence[Interval] | None, tol: float, steps: int,
+                crown: bool) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
         b = lower.shape[0]
         lo_in, hi_in = lower.reshape(b, -1), upper.reshape(b, -1)
         c, r = (lo_in + hi_in) / 2, (hi_in - lo_in) / 2
@@ -176,7 +194,7 @@ class ForwardBounds:
         if steps <= 0 or not bool(open_.any()):
             return best, coeff, pre
         idx = open_.nonzero().flatten()
-        sub_relax = [tuple(t[idx] for t in rl) for rl in relax]
+        sub_relax = [(a[idx], s[idx], t[idx], u[idx]) for a, s, t, u in relax]
         cs, rs = c[idx], r[idx]
         # parameters: lower slopes of unstable neurons (start at the default), and row weights
         alpha = [rl[0].clone().requires_grad_(True) for rl in sub_relax]
@@ -193,7 +211,7 @@ class ForwardBounds:
                 bias = -(w * h).sum(1, keepdim=True)
                 lb, _ = self._back(lam, bias, k, sub_relax, cs, rs, alphas=alpha)
                 lb = lb[:, 0]
-                (-lb.sum()).backward()
+                (-lb.sum()).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             with torch.no_grad():
                 better = lb > got
                 got = torch.where(better, lb.detach(), got)
@@ -210,7 +228,8 @@ class ForwardBounds:
         return best, coeff, pre
 
 
-def _adam_step(params, moments, step: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+def _adam_step(params: Sequence[torch.Tensor], moments: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int,
+               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
     """One Adam ascent step on tensors whose ``grad`` holds the gradient of the loss to minimise
     (torch.optim would import torch._dynamo, seconds of start-up, on its first use)."""
     for q, (m, v) in zip(params, moments):

@@ -28,15 +28,25 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.types import Device
 
 from provrepair import solvers
-from provrepair.solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT
+from provrepair.solvers.base import FEASIBLE, INFEASIBLE, OPTIMAL, TIME_LIMIT, Backend
 
 from ..errors import SolverError
-from .bounds import AFFINE, MAXPOOL, RELU, BoundPropagator, InputSet
+from .bounds import (
+    AFFINE,
+    MAXPOOL,
+    RELU,
+    AffineOp,
+    BoundPropagator,
+    InputSet,
+    MaxPoolOp,
+)
 from .points import forward_outputs, network_copy
 
 __all__ = ["CERTIFIED", "UNKNOWN", "VIOLATED", "MilpOutcome", "affine_matrix", "complete_check"]
@@ -53,11 +63,12 @@ class MilpOutcome:
     output: np.ndarray | None = None  # the network's float64 output there
     reason: str = ""
     seconds: float = 0.0
-    size: dict = field(default_factory=dict)  # variables, binaries, rows, nonzeros
-    solver: dict = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)  # variables, binaries, rows, nonzeros
+    solver: dict[str, str] = field(default_factory=dict)  # name, version, status
 
 
-def affine_matrix(op, in_shape, out_shape, device) -> tuple[sp.csr_matrix, np.ndarray]:
+def affine_matrix(op: AffineOp, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                  device: Device) -> tuple[sp.csr_matrix, np.ndarray]:
     """The map of an affine operator of a ``BoundPropagator`` on flattened tensors as ``(L, c)``
     with ``y = L x + c``."""
     return op.matrix(in_shape, out_shape, device)
@@ -70,11 +81,12 @@ def _widen(M: sp.csr_matrix, n_cols: int) -> sp.csr_matrix:
 class _Encoding:
     """The network on one region, built into a solver backend as expressions ``M v + c``."""
 
-    def __init__(self, prop: BoundPropagator, inp: InputSet, pre: dict, backend, h_rows=None):
+    def __init__(self, prop: BoundPropagator, inp: InputSet, pre: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                 backend: Backend, h_rows: tuple[np.ndarray, np.ndarray] | None = None):
         self.b = backend
         self.binaries = 0
         device = prop.device
-        self.weights = None  # the indices of lambda for a V-polytope
+        self.weights: np.ndarray | None = None  # the indices of lambda for a V-polytope
         if inp.vertices is not None:  # x = V^T lambda, lambda in the simplex
             V = inp.vertices[0].reshape(inp.vertices.shape[1], -1).cpu().numpy()
             lam = backend.add_variables(V.shape[0], lb=0.0, ub=1.0)
@@ -104,7 +116,8 @@ class _Encoding:
                 raise SolverError(f"module {i} cannot be encoded")
         self.output = (_widen(M, backend.n_vars), c)
 
-    def _relu(self, M, c, lo, hi):
+    def _relu(self, M: sp.csr_matrix, c: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
         active, unstable = lo >= 0, (lo < 0) & (hi > 0)
         keep = sp.diags(active.astype(np.float64), format="csr")
         idx = np.flatnonzero(unstable)
@@ -126,7 +139,8 @@ class _Encoding:
         M_out = _widen(M_out, n) + sp.csr_matrix((np.ones(k), (idx, z)), shape=(M.shape[0], n))
         return sp.csr_matrix(M_out), c_out
 
-    def _maxpool(self, op, M, c, lo, hi):
+    def _maxpool(self, op: MaxPoolOp, M: sp.csr_matrix, c: np.ndarray, lo: np.ndarray,
+                 hi: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
         """One output per window: the dominant input's expression, or a new variable with binaries."""
         C = lo.shape[0]
         hw = op.hw
@@ -164,7 +178,8 @@ class _Encoding:
 
     def input_value(self, v: np.ndarray) -> np.ndarray:
         M, c = self.input_expr
-        return _widen(M, v.size) @ v + c
+        x: np.ndarray = _widen(M, v.size) @ v + c  # scipy is untyped: its product is Any
+        return x
 
 
 def _into_hpolytope(x: np.ndarray, A: np.ndarray, b: np.ndarray, interior: np.ndarray | None) -> np.ndarray | None:
@@ -181,7 +196,7 @@ def _into_hpolytope(x: np.ndarray, A: np.ndarray, b: np.ndarray, interior: np.nd
         return None
     t = float(np.max((ax[out] - b[out]) / (ax[out] - ac[out])))
     for step in (t, t * (1 + 1e-9) + 1e-15, min(1.0, 2 * t + 1e-12)):
-        y = x + step * (c - x)
+        y: np.ndarray = x + step * (c - x)  # numpy types arithmetic on dtype[Any] arrays as Any
         if np.all(A @ y <= b):
             return y
     return None
@@ -195,10 +210,13 @@ def _chebyshev_centre(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarr
     backend.add_variables(1, lb=0.0, ub=np.inf, cost=-1.0)  # the radius, maximised
     backend.add_rows(np.c_[A, np.linalg.norm(A, axis=1)], hi=b)
     res = backend.solve()
-    return res.x[:n] if res.status == OPTIMAL and res.x[n] > 0 else None
+    # mypy cannot follow provrepair.solvers (installed from solvers/ by package-dir): res is Any to it
+    centre: np.ndarray | None = res.x[:n] if res.status == OPTIMAL and res.x[n] > 0 else None
+    return centre
 
 
-def _into_region(enc: _Encoding, v: np.ndarray, inp: InputSet, h_rows, interior) -> np.ndarray | None:
+def _into_region(enc: _Encoding, v: np.ndarray, inp: InputSet, h_rows: tuple[np.ndarray, np.ndarray] | None,
+                 interior: np.ndarray | None) -> np.ndarray | None:
     """The solver's input moved exactly into the region, or None.
 
     The solver meets the region's rows only within its feasibility tolerance, and on a region safe
@@ -213,20 +231,22 @@ def _into_region(enc: _Encoding, v: np.ndarray, inp: InputSet, h_rows, interior)
         if not np.isfinite(total) or total <= 0.0:
             return None
         V = inp.vertices[0].reshape(inp.vertices.shape[1], -1).cpu().numpy().astype(np.float64)
-        return V.T @ (lam / total)
+        point: np.ndarray = V.T @ (lam / total)
+        return point
     lo, hi = (t[0].reshape(-1).cpu().numpy() for t in (inp.lower, inp.upper))
-    x = np.clip(enc.input_value(v), lo, hi)
+    x: np.ndarray = np.clip(enc.input_value(v), lo, hi)
     if h_rows is None:
         return x
     A, b = np.asarray(h_rows[0]), np.asarray(h_rows[1])
-    x = _into_hpolytope(x, A, b, interior)
-    if x is None:
+    moved = _into_hpolytope(x, A, b, interior)
+    if moved is None:
         return None
-    x = np.clip(x, lo, hi)  # the step towards the interior point may round past a face of the box
+    x = np.clip(moved, lo, hi)  # the step towards the interior point may round past a face of the box
     return x if np.all(A @ x <= b) else None
 
 
-def _validate(net64: nn.Module, x: np.ndarray | None, G, h, input_shape):
+def _validate(net64: nn.Module, x: np.ndarray | None, G: np.ndarray, h: np.ndarray,
+              input_shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """A forward pass at a point of the region: ``(x, y)`` if it reaches ``G y <= h``, else
     ``(None, y)`` (``(None, None)`` when no point of the region was given)."""
     if x is None:
@@ -237,9 +257,10 @@ def _validate(net64: nn.Module, x: np.ndarray | None, G, h, input_shape):
     return None, y
 
 
-def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet, pre: dict, G, h, *,
-                   h_rows=None, solver: str = "highs", time_limit: float | None = None,
-                   threads: int | None = None, net64: nn.Module | None = None,
+def complete_check(net: nn.Module, prop: BoundPropagator, inp: InputSet,
+                   pre: dict[int, tuple[torch.Tensor, torch.Tensor]], G: npt.ArrayLike, h: npt.ArrayLike, *,
+                   h_rows: tuple[np.ndarray, np.ndarray] | None = None, solver: str = "highs",
+                   time_limit: float | None = None, threads: int | None = None, net64: nn.Module | None = None,
                    interior: np.ndarray | None = None) -> MilpOutcome:
     """Decide whether any input of the (single) region ``inp`` reaches ``G y <= h``.
 

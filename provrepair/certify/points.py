@@ -125,7 +125,8 @@ def _model_input_shape(net: nn.Module) -> tuple[int, ...] | None:
 
 
 def _row_slack(A: np.ndarray, b: np.ndarray, rows_point: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return b - np.einsum("rj,rj->r", A, y[rows_point])
+    slack: np.ndarray = b - np.einsum("rj,rj->r", A, y[rows_point])  # numpy types einsum's result as Any
+    return slack
 
 
 def _point_min(values: np.ndarray, rows_point: np.ndarray, n: int) -> np.ndarray:
@@ -135,7 +136,8 @@ def _point_min(values: np.ndarray, rows_point: np.ndarray, n: int) -> np.ndarray
     return out
 
 
-def _float32_check(y32, spec: PointSpec, A, b, rows_point, n) -> tuple[np.ndarray, np.ndarray]:
+def _float32_check(y32: np.ndarray, spec: PointSpec, A: np.ndarray, b: np.ndarray, rows_point: np.ndarray,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per point: the smallest float32 slack and whether the point passes (slack > 0, argmax = label,
     finite outputs)."""
     # float32 outputs are exactly representable in float64; A is usually +-1 so the slack is exact

@@ -18,18 +18,19 @@ some row of ``G y - h`` exceeds ``tolerance`` (float64 rounding stays far below 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.types import Device
 
 from provrepair import solvers
 
 from ..errors import InputError, SolverUnavailableError
-from ..specs.regions import HPolytope, RegionSpec, VPolytope
+from ..specs.regions import HPolytope, OutputProperty, Region, RegionSpec, VPolytope
 from .bounds import BoundPropagator, InputSet, as_tensor
 from .falsify import DEFAULT_SAMPLES, LOW_DIM, LOW_DIM_SAMPLES, falsify
 from .milp import CERTIFIED, UNKNOWN, VIOLATED, complete_check
@@ -68,7 +69,7 @@ class RegionVerdict:
     output: np.ndarray | None = None
     disjunct: int | None = None  # the unsafe disjunct the counterexample reaches
     margin: float | None = None  # smallest bound margin over the disjuncts the bounds decided
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # split counts (ints), "milp": one dict per MILP
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "status": self.status, "method": self.method, "reason": self.reason,
@@ -82,7 +83,7 @@ class RegionCertificate:
     verdicts: list[RegionVerdict]
     method: str
     seconds: float
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def certified(self) -> bool:
@@ -101,7 +102,7 @@ class RegionCertificate:
 
     def summary(self) -> str:
         c = self.counts
-        by = {}
+        by: dict[str, int] = {}
         for v in self.verdicts:
             if v.status != UNKNOWN:
                 by[v.method] = by.get(v.method, 0) + 1
@@ -113,24 +114,26 @@ class RegionCertificate:
 class _Open:
     """The bookkeeping of one region while the ladder runs."""
 
-    def __init__(self, index, region, prop):
+    def __init__(self, index: int, region: Region, prop: OutputProperty):
         self.index, self.region, self.prop = index, region, prop
         self.open = list(range(len(prop.disjuncts)))  # unsafe disjuncts not yet shown unreachable
         self.verdict: RegionVerdict | None = None
         self.margins: list[float] = []
         self.seconds = 0.0
-        self.stats: dict = {}
+        self.stats: dict[str, Any] = {}
 
 
-def _input_set(regions, device) -> InputSet:
+def _input_set(regions: Sequence[Region], device: Device) -> InputSet:
     if isinstance(regions[0], VPolytope):
-        return InputSet.polytopes([np.asarray(r.vertices) for r in regions], device=device)
+        polytopes = [r for r in regions if isinstance(r, VPolytope)]
+        assert len(polytopes) == len(regions)  # one kind per batch (_bound_step groups them)
+        return InputSet.polytopes([np.asarray(r.vertices) for r in polytopes], device=device)
     lo = np.stack([r.bounds()[0] for r in regions])
     hi = np.stack([r.bounds()[1] for r in regions])
     return InputSet(as_tensor(lo, device), as_tensor(hi, device))
 
 
-def _h_rows(region):
+def _h_rows(region: Region) -> tuple[np.ndarray, np.ndarray] | None:
     return (np.asarray(region.A), np.asarray(region.b)) if isinstance(region, HPolytope) else None
 
 
@@ -171,8 +174,8 @@ def _bound_step(prop: BoundPropagator, items: list[_Open], method: str, tol: flo
                                                "unsafe disjunct", margin=min(it.margins))
 
 
-def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout, solver, threads,
-                   max_depth) -> None:
+def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: _Open, *, tol: float,
+                   timeout: float | None, solver: str, threads: int | None, max_depth: int) -> None:
     t0 = time.perf_counter()
     # the budget covers the region's whole ladder: what falsification and bounds spent counts
     deadline = t0 + (timeout - it.seconds if timeout is not None else float("inf"))
@@ -180,8 +183,8 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
     free = int(np.count_nonzero(region.bounds()[1] > region.bounds()[0]))
     inp = _input_set([region], prop.device)
     h_rows = _h_rows(region)
-    interior = np.asarray(region.center()) if h_rows is not None else None
-    decided_by = set()
+    interior = np.asarray(region.center()) if isinstance(region, HPolytope) else None  # h_rows is set
+    decided_by: set[str] = set()
     for d in list(it.open):
         G, h = it.prop.disjuncts[d]
         remaining = deadline - time.perf_counter()
@@ -189,7 +192,8 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
             it.verdict = RegionVerdict(it.index, UNKNOWN, "", "time limit reached")
             break
         if not isinstance(region, VPolytope) and free <= SPLIT_MAX_INPUTS:
-            def leaf(lo, hi, G=G, h=h):
+            def leaf(lo: torch.Tensor, hi: torch.Tensor, G: np.ndarray = G,
+                     h: np.ndarray = h) -> tuple[str, np.ndarray | None, np.ndarray | None]:
                 sub = InputSet(lo, hi)
                 nb = prop.bounds(sub, G, method="crown")
                 out = complete_check(net, prop, sub, nb.pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
@@ -226,7 +230,7 @@ def _complete_step(net, net64, prop: BoundPropagator, it: _Open, *, tol, timeout
 
 def certify_regions(net: nn.Sequential, spec: RegionSpec, *, method: str = "auto", timeout: float | None = None,
                     solver: str = "highs", threads: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                    device=None, batch_size: int = DEFAULT_BATCH, attack: bool = True, seed: int = 0,
+                    device: Device = None, batch_size: int = DEFAULT_BATCH, attack: bool = True, seed: int = 0,
                     max_depth: int = DEFAULT_MAX_DEPTH,
                     progress: Callable[[str], None] | None = None) -> RegionCertificate:
     """Certify every region of ``spec`` (already validated against ``net``); ``timeout`` is the

@@ -13,13 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from .bounds import BoundPropagator, InputSet, as_tensor
-from .forward import ForwardBounds
+from .forward import ForwardBounds, Interval
 
 __all__ = ["DEFAULT_MAX_DEPTH", "DEFAULT_SPLIT_BATCH", "SplitOutcome", "split_search"]
 
@@ -38,6 +40,15 @@ PGD_BOX_STEPS = 8
 #: Levels between hidden-layer CROWN recomputations of a sub-box (see ``_fast_bounds``).
 REFRESH_EVERY = 1
 
+#: An input array: numpy-like or a tensor (``bounds.as_tensor`` turns it into float64).
+_Array: TypeAlias = npt.ArrayLike | torch.Tensor
+#: ``leaf_check(lo, hi) -> (status, x, y)``: the complete check of one sub-box (lo, hi: (1, *input_shape)).
+LeafCheck: TypeAlias = Callable[[torch.Tensor, torch.Tensor], tuple[str, np.ndarray | None, np.ndarray | None]]
+#: A batch of sub-boxes in the queue: lower, upper, depth, and the packed inherited hidden intervals.
+_Boxes: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+#: ``unsafe(x) -> (hit, y)``: which inputs the float64 forward pass puts in the unsafe set, and their outputs.
+_Unsafe: TypeAlias = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class SplitOutcome:
@@ -45,12 +56,13 @@ class SplitOutcome:
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     reason: str = ""
-    stats: dict = field(default_factory=dict)  # boxes, max_depth, milp_leaves
+    stats: dict[str, int] = field(default_factory=dict)  # boxes, max_depth, milp_leaves
 
 
-def split_search(prop: BoundPropagator, net64: nn.Module, lower, upper, G, h, *, deadline: float,
-                 tol: float, h_rows=None, max_depth: int = DEFAULT_MAX_DEPTH, batch: int = DEFAULT_SPLIT_BATCH,
-                 leaf_check: Callable | None = None) -> SplitOutcome:
+def split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: _Array, G: _Array, h: _Array, *,
+                 deadline: float, tol: float, h_rows: tuple[np.ndarray, np.ndarray] | None = None,
+                 max_depth: int = DEFAULT_MAX_DEPTH, batch: int = DEFAULT_SPLIT_BATCH,
+                 leaf_check: LeafCheck | None = None) -> SplitOutcome:
     """Decide whether some input of the box [lower, upper] (and ``A x <= b`` if ``h_rows``) reaches
     ``G y <= h``. ``leaf_check(lo, hi) -> (status, x, y)`` decides a box at ``max_depth``.
 
@@ -65,7 +77,9 @@ def split_search(prop: BoundPropagator, net64: nn.Module, lower, upper, G, h, *,
         torch.set_num_threads(threads)
 
 
-def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max_depth, batch, leaf_check):
+def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: _Array, G: _Array, h: _Array, *,
+                  deadline: float, tol: float, h_rows: tuple[np.ndarray, np.ndarray] | None, max_depth: int,
+                  batch: int, leaf_check: LeafCheck | None) -> SplitOutcome:
     shape = prop.input_shape
     lo = as_tensor(lower, prop.device).reshape(1, *shape)
     hi = as_tensor(upper, prop.device).reshape(1, *shape)
@@ -73,21 +87,22 @@ def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max
     depth = torch.zeros(1, dtype=torch.long, device=prop.device)
     G_t = as_tensor(G, prop.device)
     h_t = as_tensor(h, prop.device)
-    A_t = b_t = None
+    A_t: torch.Tensor | None = None
+    b_t: torch.Tensor | None = None
     if h_rows is not None:
         A_t = as_tensor(h_rows[0], prop.device)
         b_t = as_tensor(h_rows[1], prop.device)
     fwd = ForwardBounds(prop) if ForwardBounds.supports(prop) else None
     stats = {"boxes": 0, "max_depth": 0, "milp_leaves": 0}
-    queue = [(lo, hi, depth, None)]
-    per_box = None  # seconds per sub-box of the last step
+    queue: list[_Boxes] = [(lo, hi, depth, None)]
+    per_box: float | None = None  # seconds per sub-box of the last step
 
-    def inside(x):
-        if A_t is None:
+    def inside(x: torch.Tensor) -> torch.Tensor:
+        if A_t is None or b_t is None:  # both or neither
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         return (x.reshape(x.shape[0], -1) @ A_t.T <= b_t).all(1)
 
-    def unsafe(x):
+    def unsafe(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs among ``x`` (all in the region's box) that the float64 forward pass puts in the unsafe set."""
         with torch.no_grad():
             y = net64(x).reshape(x.shape[0], -1)
@@ -141,23 +156,28 @@ def _split_search(prop, net64, lower, upper, G, h, *, deadline, tol, h_rows, max
     return SplitOutcome("certified", reason="every sub-box is certified by CROWN bounds or the MILP", stats=stats)
 
 
-def _box_bounds(prop, fwd, lo, hi, depth, packed, G_t, h_t, tol: float, A_t, b_t) -> tuple:
+def _box_bounds(prop: BoundPropagator, fwd: ForwardBounds | None, lo: torch.Tensor, hi: torch.Tensor,
+                depth: torch.Tensor, packed: torch.Tensor | None, G_t: torch.Tensor, h_t: torch.Tensor, tol: float,
+                A_t: torch.Tensor | None,
+                b_t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per sub-box: the bound on the unsafe set's margin, the input coefficients (for the split),
     the hidden intervals to hand down, and whether the box is still open (not certified, and not
     entirely outside the H-polytope ``A x <= b``)."""
     if fwd is None:
         nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
+        assert nb.coefficients is not None  # CROWN keeps them
         margin, coeff, pre = (nb.lower - h_t).amax(1), nb.coefficients.abs().amax(1), None
     else:
         margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed)
     open_ = margin <= tol
-    if A_t is not None:
+    if A_t is not None and b_t is not None:  # both or neither
         c, r = ((lo + hi) / 2).reshape(lo.shape[0], -1), ((hi - lo) / 2).reshape(lo.shape[0], -1)
         open_ &= ~((c @ A_t.T - r @ A_t.abs().T) > b_t).any(1)
     return margin, coeff, pre, open_
 
 
-def _check_leaves(lo, hi, leaf_check, max_depth: int, deadline: float, stats: dict) -> SplitOutcome | None:
+def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, leaf_check: LeafCheck | None, max_depth: int, deadline: float,
+                  stats: dict[str, int]) -> SplitOutcome | None:
     """The complete check of sub-boxes at the depth limit: an outcome when one of them decides
     (a counterexample) or stops the search (unknown), None when every one is certified."""
     if leaf_check is None:
@@ -174,7 +194,8 @@ def _check_leaves(lo, hi, leaf_check, max_depth: int, deadline: float, stats: di
     return None
 
 
-def _bisect(lo, hi, depth, coeff, margin, pre) -> tuple:
+def _bisect(lo: torch.Tensor, hi: torch.Tensor, depth: torch.Tensor, coeff: torch.Tensor, margin: torch.Tensor,
+            pre: torch.Tensor | None) -> _Boxes:
     """Both halves of every box along its input of largest smear (width x |coefficient|), least
     safe boxes first and siblings adjacent: the queue entry (lo, hi, depth, inherited intervals)."""
     n = lo.shape[0]
@@ -200,20 +221,23 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], 1).reshape(2 * a.shape[0], *a.shape[1:])
 
 
-def _pack(pre: list) -> torch.Tensor:
+def _pack(pre: list[Interval]) -> torch.Tensor:
     """The hidden intervals of a batch as one (B, 2 * neurons) tensor, layer by layer."""
     return torch.cat([t for pair in pre for t in pair], 1)
 
 
-def _unpack(packed: torch.Tensor, widths: list[int]) -> list:
-    out, at = [], 0
+def _unpack(packed: torch.Tensor, widths: list[int]) -> list[Interval]:
+    out: list[Interval] = []
+    at = 0
     for n in widths:
         out.append((packed[:, at:at + n], packed[:, at + n:at + 2 * n]))
         at += 2 * n
     return out
 
 
-def _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed):
+def _fast_bounds(fwd: ForwardBounds, lo: torch.Tensor, hi: torch.Tensor, depth: torch.Tensor, G_t: torch.Tensor,
+                 h_t: torch.Tensor, tol: float,
+                 packed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lean CROWN (``forward.ForwardBounds``) with the hidden intervals inherited from the parent
     box; hidden CROWN is recomputed every ``REFRESH_EVERY`` levels (a box that the bounds cannot
     decide is split anyway, and its children start from these intervals)."""
@@ -223,8 +247,9 @@ def _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed):
     return margin, coeff, _pack(pre)
 
 
-def _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t, *, starts: int = PGD_BOXES,
-               steps: int = PGD_BOX_STEPS):
+def _pgd_boxes(net64: nn.Module, lo: torch.Tensor, hi: torch.Tensor, margin: torch.Tensor, region_lo: torch.Tensor,
+               region_hi: torch.Tensor, unsafe: _Unsafe, G_t: torch.Tensor, h_t: torch.Tensor, *,
+               starts: int = PGD_BOXES, steps: int = PGD_BOX_STEPS) -> tuple[np.ndarray, np.ndarray] | None:
     """Projected sign-gradient descent on ``max_r (G_r y - h_r)`` inside the least safe boxes; a
     hit is returned only after the plain float64 forward pass confirms it (x, y as numpy)."""
     k = min(starts, lo.shape[0])
@@ -254,7 +279,7 @@ def _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t, *,
     return None
 
 
-def _take(queue: list, batch: int):
+def _take(queue: list[_Boxes], batch: int) -> _Boxes:
     """Up to ``batch`` boxes from the end of the queue (depth first keeps the queue short)."""
     lo, hi, depth, pre = queue.pop()
     if lo.shape[0] > batch:
