@@ -74,8 +74,17 @@ def _add_spec_args(p: argparse.ArgumentParser, regions: bool = False) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="network file: .pt/.pth, .onnx, .tf/.eran (ERAN), .nnet (ACAS Xu)")
+    p.add_argument("model", help="network file: .pt/.pth, .onnx, .tf/.eran (ERAN), .nnet (ACAS Xu), or a zoo model name")
     p.add_argument("--input-shape", metavar="C,H,W", help="input shape when the file does not say (conv nets)")
+    p.add_argument("--arch", metavar="MODULE:FACTORY",
+                   help="architecture for a .pt file that holds only weights (a state_dict): a function that builds "
+                        "it, e.g. mypkg.nets:build_net, or a zoo architecture name (vit_small, gelu_mlp)")
+    p.add_argument("--cut", metavar="auto|POSITION|NAME",
+                   help="split the model into a frozen front (any modules: GELU, LayerNorm, attention; ONNX: run by "
+                        "onnxruntime) and a piecewise-linear back that --layer counts: 'auto' (right after the last "
+                        "module that is not piecewise linear), a module position, or the name of the module (ONNX: "
+                        "tensor) where the back begins. Points can be repaired and certified through any front; "
+                        "regions cannot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,9 +256,21 @@ def _data_parser(sub) -> None:
     d = data.add_parser("list", help="datasets, splits and corruptions by group")
 
 
+def _parse_cut(text: str | None):
+    if text is None or text == "auto":
+        return text
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _load(args):
     from .models import load_model
-    return load_model(args.model, input_shape=_parse_shape(getattr(args, "input_shape", None)))
+    model = args.model
+    if not Path(model).exists():
+        from .zoo import available, zoo_path
+        if model in available():  # a zoo name stands for its shipped file
+            model = zoo_path(model)
+    return load_model(model, input_shape=_parse_shape(getattr(args, "input_shape", None)),
+                      arch=getattr(args, "arch", None), cut=_parse_cut(getattr(args, "cut", None)))
 
 
 def _load_spec(args):
@@ -341,6 +362,10 @@ def _cmd_repair(args) -> int:
     if out.suffix.lower() not in SUFFIXES:
         raise InputError(f"--out {out}: unknown model suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}")
     net = _load(args)
+    from .models import front_of
+    if front_of(net) is not None and out.suffix.lower() not in (".pt", ".pth"):
+        raise InputError(f"--out {out}: the model has a {front_of(net).where()}, which only a .pt file can hold; "
+                         "give --out a .pt path")
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     given = given_flags(args, args.option_names)
     if region_file is None:
