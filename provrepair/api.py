@@ -83,16 +83,13 @@ def repair(model: Any, spec: PointSpec | RegionSpec, *, layer: int | str, option
     ``layer="auto"`` ranks the candidate layers (points: with ``heuristic``, default the one the
     layer-selection benchmark found best; regions: from the last layer back) and tries them in order
     until one certifies. Keyword options fill ``PointRepairOptions`` / ``PolytopeRepairOptions``
-    (delta_bound, margin, objective, solver, ...; regions also take ``keep=PointSpec``: points whose
-    outputs the repair must keep). The input model is never modified.
+    (delta_bound, margin, objective, solver, ...; ``keep=PointSpec``: points whose outputs the
+    repair must keep, and for points ``keep_from="mnist:train:2000"``). The input model is never modified.
     """
     if isinstance(spec, RegionSpec):
         model = _refuse_region_front(model)
         repairer = get_repairer("polytope")
     elif isinstance(spec, PointSpec):
-        if option_kw.get("keep") is not None:
-            raise InputError("keep applies to region repair; for points, add the points to keep to the spec itself")
-        option_kw.pop("keep", None)
         repairer = get_repairer("aprnn")
     else:
         raise InputError(f"expected a PointSpec or a RegionSpec, got {type(spec).__name__}")

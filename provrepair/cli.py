@@ -108,8 +108,9 @@ def _repair_parser(sub) -> None:
     p.add_argument("--heuristic", help="layer ranking for --layer auto (default: the benchmark's best)")
     p.set_defaults(option_names=add_flags(p, options_of(PolytopeRepairOptions)))
     p.add_argument("--keep", metavar="FILE",
-                   help="regions: a points file (with labels) whose outputs the repair must keep, e.g. correctly "
-                        "classified training images; holds the rest of the network in place (less drawdown)")
+                   help="a points file (with labels) whose outputs the repair must keep, e.g. correctly "
+                        "classified training images; holds the rest of the network in place (less drawdown). "
+                        "Points: entered into the LP only when the repair would flip them")
     _add_output_args(p, "repaired model; its suffix picks the format, and a .pt copy is always written too",
                      "write the full result as JSON", "print only the outcome")
 
@@ -369,10 +370,10 @@ def _cmd_repair(args) -> int:
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     given = given_flags(args, args.option_names)
     if region_file is None:
-        if args.keep:
-            raise InputError("--keep applies to --box/--polytope/--vnnlib repair; for points, add the points to "
-                             "keep to the --points file")
         spec = _load_spec(args)
+        if args.keep:
+            from .specs import PointSpec
+            given["keep"] = PointSpec.load(args.keep)
     else:
         from .specs import PointSpec, RegionSpec
         kind = "vnnlib" if args.vnnlib else "box" if args.box else "polytope"

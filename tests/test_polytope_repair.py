@@ -318,15 +318,16 @@ def test_kept_points_keep_their_labels(layer):
     assert kept.lp["stages"][-1]["kept_points"] == len(g)
 
 
-def test_keep_is_refused_for_point_repair(tmp_path, model_file, capsys):
+def test_point_repair_refuses_a_keep_file_that_does_not_fit(tmp_path, model_file, capsys):
     pts = PointSpec.from_arrays(np.array([[0.1, 0.2]]), [LABEL])
-    with pytest.raises(InputError, match="keep applies to region repair"):
-        provrepair.repair(NET, pts, layer=1, keep=pts)
-    p = tmp_path / "p.json"
+    with pytest.raises(InputError):
+        provrepair.repair(NET, pts, layer=1, keep=PointSpec.from_arrays(np.array([[0.1, 0.2, 0.3]]), [LABEL]))
+    p, k = tmp_path / "p.json", tmp_path / "k.json"
     p.write_text(json.dumps({"points": [{"input": [0.1, 0.2], "label": LABEL}]}))
-    code = main(["repair", str(model_file), "--points", str(p), "--keep", str(p), "--layer", "1",
+    k.write_text(json.dumps({"points": [{"input": [0.1, 0.2], "label": 99}]}))
+    code = main(["repair", str(model_file), "--points", str(p), "--keep", str(k), "--layer", "1",
                  "--out", str(tmp_path / "out.pt")])
-    assert code == 2 and "--keep applies" in capsys.readouterr().err
+    assert code == 2 and "label" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
 
 

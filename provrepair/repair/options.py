@@ -192,6 +192,12 @@ class PointRepairOptions:
                                     "e.g. 0:64 or 1,5,9 or 0:8,12; default all")
     channels: str | None = option(None, "output channels of a Conv2d repair layer that may change, as --rows")
     later_biases: bool = True  # also change the biases of every later affine layer
+    # keep-sets (repair/keep.py): inputs the network gets right that must stay right, entered lazily
+    keep: Any = None  # a PointSpec (the CLI's --keep FILE)
+    keep_from: str | None = option(None, "keep N images of a shipped dataset that the model classifies right, "
+                                         "DATASET:SPLIT:N, e.g. mnist:train:2000")
+    keep_margin: float = option(1.0, "output slack each keep point must keep (at most half of what it had)")
+    keep_batch: int = 500  # keep points entering the LP per round at most, the worst flipped first
     solver: str = option("highs", "LP/MILP solver", choices=SOLVERS)
     method: str = option("auto", "LP algorithm of the first solve (later rounds re-solve warm)", choices=METHODS)
     time_limit: float | None = option(None, "seconds for the whole LP repair")
@@ -223,6 +229,10 @@ class PointRepairOptions:
             raise InputError(f"delta bound must be positive, got {self.delta_bound}")
         if not self.margin >= 0:
             raise InputError(f"margin must be >= 0, got {self.margin}")
+        if not self.keep_margin >= 0:
+            raise InputError(f"keep margin must be >= 0, got {self.keep_margin}")
+        if isinstance(self.keep_batch, bool) or not isinstance(self.keep_batch, int) or self.keep_batch < 1:
+            raise InputError(f"keep_batch must be a positive integer, got {self.keep_batch!r}")
         _check_fields(self)
         self.selected_rows()
 
@@ -287,7 +297,6 @@ class PolytopeRepairOptions(PointRepairOptions):
         "exact", "regions: exact (shift LPs make the network affine on each region, then the assert at its "
                  "vertices) or interval (the last layer only, over each region's CROWN interval at its input: "
                  "no shift LP, one small LP; try it when a shift LP fails)", choices=HULLS)
-    keep: Any = None  # a PointSpec whose outputs the repair must keep (locality); see RegionRepairer
     certify_method: str = "auto"  # how the repaired regions are certified (provrepair.certify)
     certify_timeout: float | None = None
 

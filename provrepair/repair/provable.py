@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
 from ..specs import PointSpec, RegionSpec
 from .aprnn import repair_points
+from .keep import KeepSet, keep_from_dataset, keep_summary, repair_keeping, resolve_keep
 from .options import PointRepairOptions, PolytopeRepairOptions
 from .polytope import repair_polytopes
 from .protocol import CERTIFIED, ERROR, INFEASIBLE, NOT_CERTIFIED, TIME_LIMIT, Progress, RepairResult, say
@@ -109,8 +110,12 @@ class PointRepairer:
         _check_layer(options.layer)
         net = as_network(model)
         spec, n_out = prepare_points(net, target)
+        keep = resolve_keep(net, options, spec, n_out)
+        if keep is not None:
+            say(progress)(f"keep-set: {keep.n_points} points ({keep.source})"
+                          + (f"; {keep.dropped} the model already gets wrong are left out" if keep.dropped else ""))
         if options.layer != "auto":
-            return self._at(net, spec, n_out, options.layer, options, progress)
+            return self._at(net, spec, n_out, options.layer, options, progress, keep)
         t0 = time.perf_counter()
         heuristic = options.heuristic or DEFAULT_HEURISTIC
         # candidates: the layers predicted to finish within the time limit, whole or with a row subset
@@ -130,15 +135,19 @@ class PointRepairer:
                 picked = pick_rows(net, spec, k, rows)
                 say(progress)(f"layer {k}: too slow whole; repairing {rows} of its rows")
                 opts = dataclasses.replace(opts, rows=",".join(map(str, picked)))
-            return self._at(net, spec, n_out, k, opts, progress)
+            return self._at(net, spec, n_out, k, opts, progress, keep)
 
         return _try_layers(ranking, attempt, {"heuristic": heuristic, "plan": list(plan.values())}, progress, t0)
 
     def _at(self, net: nn.Sequential, spec: PointSpec, n_out: int, layer: int, options: PointRepairOptions,
-            progress: Progress | None) -> RepairResult:
+            progress: Progress | None, keep: KeepSet | None = None) -> RepairResult:
         t0 = time.perf_counter()
         A, b, point_index = spec.output_constraints(n_out)
-        outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
+        kept = None
+        if keep is None:
+            outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
+        else:
+            outcome, kept = repair_keeping(net, spec.inputs, A, b, point_index, layer, options, keep, progress)
         certificate, t_cert = None, 0.0
         if outcome.model is not None:
             set_meta(outcome.model, get_meta(net))
@@ -158,6 +167,10 @@ class PointRepairer:
         timings = {"build": outcome.build_time, "solve": outcome.solve_time, "check": outcome.check_time,
                    "certify": t_cert, "total": time.perf_counter() - t0}
         lp = {"final": outcome.lp_size, "full": outcome.full_lp_size, "rounds": outcome.rounds}
+        if kept is not None:
+            lp["keep"] = kept.to_dict()
+            if outcome.model is not None:
+                message += f"; {keep_summary(kept)}"
         return RepairResult(status, outcome.model, method=self.name, message=message, certificate=certificate,
                             layer=outcome.layer, lp=lp, solver=dict(outcome.solver, objective=outcome.objective),
                             timings=timings, delta=outcome.delta, options=_record(options))
@@ -184,7 +197,7 @@ class RegionRepairer:
                              "layers from the last one back")
         net = as_network(model)
         spec, n_out = prepare_regions(net, target)
-        keep = self._keep(net, options.keep, n_out)
+        keep = self._keep(net, options, n_out)
         n_aff = len(affine_layers(net))
         if options.layer != "auto":
             return self._at(net, spec, keep, options.layer, options, progress)
@@ -194,7 +207,12 @@ class RegionRepairer:
                            {"heuristic": "last-first"}, progress, time.perf_counter())
 
     @staticmethod
-    def _keep(net: nn.Sequential, keep: Any, n_out: int) -> tuple | None:
+    def _keep(net: nn.Sequential, options: PolytopeRepairOptions, n_out: int) -> tuple | None:
+        keep = options.keep
+        if options.keep_from:
+            if keep is not None:
+                raise InputError("give the points to keep once: keep and keep_from were both given")
+            keep = keep_from_dataset(net, options.keep_from)
         if keep is None:
             return None
         if not isinstance(keep, PointSpec):

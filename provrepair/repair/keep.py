@@ -1,0 +1,257 @@
+"""Keep-sets for point repair: inputs whose outputs the repair must not break, added lazily.
+
+The LP repairs only what it is shown; nothing stops it from flipping the inputs the user did not
+list (the demo's last-layer repair lost 12 pp of test accuracy that way). A keep point is an input
+the network gets right that must stay right. Holding thousands of them in the LP would cost
+thousands of points' rows, while almost all of them stay right anyway, so they enter by
+constraint generation, as the activation-pattern rows do:
+
+1. repair with the repair points and the keep points entered so far;
+2. run every keep point through the candidate (float64); the ones whose output spec now fails
+   ("flipped") enter, the worst first, at most ``keep_batch`` a round;
+3. repeat until no keep point flips.
+
+An entered keep point is an ordinary LP point (held to its own activation pattern) whose rows must
+keep a share of the slack it had: ``min(keep_margin, slack / 2)``. A point that the LP never needed
+is only checked, and it stays right at the end, or the loop would have entered it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..certify.points import network_copy
+from ..data import load_dataset
+from ..data.datasets import DATASETS, SPLITS
+from ..errors import InputError
+from ..models import affine_index_to_module_index, get_meta
+from ..models.inference import logits
+from ..specs import PointSpec
+from .aprnn import PointRepairOutcome, repair_points
+from .options import PointRepairOptions
+
+__all__ = ["KeepReport", "KeepSet", "keep_from_dataset", "keep_summary", "repair_keeping", "resolve_keep"]
+
+
+@dataclass
+class KeepSet:
+    """The keep points as LP rows: ``A y <= b - need`` must hold at ``inputs[point_index]``."""
+
+    inputs: np.ndarray
+    A: np.ndarray
+    b: np.ndarray
+    point_index: np.ndarray
+    need: np.ndarray  # slack each row must keep
+    source: str
+    index: np.ndarray  # each point's index among the keep points as given
+    dropped: int = 0  # points the network already got wrong (nothing to keep)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class KeepReport:
+    """What the keep-set cost and did (``RepairResult.lp["keep"]``)."""
+
+    points: int
+    source: str
+    dropped: int
+    margin: float
+    flipped_without: int = 0  # keep points the first repair (without any of them) flipped
+    entered: int = 0  # keep points that entered the LP
+    binding: int = 0  # entered points whose rows are tight at the end: the ones the optimum needed
+    kept: int = 0  # keep points right at the end
+    entered_index: list[int] = field(default_factory=list)  # which (indices into the keep points as given)
+    rounds: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def keep_from_dataset(net: nn.Module, text: str) -> PointSpec:
+    """``DATASET:SPLIT:N``: the first N images of a shipped dataset that ``net`` classifies right."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 3 or not parts[2].strip().isdigit() or int(parts[2]) < 1:
+        raise InputError(f"keep-from takes DATASET:SPLIT:N, e.g. mnist:train:2000, got {text!r} "
+                         f"(datasets: {', '.join(DATASETS)}; splits: {', '.join(SPLITS)})")
+    name, split, n = parts[0], parts[1], int(parts[2])
+    x, y = load_dataset(name, split)
+    shape = get_meta(net).input_shape
+    if shape is not None:
+        if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
+            raise InputError(f"keep-from {text}: {name} images have {int(np.prod(x.shape[1:]))} values, the model "
+                             f"takes input shape {tuple(shape)}; keep points must be inputs of this model")
+        x = x.reshape((x.shape[0], *shape))
+    right: list[np.ndarray] = []
+    found, chunk = 0, max(4 * n // 3, 256)
+    for start in range(0, x.shape[0], chunk):
+        part = np.flatnonzero(logits(net, x[start:start + chunk]).argmax(1) == y[start:start + chunk]) + start
+        right.append(part)
+        found += part.size
+        if found >= n:
+            break
+    idx = np.concatenate(right)[:n]
+    if idx.size < n:
+        raise InputError(f"keep-from {text}: the model classifies only {idx.size} {name} {split} images right; "
+                         "ask for fewer")
+    return PointSpec.from_arrays(x[idx], labels=y[idx], source=f"{name}:{split}: first {n} classified right")
+
+
+def resolve_keep(net: nn.Module, options: PointRepairOptions, repair: PointSpec, n_out: int) -> KeepSet | None:
+    """The keep points of ``options`` (``keep`` and/or ``keep_from``) as rows, checked against the
+    repair set: a keep point that is a repair point with another requirement is the user's error."""
+    specs = [s for s in (options.keep,) if s is not None]
+    if options.keep is not None and not isinstance(options.keep, PointSpec):
+        raise InputError(f"keep must be a PointSpec (points with labels or output rows), got {type(options.keep).__name__}")
+    if options.keep_from:
+        specs.append(keep_from_dataset(net, options.keep_from))
+    if not specs:
+        return None
+    shape = tuple(repair.inputs.shape[1:])
+    xs, As, bs, pis, n = [], [], [], [], 0
+    for part in specs:
+        part = part.validate(shape, n_out)
+        _check_conflicts(part, repair)
+        A, b, pi = part.output_constraints(n_out)
+        xs.append(np.asarray(part.inputs, dtype=np.float32))
+        As.append(A)
+        bs.append(b)
+        pis.append(pi + n)
+        n += xs[-1].shape[0]
+    x, A, b, pi = np.concatenate(xs), np.concatenate(As), np.concatenate(bs), np.concatenate(pis)
+    # float32, as the user runs the network: "right" is what the user sees
+    slack = b - np.einsum("rj,rj->r", A, logits(net, x).astype(np.float64)[pi])
+    bad = np.zeros(x.shape[0], dtype=bool)
+    np.logical_or.at(bad, pi, slack <= 0)
+    keep_pts = np.flatnonzero(~bad)
+    remap = np.full(x.shape[0], -1)
+    remap[keep_pts] = np.arange(keep_pts.size)
+    rows = ~bad[pi]
+    need = np.minimum(options.keep_margin, slack[rows] / 2)
+    source = " + ".join(s.source or "keep points" for s in specs)
+    return KeepSet(x[keep_pts], A[rows], b[rows], remap[pi[rows]], need, source, keep_pts,
+                   dropped=int(bad.sum()))
+
+
+def _check_conflicts(keep: PointSpec, repair: PointSpec) -> None:
+    """A keep point equal to a repair point must ask for the same label."""
+    if keep.labels is None or repair.labels is None:
+        return
+    kx = np.asarray(keep.inputs, dtype=np.float32).reshape(keep.inputs.shape[0], -1)
+    rx = np.asarray(repair.inputs, dtype=np.float32).reshape(repair.inputs.shape[0], -1)
+    index = {row.tobytes(): i for i, row in enumerate(rx)}
+    clashes = [(k, index[row.tobytes()]) for k, row in enumerate(kx)
+               if row.tobytes() in index and keep.labels[k] != repair.labels[index[row.tobytes()]]]
+    if clashes:
+        shown = "; ".join(f"keep point {k} is repair point {r} with label {keep.labels[k]} instead of "
+                          f"{repair.labels[r]}" for k, r in clashes[:5])
+        raise InputError(f"{len(clashes)} keep point(s) contradict the repair set: {shown}. Remove them from the "
+                         "keep-set or fix the labels")
+
+
+def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
+                   layer: int, options: PointRepairOptions, keep: KeepSet,
+                   progress: Callable[[str], None] | None = None) -> tuple[PointRepairOutcome, KeepReport]:
+    """``repair_points`` with the keep points entered lazily (module docstring)."""
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    report = KeepReport(points=keep.n_points, source=keep.source, dropped=keep.dropped, margin=options.keep_margin)
+    entered = np.zeros(keep.n_points, dtype=bool)
+    # the layers before ``layer`` do not change: their float64 image of the keep points is computed once
+    k = affine_index_to_module_index(net, layer)
+    feats = _outputs64(net[:k], keep.inputs) if k > 0 and keep.n_points else keep.inputs.astype(np.float64)
+    outcome, totals = None, {"build": 0.0, "solve": 0.0, "check": 0.0}
+    while True:
+        pts = np.flatnonzero(entered)
+        outcome = _solve(net, inputs, A, b, point_index, layer, options, keep, pts, t0, progress)
+        for key, attr in (("build", "build_time"), ("solve", "solve_time"), ("check", "check_time")):
+            totals[key] += getattr(outcome, attr)
+        step = {"entered": int(pts.size), "status": outcome.status, "lp": outcome.lp_size}
+        report.rounds.append(step)
+        if outcome.model is None:
+            if pts.size and outcome.status == "infeasible":
+                outcome.message = (f"no repair at layer {layer} fixes the repair set and keeps the {pts.size} keep "
+                                   "points it would flip (the repair set alone is repairable there): try a smaller "
+                                   "--keep-margin, another layer or a larger --delta-bound")
+            break
+        slack = _keep_slack(outcome.model[k:], feats, keep)
+        flipped = _flipped(slack, keep, entered)
+        step["flipped"] = int(flipped.size)
+        if not report.rounds[:-1]:
+            report.flipped_without = int(flipped.size)
+        if flipped.size == 0:
+            _finish(report, slack, keep, entered)
+            break
+        picked = flipped[:options.keep_batch]
+        say(f"keep-set: {flipped.size} keep points flipped; {picked.size} enter the LP "
+            f"({pts.size + picked.size} of {keep.n_points})")
+        entered[picked] = True
+    report.entered = int(entered.sum())
+    report.entered_index = keep.index[entered].tolist()
+    outcome.build_time, outcome.solve_time, outcome.check_time = totals["build"], totals["solve"], totals["check"]
+    return outcome, report
+
+
+def _solve(net, inputs, A, b, point_index, layer, options, keep: KeepSet, pts: np.ndarray, t0: float,
+           progress) -> PointRepairOutcome:
+    """One LP over the repair points and keep points ``pts`` (their rows keep ``need`` of slack)."""
+    if options.time_limit is not None:
+        options = dataclasses.replace(options, time_limit=max(1.0, options.time_limit - (time.perf_counter() - t0)))
+    if pts.size == 0:
+        return repair_points(net, inputs, A, b, point_index, layer, options, progress=progress)
+    remap = np.full(keep.n_points, -1)
+    remap[pts] = inputs.shape[0] + np.arange(pts.size)
+    rows = np.flatnonzero(remap[keep.point_index] >= 0)
+    # the LP asks every row for ``margin`` of slack: a keep row's rhs already subtracts its own need
+    kb = keep.b[rows] - keep.need[rows] + options.margin
+    return repair_points(net, np.concatenate([inputs, keep.inputs[pts].astype(inputs.dtype)]),
+                         np.concatenate([A, keep.A[rows]]), np.concatenate([b, kb]),
+                         np.concatenate([point_index, remap[keep.point_index[rows]]]), layer, options,
+                         progress=progress)
+
+
+def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """``net(x)`` in float64, in the shape the network gives (a prefix may end in feature maps)."""
+    twin = network_copy(net, torch.float64)
+    with torch.no_grad():
+        parts = [twin(torch.as_tensor(x[i:i + batch], dtype=torch.float64)) for i in range(0, x.shape[0], batch)]
+    return torch.cat(parts).numpy()
+
+
+def _keep_slack(suffix: nn.Module, feats: np.ndarray, keep: KeepSet) -> np.ndarray:
+    """Row slacks of the keep points at a candidate, from their (unchanged) layer-k inputs."""
+    if keep.n_points == 0:
+        return np.zeros(0)
+    z = _outputs64(suffix, feats).reshape(keep.n_points, -1)
+    return keep.b - np.einsum("rj,rj->r", keep.A, z[keep.point_index])
+
+
+def _flipped(slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> np.ndarray:
+    """Keep points not in the LP whose spec fails at the candidate, the worst first."""
+    worst = np.full(keep.n_points, np.inf)
+    np.minimum.at(worst, keep.point_index, slack)
+    out = np.flatnonzero((worst <= 0) & ~entered)
+    return out[np.argsort(worst[out], kind="stable")]
+
+
+def _finish(report: KeepReport, slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> None:
+    worst = np.full(keep.n_points, np.inf)
+    np.minimum.at(worst, keep.point_index, slack)
+    report.kept = int((worst > 0).sum())
+    tight = np.zeros(keep.n_points, dtype=bool)
+    np.logical_or.at(tight, keep.point_index, np.abs(slack - keep.need) <= 1e-6 * np.maximum(1.0, keep.need))
+    report.binding = int((tight & entered).sum())
+
+
+def keep_summary(report: KeepReport) -> str:
+    return (f"keep-set: {report.kept} of {report.points} kept; {report.entered} entered the LP "
+            f"({report.binding} binding); the repair alone would have flipped {report.flipped_without}")
