@@ -150,7 +150,7 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     backend = lp.backend
     say(f"LP built: {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
     deadline = None if opts.time_limit is None else t_start + opts.time_limit
-    return _outcome(lp, generate_constraints(lp, deadline, say, build_time))
+    return outcome_of(lp, generate_constraints(lp, deadline, say, build_time))
 
 
 class PointLP:
@@ -183,6 +183,8 @@ class PointLP:
         self._lay_out()
         self.backend = None
         self.full_rows = 0
+        # points whose rows the LP holds; a keep point (repair/keep.py) becomes active when it enters
+        self.active = np.ones(self.n_points, dtype=bool)
 
     def _trace(self, net64: nn.Sequential, x: torch.Tensor, patterns: dict | None) -> torch.Tensor:
         """Layer-``k`` inputs of the points (generator points appended), and the suffix that holds
@@ -477,6 +479,15 @@ class PointLP:
                 self.add_rows(rows, lo=np.where(sign >= 0, -rows.const, -np.inf),
                               hi=np.where(sign > 0, np.inf, -rows.const))
 
+    def add_points(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> None:
+        """Activate the points of ``point_index`` with their output rows ``A y <= b - margin``: their
+        pattern rows follow by constraint generation. Needs the substituted LP (rows only, no u)."""
+        if not self.substituted:
+            raise ValueError("points can enter a live LP only when u is substituted out")
+        self.active[np.unique(point_index)] = True
+        out = self.suffix.pullback(len(self.suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
+        self.add_rows(out, lo=-np.inf, hi=np.asarray(b, dtype=np.float64) - self.opts.margin - out.const)
+
     def add_violated(self, violated: dict[int, np.ndarray]) -> None:
         """Extend the LP by the pattern rows a candidate violated."""
         self.kept = {i: self.kept[i] | violated[i] for i in self.suffix.pattern_modules}
@@ -577,7 +588,7 @@ class PointLP:
         if self.zono is not None:
             signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
         tol = self.opts.pattern_tol
-        violated = {i: (signed[i] < -tol) & ~self.kept[i] for i in self.suffix.pattern_modules}
+        violated = {i: (signed[i] < -tol) & ~self.kept[i] & self.active[:, None] for i in self.suffix.pattern_modules}
         return candidate, self._most_violated(violated, signed)
 
     def _most_violated(self, violated: dict, signed: dict) -> dict:
@@ -691,7 +702,8 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
     return run
 
 
-def _outcome(lp: PointLP, run: Generation) -> PointRepairOutcome:
+def outcome_of(lp: PointLP, run: Generation) -> PointRepairOutcome:
+    """The outcome of constraint generation on ``lp`` (its model: the network of the last solve)."""
     status = _final_status(run)
     ok = status == "optimal"
     backend = lp.backend

@@ -18,6 +18,7 @@ is only checked, and it stays right at the end, or the loop would have entered i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from ..certify.points import network_copy
 from ..data import load_dataset
 from ..data.datasets import DATASETS, SPLITS
 from ..errors import InputError
-from ..models import affine_index_to_module_index, get_meta
+from ..models import affine_index_to_module_index, affine_layers, get_meta
 from ..models.inference import logits
 from ..specs import PointSpec
-from .aprnn import PointRepairOutcome, repair_points
+from .aprnn import PointLP, PointRepairOutcome, generate_constraints, outcome_of, repair_points
 from .options import PointRepairOptions
 
 __all__ = ["KeepReport", "KeepSet", "keep_from_dataset", "keep_summary", "repair_keeping", "resolve_keep"]
@@ -165,23 +166,28 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     report = KeepReport(points=keep.n_points, source=keep.source, dropped=keep.dropped, margin=options.keep_margin)
+    if keep.n_points == 0:  # every keep point was already wrong: nothing to hold
+        report.rounds.append({"entered": 0})
+        return repair_points(net, inputs, A, b, point_index, layer, options, progress=progress), report
     entered = np.zeros(keep.n_points, dtype=bool)
     # the layers before ``layer`` do not change: their float64 image of the keep points is computed once
     k = affine_index_to_module_index(net, layer)
-    feats = _outputs64(net[:k], keep.inputs) if k > 0 and keep.n_points else keep.inputs.astype(np.float64)
-    outcome, totals = None, {"build": 0.0, "solve": 0.0, "check": 0.0}
+    feats = _outputs64(net[:k], keep.inputs) if k > 0 else keep.inputs.astype(np.float64)
+    small = net[k].weight.numel() <= LIVE_MAX_WEIGHTS and options.strategy == "generate"
+    lp = (_Live if small else _Rebuild)(net, k, inputs, A, b, point_index, layer, options, keep, feats, t0, progress)
+    totals = {"build": 0.0, "solve": 0.0, "check": 0.0}
+    picked = np.zeros(0, dtype=np.int64)
     while True:
-        pts = np.flatnonzero(entered)
-        outcome = _solve(net, inputs, A, b, point_index, layer, options, keep, pts, t0, progress)
+        outcome = lp.solve(picked)
         for key, attr in (("build", "build_time"), ("solve", "solve_time"), ("check", "check_time")):
             totals[key] += getattr(outcome, attr)
-        step = {"entered": int(pts.size), "status": outcome.status, "lp": outcome.lp_size}
+        step = {"entered": int(entered.sum()), "status": outcome.status, "lp": outcome.lp_size}
         report.rounds.append(step)
         if outcome.model is None:
-            if pts.size and outcome.status == "infeasible":
-                outcome.message = (f"no repair at layer {layer} fixes the repair set and keeps the {pts.size} keep "
-                                   "points it would flip (the repair set alone is repairable there): try a smaller "
-                                   "--keep-margin, another layer or a larger --delta-bound")
+            if entered.any() and outcome.status == "infeasible":
+                outcome.message = (f"no repair at layer {layer} fixes the repair set and keeps the {int(entered.sum())} "
+                                   "keep points it would flip (the repair set alone is repairable there): try a "
+                                   "smaller --keep-margin, another layer or a larger --delta-bound")
             break
         slack = _keep_slack(outcome.model[k:], feats, keep)
         flipped = _flipped(slack, keep, entered)
@@ -193,12 +199,67 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
             break
         picked = flipped[:options.keep_batch]
         say(f"keep-set: {flipped.size} keep points flipped; {picked.size} enter the LP "
-            f"({pts.size + picked.size} of {keep.n_points})")
+            f"({int(entered.sum()) + picked.size} of {keep.n_points})")
         entered[picked] = True
     report.entered = int(entered.sum())
     report.entered_index = keep.index[entered].tolist()
     outcome.build_time, outcome.solve_time, outcome.check_time = totals["build"], totals["solve"], totals["check"]
     return outcome, report
+
+
+#: Layers with at most this many weights keep one live LP that keep points enter as rows (u
+#: substituted out, warm re-solves); wider ones rebuild the LP each round, since substituted
+#: output rows would be dense over every weight.
+LIVE_MAX_WEIGHTS = 2_000
+
+
+class _Rebuild:
+    """A fresh LP each round over the repair points and every keep point entered so far."""
+
+    def __init__(self, net, k, inputs, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress):
+        self.args = (net, inputs, A, b, point_index, layer, options, keep)
+        self.t0, self.progress = t0, progress
+        self.pts = np.zeros(0, dtype=np.int64)
+
+    def solve(self, new: np.ndarray) -> PointRepairOutcome:
+        self.pts = np.union1d(self.pts, new)
+        return _solve(*self.args, self.pts, self.t0, self.progress)
+
+
+class _Live:
+    """One LP over the layers from ``k`` on, holding every keep point's features from the start but
+    rows only for the active ones: an entering point adds rows, and the re-solve is warm."""
+
+    def __init__(self, net, k, inputs, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress):
+        self.net, self.k, self.keep, self.layer = net, k, keep, layer
+        self.say = progress or (lambda msg: None)
+        self.n_rep = inputs.shape[0]
+        h = _outputs64(net[:k], inputs) if k > 0 else inputs.astype(np.float64)
+        opts = dataclasses.replace(options, formulation="substituted")
+        self.deadline = None if options.time_limit is None else t0 + options.time_limit
+        t1 = time.perf_counter()
+        self.lp = PointLP(net[k:], np.concatenate([h, feats]), 0, opts)
+        self.lp.active[self.n_rep:] = False
+        self.lp.build(A, b, point_index)
+        self.build_time = time.perf_counter() - t1
+
+    def solve(self, new: np.ndarray) -> PointRepairOutcome:
+        keep, t1 = self.keep, time.perf_counter()
+        if new.size:
+            rows = np.flatnonzero(np.isin(keep.point_index, new))
+            margin = self.lp.opts.margin
+            self.lp.add_points(keep.A[rows], keep.b[rows] - keep.need[rows] + margin,
+                               self.n_rep + keep.point_index[rows])
+        build = self.build_time + time.perf_counter() - t1
+        self.build_time = 0.0
+        outcome = outcome_of(self.lp, generate_constraints(self.lp, self.deadline, self.say, build))
+        outcome.layer = self.layer if self.layer >= 0 else len(affine_layers(self.net)) + self.layer
+        if outcome.model is not None:
+            full = copy.deepcopy(self.net)
+            for i, module in enumerate(outcome.model):
+                full[self.k + i] = module
+            outcome.model = full
+        return outcome
 
 
 def _solve(net, inputs, A, b, point_index, layer, options, keep: KeepSet, pts: np.ndarray, t0: float,
@@ -223,7 +284,7 @@ def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     """``net(x)`` in float64, in the shape the network gives (a prefix may end in feature maps)."""
     twin = network_copy(net, torch.float64)
     with torch.no_grad():
-        parts = [twin(torch.as_tensor(x[i:i + batch], dtype=torch.float64)) for i in range(0, x.shape[0], batch)]
+        parts = [twin(torch.tensor(x[i:i + batch], dtype=torch.float64)) for i in range(0, x.shape[0], batch)]
     return torch.cat(parts).numpy()
 
 
