@@ -6,14 +6,20 @@ clean test accuracy, accuracy under the corruptions at severity 3). They are pro
 ``benchmarks/train_zoo.py``.
 
 Models: ``mnist_mlp`` (MNIST, 784-100-100-10), ``mnist_cnn`` (MNIST) and ``fashion_cnn``
-(Fashion-MNIST), the two CNNs with input shape ``(1, 28, 28)``. The CNNs were trained with
+(Fashion-MNIST), the two CNNs with input shape ``(1, 28, 28)``; and three networks that are not
+piecewise linear throughout, which load with a frozen front (``provrepair.models.FrozenFront``)
+and a repairable piecewise-linear back (their files record the cut): ``mnist_vit`` and
+``fashion_vit`` (a small vision transformer: patch embedding, three attention blocks with LayerNorm
+and GELU, a Linear-ReLU-Linear head; the head's two Linear layers are affine layers 0 and 1) and
+``mnist_gelu_mlp`` (784-100-100-10 with a GELU after the first layer; layers 0 and 1 are the last
+two Linear layers). Their architectures are factories in ``provrepair.zoo.architectures``. The CNNs were trained with
 BatchNorm2d after each convolution; the files keep those layers, and ``load_zoo`` folds each into
 the convolution before it (the canonical network has no BatchNorm). ``load_zoo(name,
 fold_batchnorm=False)`` returns the network as trained, BatchNorm included.
 
 >>> from provrepair.zoo import available, load_zoo, card
 >>> available()
-['fashion_cnn', 'mnist_cnn', 'mnist_mlp']
+['fashion_cnn', 'fashion_vit', 'mnist_cnn', 'mnist_gelu_mlp', 'mnist_mlp', 'mnist_vit']
 >>> net = load_zoo("mnist_mlp")          # nn.Sequential, float32, eval mode, input shape (784,)
 >>> card("mnist_mlp")["test_accuracy"]   # doctest: +SKIP
 """
