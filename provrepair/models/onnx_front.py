@@ -9,13 +9,14 @@ chain becomes the piecewise-linear back exactly as a fully supported graph would
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from onnx import helper
+from onnx import helper, numpy_helper
 from torch import nn
 
 from ..errors import InputError, ModelFormatError, UnsupportedLayerError
@@ -38,12 +39,75 @@ def _ort():
     return onnxruntime
 
 
+def _double_tensor(t: onnx.TensorProto) -> None:
+    if t.data_type == onnx.TensorProto.FLOAT:
+        arr = numpy_helper.to_array(t).astype(np.float64)
+        t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+
+#: Ops whose inputs and outputs are all float tensors, so a float64 graph may run them in float32
+#: between two Casts when onnxruntime has no float64 kernel for them (its CPU Conv and Erf).
+_CAST_WRAPPABLE = {"Conv", "ConvTranspose", "Erf", "Gelu", "Tanh", "Sigmoid", "Softplus", "LayerNormalization",
+                   "Softmax", "Gemm", "MatMul", "Pow", "Sqrt", "ReduceMean", "Div", "Mul", "Add", "Sub"}
+
+
+#: Ops that onnxruntime expands into a function body containing the key op.
+_EXPANDS_TO = {"Erf": "Gelu"}
+
+
+def _wrap_in_float32(model: onnx.ModelProto, op: str) -> None:
+    """Run every ``op`` node of a float64 graph in float32: Cast its inputs down, its outputs up."""
+    g = model.graph
+    nodes = []
+    for k, node in enumerate(g.node):
+        if node.op_type != op:
+            nodes.append(node)
+            continue
+        tag = f"_f32_{k}"
+        for i, name in enumerate(node.input):
+            if name:
+                nodes.append(helper.make_node("Cast", [name], [name + tag], to=onnx.TensorProto.FLOAT))
+                node.input[i] = name + tag
+        outs = list(node.output)
+        for i, name in enumerate(outs):
+            node.output[i] = name + tag + "_out"
+        nodes.append(node)
+        for name in outs:
+            nodes.append(helper.make_node("Cast", [name + tag + "_out"], [name], to=onnx.TensorProto.DOUBLE))
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def to_double(model_bytes: bytes) -> bytes:
+    """The same ONNX graph computing in float64: float initializers, constants, casts and value types
+    turned to double (the ops a transformer exports, MatMul, Softmax, LayerNormalization, Erf, ...,
+    have float64 kernels in onnxruntime's CPU provider)."""
+    m = onnx.load_from_string(model_bytes)
+    g = m.graph
+    for t in g.initializer:
+        _double_tensor(t)
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                _double_tensor(a.t)
+            elif node.op_type == "Cast" and a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                a.i = onnx.TensorProto.DOUBLE
+            elif a.type == onnx.AttributeProto.FLOAT and node.op_type == "Constant" and a.name == "value_float":
+                pass  # value_float is float32 by definition; rare in exported graphs
+    return m.SerializeToString()
+
+
 class OnnxFront(nn.Module):
     """An ONNX model (one input, one output) run by onnxruntime on CPU, as a torch module.
 
-    Inputs of any float dtype are run in float32 (the graph's type) and the output comes back in
-    the input's dtype, so ``net.double()`` works (the front itself stays float32). The session is
-    rebuilt after ``deepcopy``/``torch.save`` from the stored model bytes.
+    Float32 inputs run the graph as exported. Float64 inputs (the repair LP and the exact point
+    check run the network in float64) run a float64 copy of the graph (``to_double``), as a torch
+    front would under ``.double()``, so the LP sees the same features either way; if onnxruntime
+    has no float64 kernel for some op, they run in float32 and the output is cast back. The
+    sessions are rebuilt after ``deepcopy``/``torch.save`` from the stored model bytes.
     """
 
     runtime = "onnxruntime"
@@ -53,17 +117,53 @@ class OnnxFront(nn.Module):
         self.model_bytes = bytes(model_bytes)
         self.input_name, self.output_name = input_name, output_name
         self._session: Any = None
+        self._session64: Any = None  # False once float64 is known not to run
+
+    @staticmethod
+    def _open(model_bytes: bytes, optimize: bool = True):
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        if not optimize:  # keep the Casts around float32-only ops (the optimiser would fold them away)
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
     def _sess(self):
         if self._session is None:
-            ort = _ort()
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(self.model_bytes, opts, providers=["CPUExecutionProvider"])
+            self._session = self._open(self.model_bytes)
         return self._session
 
+    def _sess64(self):
+        if self._session64 is None:
+            self._session64 = False
+            model = onnx.load_from_string(to_double(self.model_bytes))
+            wrapped: set[str] = set()
+            for _ in range(len(_CAST_WRAPPABLE)):
+                try:
+                    self._session64 = self._open(model.SerializeToString(), optimize=False)
+                    self.float32_ops = sorted(wrapped)
+                    break
+                except Exception as exc:  # no float64 kernel for some op: run that op in float32
+                    found = re.search(r"implementation for (\w+)\(", str(exc))
+                    op = found.group(1) if found else None
+                    if op is not None and op not in {n.op_type for n in model.graph.node}:
+                        op = _EXPANDS_TO.get(op)  # an op of a function body (opset 20's Gelu runs Erf)
+                    if op is None or op not in _CAST_WRAPPABLE or op in wrapped:
+                        break
+                    wrapped.add(op)
+                    _wrap_in_float32(model, op)
+        return self._session64 or None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sess = self._sess64() if x.dtype == torch.float64 else None
+        if sess is not None:
+            try:
+                arr = x.detach().to("cpu").contiguous().numpy()
+                (out,) = sess.run([self.output_name], {self.input_name: arr})
+                return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=x.dtype, device=x.device)
+            except Exception:
+                self._session64 = False
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (out,) = self._sess().run([self.output_name], {self.input_name: arr})
         return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=x.dtype, device=x.device)
@@ -71,11 +171,13 @@ class OnnxFront(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_session"] = None
+        state["_session64"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._session = None
+        self._session64 = None
 
     def extra_repr(self) -> str:
         return f"onnxruntime, {len(self.model_bytes):,} bytes, {self.input_name!r} -> {self.output_name!r}"
