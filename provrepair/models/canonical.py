@@ -153,69 +153,9 @@ def normalize_model(module: nn.Module, *, input_shape: tuple[int, ...] | None = 
     if not isinstance(module, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}; load the model first")
     old_meta = getattr(module, "provrepair_meta", None)
-    work = copy.deepcopy(module)
-    leaves = _flatten(work)
-    has_front = bool(leaves) and isinstance(leaves[0][1], FrozenFront)
-    if cut is None and isinstance(old_meta, ModelMeta) and not has_front:
-        cut = old_meta.extra.get("cut")
-    if has_front and cut not in (None, "auto"):
-        raise InputError("the model already has a frozen front (it was cut before); load it without cut=, or cut "
-                         "the original model instead")
-    start = 1 if has_front else _resolve_cut(cut, leaves)
-    front: FrozenFront | None = None
-    if has_front:
-        front = leaves[0][1]
-    elif start > 0:
-        front_leaves = [m for _, m in leaves[:start]]
-        bad = [i for i, (name, m) in enumerate(leaves[:start]) if not _leaf_ok(i, name, m)]
-        front = FrozenFront(
-            nn.Sequential(*front_leaves), cut=start,
-            last_nonlinear=_where(bad[-1], *leaves[bad[-1]]) if bad else None,
-            piecewise_linear=not bad, input_shape=_infer_front_shape(front_leaves))
-    if start >= len(leaves):
-        if not leaves:
-            raise ModelFormatError("the model has no layers; check the model file")
-        raise _unsupported(len(leaves) - 1, *leaves[-1], why="nothing is left after the cut to repair") if start == 0 \
-            else UnsupportedLayerError(
-                f"cut at position {start} leaves no modules to repair: the model ends at position {len(leaves) - 1} "
-                f"({_where(len(leaves) - 1, *leaves[-1])}).{_cut_hint(leaves, len(leaves) - 1)}")
-    layers: list[nn.Module] = [front] if front is not None else []
-    for position, (name, m) in enumerate(leaves[start:], start):
-        if isinstance(m, FrozenFront):
-            raise UnsupportedLayerError(f"a FrozenFront may only be the first module; found one at position {position}")
-        if type(m) in DROPPED_TYPES:
-            continue
-        if type(m) in BATCHNORM_TYPES:
-            prev = layers[-1] if layers else None
-            if (type(prev) is nn.Linear and type(m) is nn.BatchNorm1d) or (
-                type(prev) is nn.Conv2d and type(m) is nn.BatchNorm2d
-            ):
-                layers[-1] = fold_batchnorm(prev, m)
-            else:
-                after = type(prev).__name__ if prev is not None else "the input"
-                warnings.warn(
-                    f"layer {position} ({type(m).__name__}) follows {after}, not a Linear/Conv2d, so it "
-                    "became an affine layer of its own; the affine layer numbering counts it",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                layers.append(batchnorm_as_affine(m))
-            continue
-        if start > 0 and not _leaf_ok(position, name, m):
-            need = _auto_cut(leaves)
-            where = (f"the cut would have to be at position {need} or later (right after "
-                     f"{_where(need - 1, *leaves[need - 1])}; cut={need}, --cut {need}, or cut='auto')"
-                     if need < len(leaves) else "no cut leaves a piecewise-linear back (the model ends with such a module)")
-            raise UnsupportedLayerError(
-                f"cut at position {start} leaves {_where(position, name, m)} in the back, which the repair LP needs "
-                f"piecewise linear (every module from the cut on must be one of: {SUPPORTED_TEXT}); {where}")
-        try:
-            layers.append(_check_leaf(position, name, m))
-        except UnsupportedLayerError as exc:
-            raise UnsupportedLayerError(str(exc) + "." + _cut_hint(leaves, position)) from None
-    if not layers or (front is not None and len(layers) == 1):
-        raise ModelFormatError("the model has no layers left after dropping Identity/Dropout; check the model file")
-
+    leaves = _flatten(copy.deepcopy(module))
+    start, front = _split(leaves, cut, old_meta)
+    layers = _back_layers(leaves, start, front)
     net = nn.Sequential(*layers).float().eval()
     if isinstance(old_meta, ModelMeta):
         meta = copy.deepcopy(old_meta)
@@ -233,6 +173,82 @@ def normalize_model(module: nn.Module, *, input_shape: tuple[int, ...] | None = 
     if meta.input_shape is not None:
         check_input_shape(net, meta.input_shape)
     return net
+
+
+def _split(leaves: list[tuple[str, nn.Module]], cut: Any, old_meta: Any) -> tuple[int, FrozenFront | None]:
+    """Where the back begins (a leaf position) and the frozen front before it (None: no front)."""
+    has_front = bool(leaves) and isinstance(leaves[0][1], FrozenFront)
+    if cut is None and isinstance(old_meta, ModelMeta) and not has_front:
+        cut = old_meta.extra.get("cut")
+    if has_front and cut not in (None, "auto"):
+        raise InputError("the model already has a frozen front (it was cut before); load it without cut=, or cut "
+                         "the original model instead")
+    if has_front:
+        front = leaves[0][1]
+        assert isinstance(front, FrozenFront)
+        return 1, front
+    start = _resolve_cut(cut, leaves)
+    if not leaves:
+        raise ModelFormatError("the model has no layers; check the model file")
+    if start >= len(leaves):
+        raise UnsupportedLayerError(
+            f"cut at position {start} leaves no modules to repair: the model ends at position {len(leaves) - 1} "
+            f"({_where(len(leaves) - 1, *leaves[-1])}).{_cut_hint(leaves, len(leaves) - 1)}")
+    if start == 0:
+        return 0, None
+    front_leaves = [m for _, m in leaves[:start]]
+    bad = [i for i, (name, m) in enumerate(leaves[:start]) if not _leaf_ok(i, name, m)]
+    return start, FrozenFront(
+        nn.Sequential(*front_leaves), cut=start, last_nonlinear=_where(bad[-1], *leaves[bad[-1]]) if bad else None,
+        piecewise_linear=not bad, input_shape=_infer_front_shape(front_leaves))
+
+
+def _back_layers(leaves: list[tuple[str, nn.Module]], start: int, front: FrozenFront | None) -> list[nn.Module]:
+    """The canonical layers: the front (if any), then the back's leaves checked, folded and dropped."""
+    layers: list[nn.Module] = [front] if front is not None else []
+    for position, (name, m) in enumerate(leaves[start:], start):
+        if isinstance(m, FrozenFront):
+            raise UnsupportedLayerError(f"a FrozenFront may only be the first module; found one at position {position}")
+        if type(m) in DROPPED_TYPES:
+            continue
+        if type(m) in BATCHNORM_TYPES:
+            _fold_or_append(layers, position, m)
+            continue
+        if start > 0 and not _leaf_ok(position, name, m):
+            raise _left_in_back(leaves, start, position)
+        try:
+            layers.append(_check_leaf(position, name, m))
+        except UnsupportedLayerError as exc:
+            raise UnsupportedLayerError(str(exc) + "." + _cut_hint(leaves, position)) from None
+    if not layers or (front is not None and len(layers) == 1):
+        raise ModelFormatError("the model has no layers left after dropping Identity/Dropout; check the model file")
+    return layers
+
+
+def _fold_or_append(layers: list[nn.Module], position: int, m: nn.Module) -> None:
+    prev = layers[-1] if layers else None
+    if (type(prev) is nn.Linear and type(m) is nn.BatchNorm1d) or (type(prev) is nn.Conv2d and type(m) is nn.BatchNorm2d):
+        layers[-1] = fold_batchnorm(prev, m)
+        return
+    after = type(prev).__name__ if prev is not None else "the input"
+    warnings.warn(
+        f"layer {position} ({type(m).__name__}) follows {after}, not a Linear/Conv2d, so it "
+        "became an affine layer of its own; the affine layer numbering counts it",
+        UserWarning,
+        stacklevel=4,
+    )
+    layers.append(batchnorm_as_affine(m))
+
+
+def _left_in_back(leaves: list[tuple[str, nn.Module]], start: int, position: int) -> UnsupportedLayerError:
+    name, m = leaves[position]
+    need = _auto_cut(leaves)
+    where = (f"the cut would have to be at position {need} or later (right after "
+             f"{_where(need - 1, *leaves[need - 1])}; cut={need}, --cut {need}, or cut='auto')"
+             if need < len(leaves) else "no cut leaves a piecewise-linear back (the model ends with such a module)")
+    return UnsupportedLayerError(
+        f"cut at position {start} leaves {_where(position, name, m)} in the back, which the repair LP needs "
+        f"piecewise linear (every module from the cut on must be one of: {SUPPORTED_TEXT}); {where}")
 
 
 def with_front(front: nn.Module, back: nn.Module, *, input_shape: tuple[int, ...] | None = None) -> nn.Sequential:

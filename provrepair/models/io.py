@@ -45,7 +45,7 @@ def resolve_arch(arch: Any) -> nn.Module | None:
         return arch
     factory = arch
     if isinstance(arch, str):
-        from ..zoo.architectures import ARCHITECTURES
+        from .architectures import ARCHITECTURES
 
         if arch in ARCHITECTURES:
             factory = ARCHITECTURES[arch]

@@ -274,7 +274,7 @@ def _front_model(model: onnx.ModelProto, input_name: str, tensor: str) -> onnx.M
 
 def split_onnx(path: Path, model: onnx.ModelProto, cut: str, input_shape: tuple[int, ...] | None):
     """``(front module, back modules, cut tensor, last front node text)`` for ``cut`` ('auto' or a tensor name)."""
-    from .onnx_io import _Importer
+    from .onnx_io import import_chain
 
     g = model.graph
     inits = {t.name for t in g.initializer}
@@ -290,7 +290,7 @@ def split_onnx(path: Path, model: onnx.ModelProto, cut: str, input_shape: tuple[
         return None, None, tensor, None  # nothing to freeze: the whole graph is the back
     back = _back_model(model, tensor)
     try:
-        back_modules = _Importer(path, back).run(None)
+        back_modules = import_chain(path, back, None)
     except UnsupportedLayerError as exc:
         raise UnsupportedLayerError(f"the back after cut tensor {tensor!r} cannot be converted: {exc}") from None
     front_model = _front_model(model, data_inputs[0], tensor)

@@ -310,6 +310,11 @@ class _Importer:
         return self.modules
 
 
+def import_chain(path: Path, model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> list[nn.Module]:
+    """The torch layers of a graph that is a simple chain of supported ops (raises otherwise)."""
+    return _Importer(path, model).run(input_shape)
+
+
 def _graph_input_shape(model: onnx.ModelProto, consts: set[str]) -> tuple[int, ...] | None:
     for inp in model.graph.input:
         if inp.name in consts:
