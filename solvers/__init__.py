@@ -1,7 +1,8 @@
-"""LP/MILP backends behind one small interface (see ``solvers.base.Backend``).
+"""LP/MILP backends behind one small interface (see ``provrepair.solvers.base.Backend``).
 
-``solvers`` imports nothing from ``provrepair.repair``: it only knows sparse matrices. The names of
-``solvers.base`` load on first use, so the CLI can read ``SOLVERS``/``METHODS`` without numpy/scipy.
+The repository keeps this package in its top-level folder ``solvers/``; it installs as
+``provrepair.solvers``. It imports nothing from ``provrepair.repair``: it only knows sparse
+matrices. The names of ``provrepair.solvers.base`` load on first use, so the CLI can read ``SOLVERS``/``METHODS`` without numpy/scipy.
 """
 
 from __future__ import annotations
