@@ -129,16 +129,14 @@ def test_cli_repair_points_with_keep_file(tmp_path):
     assert data["lp"]["keep"]["kept"] == keep.n_points and data["options"]["keep"] == f"{keep.n_points} points"
 
 
-def test_rebuilt_and_live_lps_both_keep_every_point(monkeypatch):
-    """Narrow layers keep one live LP (rows added, warm re-solves); wide ones rebuild it each round."""
-    from provrepair.repair import keep as keep_module
-
+@pytest.mark.parametrize("layer", [1, -1])
+def test_keep_points_enter_the_same_optimum_with_and_without_u(layer):
+    """Entering keep points add rows (u substituted out) or u columns and rows (u kept): one LP."""
     net, spec, keep = _task()
-    live = provrepair.repair(net, spec, layer=1, keep=keep)
-    monkeypatch.setattr(keep_module, "LIVE_MAX_WEIGHTS", 0)
-    rebuilt = provrepair.repair(net, spec, layer=1, keep=keep)
-    for res in (live, rebuilt):
+    with_u = provrepair.repair(net, spec, layer=layer, keep=keep, formulation="u")
+    substituted = provrepair.repair(net, spec, layer=layer, keep=keep, formulation="substituted")
+    for res in (with_u, substituted):
         assert res.certified and res.lp["keep"]["kept"] == keep.n_points
         assert (predictions(res.model, keep.inputs) == keep.labels).all()
-    assert live.lp["keep"]["flipped_without"] == rebuilt.lp["keep"]["flipped_without"] > 0
-    assert live.solver["objective"] == pytest.approx(rebuilt.solver["objective"], rel=1e-4)
+    assert with_u.lp["keep"]["flipped_without"] == substituted.lp["keep"]["flipped_without"] > 0
+    assert with_u.solver["objective"] == pytest.approx(substituted.solver["objective"], rel=1e-4)

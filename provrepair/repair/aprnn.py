@@ -76,7 +76,7 @@ class _Layout:
     ``lazy_weights`` the ΔW columns are left out and appended in pairs as they are generated."""
 
     def __init__(self, n_w: int, n_bk: int, later: dict[int, int], n_points: int, n_k: int,
-                 lazy_weights: bool = False):
+                 lazy_weights: bool = False, active: np.ndarray | None = None):
         self.n_w, self.n_bk = n_w, n_bk
         self.bias_offset: dict[int, int] = {}
         off = n_w + n_bk
@@ -94,11 +94,15 @@ class _Layout:
         self.s = 2 * n0
         self.u0 = self.s + 1
         self.n_k = n_k
-        self.n_vars = self.u0 + n_points * n_k
+        # u columns of each point (its first one; -1: an inactive point has none until it enters)
+        act = np.arange(n_points) if active is None else np.flatnonzero(active[:n_points])
+        self.ustart = np.full(n_points, -1, dtype=np.int64)
+        self.ustart[act] = self.u0 + np.arange(act.size) * n_k
+        self.n_vars = self.u0 + act.size * n_k
 
     def u_col(self, point: np.ndarray) -> np.ndarray:
         """(E, n_k) column indices of u for each row's point."""
-        return self.u0 + point[:, None] * self.n_k + np.arange(self.n_k)[None, :]
+        return self.ustart[point][:, None] + np.arange(self.n_k)[None, :]
 
     @staticmethod
     def delta(d):
@@ -164,7 +168,7 @@ class PointLP:
 
     def __init__(self, net: nn.Sequential, inputs: np.ndarray, layer: int, opts: PointRepairOptions, *,
                  patterns: dict | None = None, generators: Sequence[np.ndarray | None] | None = None,
-                 disjunctive: bool = False):
+                 disjunctive: bool = False, active: np.ndarray | None = None):
         self.net, self.layer, self.opts, self.disjunctive = net, layer, opts, disjunctive
         self.k = affine_index_to_module_index(net, layer)
         self.aff_index = affine_layers(net).index(self.k)
@@ -180,11 +184,11 @@ class PointLP:
         self.n_k = self.suffix.u0.shape[1]
         self.neurons = self._changing_neurons()
         self.u0, self.feats = self._layer_inputs(h)
+        # points whose rows the LP holds; the others (keep points, repair/keep.py) enter by add_points
+        self.active = np.ones(self.n_points, dtype=bool) if active is None else np.array(active, dtype=bool)
         self._lay_out()
         self.backend = None
         self.full_rows = 0
-        # points whose rows the LP holds; a keep point (repair/keep.py) becomes active when it enters
-        self.active = np.ones(self.n_points, dtype=bool)
 
     def _trace(self, net64: nn.Sequential, x: torch.Tensor, patterns: dict | None) -> torch.Tensor:
         """Layer-``k`` inputs of the points (generator points appended), and the suffix that holds
@@ -247,7 +251,7 @@ class PointLP:
         # add columns; the full strategy, MILPs and zonotopes keep every column up front.
         self.substituted = self._substitute()
         self.lazy_weights = (opts.columns == "lazy" and opts.strategy != "full" and zono is None
-                             and not self.disjunctive and not self.substituted)
+                             and not self.disjunctive and not self.substituted and bool(self.active.all()))
         self.L = self._layout()
         # The L1 term is normalised by every parameter that may change, dropped ones included, so
         # the objective is the same as in the unreduced LP.
@@ -256,7 +260,8 @@ class PointLP:
         self.boxed = np.zeros(self.n_points, dtype=bool) if zono is None else zono.boxed(self.n_points)
         self.pre = {i: suffix.pattern(i) for i in suffix.pattern_modules}
         self.exists = {i: suffix.pattern_mask(i) for i in suffix.pattern_modules}  # max-pools: not every unit
-        self.kept = {i: v.copy() if opts.strategy == "full" else np.zeros_like(v) for i, v in self.exists.items()}
+        self.kept = {i: v & self.active[:, None] if opts.strategy == "full" else np.zeros_like(v)
+                     for i, v in self.exists.items()}
         if zono is not None:  # generator points have no rows of their own: their centres' rows cover them
             for v in self.kept.values():
                 v[zono.n_centres:] = False
@@ -283,7 +288,7 @@ class PointLP:
         n_points = 0 if self.substituted else self.n_points
         if self.substituted:
             self.suffix.relu_on_u = None  # the ReLU on u: pattern rows like any other
-        return _Layout(n_sel * self.live.size, n_sel, self.later, n_points, self.n_k, self.lazy_weights)
+        return _Layout(n_sel * self.live.size, n_sel, self.later, n_points, self.n_k, self.lazy_weights, self.active)
 
     def build(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
               disjunctions: Sequence[np.ndarray] | None = None) -> None:
@@ -302,7 +307,7 @@ class PointLP:
         biased = np.ones(self.n_points, dtype=bool) if zono is None else np.arange(self.n_points) < zono.n_centres
         if not self.substituted:
             self.layer_rows = _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons,
-                                              self.suffix, self.boxed, self.u0, biased)
+                                              self.suffix, self.boxed, self.u0, biased, np.flatnonzero(self.active))
         self._add_zonotope_relu_rows()
         if len(point_index):  # the polytope repair's shift LPs have pattern rows only
             self._add_output_rows(A, b, point_index, disjunctions)
@@ -313,9 +318,8 @@ class PointLP:
         self.add_patterns(self.kept)
 
     def _add_columns(self) -> None:
-        """p, q and s (see ``_Layout``), then u: free, except that a ReLU acting directly on u fixes
-        its sign, and rows of W_k that may not change keep their original value."""
-        opts, L, backend, n_points, n_k = self.opts, self.L, self.backend, self.n_points, self.n_k
+        """p, q and s (see ``_Layout``), then u of the active points (``_u_bounds``)."""
+        opts, L, backend = self.opts, self.L, self.backend
         B = opts.delta_bound
         l1 = opts.objective in ("linf+l1", "l1")
         linf = opts.objective in ("linf+l1", "linf")
@@ -324,19 +328,28 @@ class PointLP:
         backend.add_variables(1, 0.0, B if linf else 0.0, cost=self.scale if linf else 0.0)  # s
         if self.substituted:
             return
-        lb = np.full((n_points, n_k), -np.inf)
-        ub = np.full((n_points, n_k), np.inf)
+        lb, ub = self._u_bounds(np.flatnonzero(self.active))
+        backend.add_variables(lb.size, lb.ravel(), ub.ravel())
+
+    def _u_bounds(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of the u columns of ``points``: free, except that a ReLU acting directly on u fixes
+        its sign, and rows of W_k that may not change keep their original value."""
+        n_k = self.n_k
+        lb = np.full((points.size, n_k), -np.inf)
+        ub = np.full((points.size, n_k), np.inf)
+        boxed = self.boxed[points][:, None]
         if self.suffix.relu_on_u is not None:  # zonotope points get rows instead (_add_zonotope_relu_rows)
-            sign = self.suffix.pattern(self.suffix.relu_on_u)
-            lb[(sign >= 0) & ~self.boxed[:, None]] = 0.0
-            ub[(sign <= 0) & ~self.boxed[:, None]] = 0.0
+            sign = self.suffix.pattern(self.suffix.relu_on_u)[points]
+            lb[(sign >= 0) & ~boxed] = 0.0
+            ub[(sign <= 0) & ~boxed] = 0.0
         frozen = np.ones(self.layer_k.weight.shape[0], dtype=bool)
         frozen[self.neurons] = False
         if frozen.any():
-            fz = np.repeat(frozen, n_k // self.layer_k.weight.shape[0])[None, :].repeat(n_points, 0)
-            lb[fz] = self.u0[fz]
-            ub[fz] = self.u0[fz]
-        backend.add_variables(n_points * n_k, lb.ravel(), ub.ravel())
+            fz = np.repeat(frozen, n_k // self.layer_k.weight.shape[0])[None, :].repeat(points.size, 0)
+            u0 = self.u0[points]
+            lb[fz] = u0[fz]
+            ub[fz] = u0[fz]
+        return lb, ub
 
     def _add_zonotope_relu_rows(self) -> None:
         """The ReLU acting on u at a zonotope centre: rows over the zonotope (a plain point has bounds)."""
@@ -481,10 +494,17 @@ class PointLP:
 
     def add_points(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> None:
         """Activate the points of ``point_index`` with their output rows ``A y <= b - margin``: their
-        pattern rows follow by constraint generation. Needs the substituted LP (rows only, no u)."""
-        if not self.substituted:
-            raise ValueError("points can enter a live LP only when u is substituted out")
-        self.active[np.unique(point_index)] = True
+        pattern rows follow by constraint generation. With u, each brings its u columns and rows."""
+        new = np.unique(point_index)
+        new = new[~self.active[new]]
+        if new.size and not self.substituted:  # their u columns and definition rows first
+            lb, ub = self._u_bounds(new)
+            cols = self.backend.add_variables(lb.size, lb.ravel(), ub.ravel())
+            self.L.ustart[new] = np.asarray(cols).reshape(new.size, self.n_k)[:, 0]
+            self.L.n_vars = self.backend.n_vars
+            _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons, self.suffix,
+                            self.boxed, self.u0, np.ones(self.n_points, dtype=bool), new)
+        self.active[new] = True
         out = self.suffix.pullback(len(self.suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
         self.add_rows(out, lo=-np.inf, hi=np.asarray(b, dtype=np.float64) - self.opts.margin - out.const)
 
@@ -760,7 +780,8 @@ def _add_objective_rows(backend, L: _Layout, opts, d: np.ndarray | None = None) 
 
 
 def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray, suffix: Suffix,
-                    boxed: np.ndarray, u0: np.ndarray, biased: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    boxed: np.ndarray, u0: np.ndarray, biased: np.ndarray,
+                    points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """u_p = W_k h_p + b_k + ΔW_k h_p + Δb_k for the rows of W_k that may change.
 
     Where a ReLU acts on u and the unit is off at p, u_p appears in no later row (the pattern
@@ -770,16 +791,16 @@ def _add_layer_rows(backend, L: _Layout, feats: np.ndarray, neurons: np.ndarray,
     Rows are ordered (point, row of W_k, position); returns their indices and scales (the
     weight columns generated later need both).
     """
-    n_points, positions, fan_in = feats.shape
+    _, positions, fan_in = feats.shape
     n_sel = neurons.size
-    P, S, Q = np.meshgrid(np.arange(n_points), np.arange(n_sel), np.arange(positions), indexing="ij")
+    P, S, Q = np.meshgrid(points, np.arange(n_sel), np.arange(positions), indexing="ij")
     P, S, Q = P.ravel(), S.ravel(), Q.ravel()
     m = P.size
     flat = neurons[S] * positions + Q
     rhs = u0[P, flat]
     off = np.zeros(m, dtype=bool) if suffix.relu_on_u is None else suffix.pattern(suffix.relu_on_u)[P, flat] < 0
     off &= ~boxed[P]
-    u_cols = L.u0 + P * L.n_k + flat
+    u_cols = L.ustart[P] + flat
     w_cols = S[:, None] * fan_in + np.arange(fan_in)[None, :]
     cols = np.concatenate([u_cols[:, None], L.delta(w_cols), L.delta(L.n_w + S[:, None])], 1)
     vals = np.concatenate([np.where(off, 0.0, 1.0)[:, None], -feats[P, Q, :], -biased[P].astype(np.float64)[:, None]], 1)

@@ -173,8 +173,7 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
     # the layers before ``layer`` do not change: their float64 image of the keep points is computed once
     k = affine_index_to_module_index(net, layer)
     feats = _outputs64(net[:k], keep.inputs) if k > 0 else keep.inputs.astype(np.float64)
-    small = net[k].weight.numel() <= LIVE_MAX_WEIGHTS and options.strategy == "generate"
-    lp = (_Live if small else _Rebuild)(net, k, inputs, A, b, point_index, layer, options, keep, feats, t0, progress)
+    lp = _Live(net, k, inputs, A, b, point_index, layer, options, keep, feats, t0, progress)
     totals = {"build": 0.0, "solve": 0.0, "check": 0.0}
     picked = np.zeros(0, dtype=np.int64)
     while True:
@@ -207,39 +206,30 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
     return outcome, report
 
 
-#: Layers with at most this many weights keep one live LP that keep points enter as rows (u
-#: substituted out, warm re-solves); wider ones rebuild the LP each round, since substituted
-#: output rows would be dense over every weight.
-LIVE_MAX_WEIGHTS = 2_000
-
-
-class _Rebuild:
-    """A fresh LP each round over the repair points and every keep point entered so far."""
-
-    def __init__(self, net, k, inputs, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress):
-        self.args = (net, inputs, A, b, point_index, layer, options, keep)
-        self.t0, self.progress = t0, progress
-        self.pts = np.zeros(0, dtype=np.int64)
-
-    def solve(self, new: np.ndarray) -> PointRepairOutcome:
-        self.pts = np.union1d(self.pts, new)
-        return _solve(*self.args, self.pts, self.t0, self.progress)
+#: Where the repair layer has at most this many weights (a CNN's last layer), u is substituted
+#: out: an entering keep point then adds rows only. Wider Linear layers keep u (substituted, their
+#: output rows would be dense over every weight), and an entering point adds its u columns too.
+SUBSTITUTE_MAX_WEIGHTS = 2_000
 
 
 class _Live:
-    """One LP over the layers from ``k`` on, holding every keep point's features from the start but
-    rows only for the active ones: an entering point adds rows, and the re-solve is warm."""
+    """One LP over the layers from ``k`` on. It holds every keep point's features from the start but
+    rows (and u columns) only for the active ones: an entering point extends it, and the re-solve is
+    warm."""
 
     def __init__(self, net, k, inputs, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress):
         self.net, self.k, self.keep, self.layer = net, k, keep, layer
         self.say = progress or (lambda msg: None)
         self.n_rep = inputs.shape[0]
         h = _outputs64(net[:k], inputs) if k > 0 else inputs.astype(np.float64)
-        opts = dataclasses.replace(options, formulation="substituted")
+        formulation = options.formulation
+        if formulation == "auto" and net[k].weight.numel() <= SUBSTITUTE_MAX_WEIGHTS:
+            formulation = "substituted"
+        opts = dataclasses.replace(options, formulation=formulation)
         self.deadline = None if options.time_limit is None else t0 + options.time_limit
         t1 = time.perf_counter()
-        self.lp = PointLP(net[k:], np.concatenate([h, feats]), 0, opts)
-        self.lp.active[self.n_rep:] = False
+        active = np.arange(self.n_rep + keep.n_points) < self.n_rep
+        self.lp = PointLP(net[k:], np.concatenate([h, feats]), 0, opts, active=active)
         self.lp.build(A, b, point_index)
         self.build_time = time.perf_counter() - t1
 
@@ -247,6 +237,7 @@ class _Live:
         keep, t1 = self.keep, time.perf_counter()
         if new.size:
             rows = np.flatnonzero(np.isin(keep.point_index, new))
+            # the LP asks every row for ``margin`` of slack: a keep row's rhs already subtracts its own need
             margin = self.lp.opts.margin
             self.lp.add_points(keep.A[rows], keep.b[rows] - keep.need[rows] + margin,
                                self.n_rep + keep.point_index[rows])
@@ -260,24 +251,6 @@ class _Live:
                 full[self.k + i] = module
             outcome.model = full
         return outcome
-
-
-def _solve(net, inputs, A, b, point_index, layer, options, keep: KeepSet, pts: np.ndarray, t0: float,
-           progress) -> PointRepairOutcome:
-    """One LP over the repair points and keep points ``pts`` (their rows keep ``need`` of slack)."""
-    if options.time_limit is not None:
-        options = dataclasses.replace(options, time_limit=max(1.0, options.time_limit - (time.perf_counter() - t0)))
-    if pts.size == 0:
-        return repair_points(net, inputs, A, b, point_index, layer, options, progress=progress)
-    remap = np.full(keep.n_points, -1)
-    remap[pts] = inputs.shape[0] + np.arange(pts.size)
-    rows = np.flatnonzero(remap[keep.point_index] >= 0)
-    # the LP asks every row for ``margin`` of slack: a keep row's rhs already subtracts its own need
-    kb = keep.b[rows] - keep.need[rows] + options.margin
-    return repair_points(net, np.concatenate([inputs, keep.inputs[pts].astype(inputs.dtype)]),
-                         np.concatenate([A, keep.A[rows]]), np.concatenate([b, kb]),
-                         np.concatenate([point_index, remap[keep.point_index[rows]]]), layer, options,
-                         progress=progress)
 
 
 def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
