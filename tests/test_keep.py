@@ -140,3 +140,24 @@ def test_keep_points_enter_the_same_optimum_with_and_without_u(layer):
         assert (predictions(res.model, keep.inputs) == keep.labels).all()
     assert with_u.lp["keep"]["flipped_without"] == substituted.lp["keep"]["flipped_without"] > 0
     assert with_u.solver["objective"] == pytest.approx(substituted.solver["objective"], rel=1e-4)
+
+
+@pytest.mark.parametrize("layer", [1, -1])  # u kept / substituted out
+def test_objective_outputs_changes_the_keep_outputs_less(layer):
+    net, spec, keep = _task()
+    x = torch.as_tensor(np.asarray(keep.inputs[:200], dtype=np.float32))
+
+    def change(res):
+        return float((res.model(x) - net(x)).abs().mean())
+
+    params = provrepair.repair(net, spec, layer=layer, keep=keep)
+    outputs = provrepair.repair(net, spec, layer=layer, keep=keep, objective="outputs")
+    assert params.certified and outputs.certified
+    assert outputs.lp["keep"]["kept"] == keep.n_points
+    assert change(outputs) < change(params)
+
+
+def test_objective_outputs_needs_a_keep_set():
+    net, spec, _ = _task()
+    with pytest.raises(InputError, match="keep-set"):
+        provrepair.repair(net, spec, layer=-1, objective="outputs")

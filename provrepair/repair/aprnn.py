@@ -321,8 +321,8 @@ class PointLP:
         """p, q and s (see ``_Layout``), then u of the active points (``_u_bounds``)."""
         opts, L, backend = self.opts, self.L, self.backend
         B = opts.delta_bound
-        l1 = opts.objective in ("linf+l1", "l1")
-        linf = opts.objective in ("linf+l1", "linf")
+        l1 = opts.objective in ("linf+l1", "l1", "outputs")
+        linf = opts.objective in ("linf+l1", "linf", "outputs")
         self.delta_cost = self.scale / self.n_params if l1 else 0.0
         backend.add_variables(2 * L.n_initial, 0.0, B, cost=self.delta_cost)  # p, q
         backend.add_variables(1, 0.0, B if linf else 0.0, cost=self.scale if linf else 0.0)  # s
@@ -507,6 +507,28 @@ class PointLP:
         self.active[new] = True
         out = self.suffix.pullback(len(self.suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
         self.add_rows(out, lo=-np.inf, hi=np.asarray(b, dtype=np.float64) - self.opts.margin - out.const)
+
+    def add_output_deviation(self, points: np.ndarray, z0: np.ndarray, weight: float) -> None:
+        """Objective term ``weight · mean |z_p - z0_p|`` over the outputs of active ``points``: one
+        column ``t >= |z_pj - z0_pj|`` (two rows) per output, at the same scale as the parameter terms."""
+        n_out = z0.shape[1]
+        P = np.repeat(points, n_out)
+        eye = np.tile(np.eye(n_out), (points.size, 1))
+        rows = self.suffix.pullback(len(self.suffix.modules), P, torch.as_tensor(eye, dtype=torch.float64))
+        if self.substituted:
+            block, shift, scale = self._delta_rows(rows)
+            block = sp.hstack([block, sp.csr_matrix((P.size, self.backend.n_vars - block.shape[1]))], format="csr")
+        else:
+            cols, vals = _row_cols(self.L, rows)
+            scale = _row_scale(vals)
+            block, shift = self.L.matrix(cols, vals * scale[:, None]), np.zeros(P.size)
+        target = (z0.ravel() - rows.const - shift) * scale  # block @ x must come within t of this
+        t = self.backend.add_variables(P.size, 0.0, np.inf, cost=self.scale * weight / P.size)
+        T = sp.csr_matrix((scale, (np.arange(P.size), t)), shape=(P.size, self.backend.n_vars))
+        block = sp.hstack([block, sp.csr_matrix((P.size, self.backend.n_vars - block.shape[1]))], format="csr")
+        self.backend.add_rows(block - T, hi=target)
+        self.backend.add_rows(-block - T, hi=-target)
+        self.L.n_vars = self.backend.n_vars
 
     def add_violated(self, violated: dict[int, np.ndarray]) -> None:
         """Extend the LP by the pattern rows a candidate violated."""
@@ -764,12 +786,12 @@ def _objective_scale(opts, n_params: int) -> float:
     """The LP minimises ``scale`` times the DESIGN's objective: with an L1 term, costs of 1 per
     parameter instead of 1/n_params. Same optimum; HiGHS's dual simplex took ~1.7x longer on
     the 100-point benchmark with the tiny costs."""
-    return float(n_params) if opts.objective in ("linf+l1", "l1") else 1.0
+    return float(n_params) if opts.objective in ("linf+l1", "l1", "outputs") else 1.0
 
 
 def _add_objective_rows(backend, L: _Layout, opts, d: np.ndarray | None = None) -> None:
     """p_i + q_i - s <= 0: the L∞ epigraph (one row per parameter ``d``, default every one in the LP)."""
-    if opts.objective not in ("linf+l1", "linf"):
+    if opts.objective not in ("linf+l1", "linf", "outputs"):
         return
     d = np.flatnonzero(L.pcol >= 0) if d is None else d
     n = d.size

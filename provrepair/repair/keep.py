@@ -174,6 +174,9 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
     k = affine_index_to_module_index(net, layer)
     feats = _outputs64(net[:k], keep.inputs) if k > 0 else keep.inputs.astype(np.float64)
     lp = _Live(net, k, inputs, A, b, point_index, layer, options, keep, feats, t0, progress)
+    if options.objective == "outputs":  # the first keep points measure the output change: in from the start
+        entered[:min(options.objective_points, keep.n_points)] = True
+        lp.measure_outputs(np.flatnonzero(entered), feats)
     totals = {"build": 0.0, "solve": 0.0, "check": 0.0}
     picked = np.zeros(0, dtype=np.int64)
     while True:
@@ -233,14 +236,24 @@ class _Live:
         self.lp.build(A, b, point_index)
         self.build_time = time.perf_counter() - t1
 
+    def enter(self, new: np.ndarray) -> None:
+        keep = self.keep
+        rows = np.flatnonzero(np.isin(keep.point_index, new))
+        # the LP asks every row for ``margin`` of slack: a keep row's rhs already subtracts its own need
+        margin = self.lp.opts.margin
+        self.lp.add_points(keep.A[rows], keep.b[rows] - keep.need[rows] + margin, self.n_rep + keep.point_index[rows])
+
+    def measure_outputs(self, points: np.ndarray, feats: np.ndarray) -> None:
+        """Objective ``outputs``: keep points ``points`` enter, and their mean output change is minimised."""
+        t1 = time.perf_counter()
+        self.enter(points)
+        self.lp.add_output_deviation(self.n_rep + points, _outputs64(self.net[self.k:], feats[points]), 1.0)
+        self.build_time += time.perf_counter() - t1
+
     def solve(self, new: np.ndarray) -> PointRepairOutcome:
-        keep, t1 = self.keep, time.perf_counter()
+        t1 = time.perf_counter()
         if new.size:
-            rows = np.flatnonzero(np.isin(keep.point_index, new))
-            # the LP asks every row for ``margin`` of slack: a keep row's rhs already subtracts its own need
-            margin = self.lp.opts.margin
-            self.lp.add_points(keep.A[rows], keep.b[rows] - keep.need[rows] + margin,
-                               self.n_rep + keep.point_index[rows])
+            self.enter(new)
         build = self.build_time + time.perf_counter() - t1
         self.build_time = 0.0
         outcome = outcome_of(self.lp, generate_constraints(self.lp, self.deadline, self.say, build))

@@ -173,7 +173,7 @@ def _check_fields(opts: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 # the provable repairers
 
-OBJECTIVES = ("linf+l1", "l1", "linf")
+OBJECTIVES = ("linf+l1", "l1", "linf", "outputs")
 STRATEGIES = ("generate", "full")
 BOX_ENCODINGS = ("auto", "corners", "generators")
 HULLS = ("exact", "interval")
@@ -186,7 +186,10 @@ class PointRepairOptions:
 
     delta_bound: float = option(3.0, "bound on every parameter change")  # B: every delta lies in [-B, B]
     margin: float = option(1e-3, "required output margin in the LP")  # eps: slack of each output row
-    objective: str = option("linf+l1", "LP objective over the parameter changes", choices=OBJECTIVES)
+    objective: str = option("linf+l1", "LP objective: the parameter change (linf+l1, l1, linf), or outputs: the "
+                                       "mean |output change| at keep points plus linf+l1 (needs a keep-set)",
+                            choices=OBJECTIVES)
+    objective_points: int = 200  # objective outputs: the first this many keep points enter the LP up front
     neurons: Sequence[int] | None = None  # rows of W_k (output neurons/channels) allowed to change
     rows: str | None = option(None, "rows of the repair layer's weights that may change (its output neurons), "
                                     "e.g. 0:64 or 1,5,9 or 0:8,12; default all")

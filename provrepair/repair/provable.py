@@ -111,6 +111,9 @@ class PointRepairer:
         net = as_network(model)
         spec, n_out = prepare_points(net, target)
         keep = resolve_keep(net, options, spec, n_out)
+        if options.objective == "outputs" and keep is None:
+            raise InputError("objective outputs minimises the output change at keep points: give a keep-set "
+                             "(keep=, --keep FILE or --keep-from DATASET:SPLIT:N)")
         if keep is not None:
             say(progress)(f"keep-set: {keep.n_points} points ({keep.source})"
                           + (f"; {keep.dropped} the model already gets wrong are left out" if keep.dropped else ""))
@@ -195,6 +198,9 @@ class RegionRepairer:
         if options.heuristic is not None:
             raise InputError("a heuristic ranks layers for point repair; for regions, layer auto tries the "
                              "layers from the last one back")
+        if options.objective == "outputs":
+            raise InputError("objective outputs applies to point repair with a keep-set; for regions use "
+                             "linf+l1, l1 or linf")
         net = as_network(model)
         spec, n_out = prepare_regions(net, target)
         keep = self._keep(net, options, n_out)
