@@ -95,3 +95,14 @@ def test_zoo_vit_onnx_front_gives_the_torch_repair(tmp_path):
     xs = torch.from_numpy(np.concatenate([x[:500], spec.inputs.astype(np.float32)]))
     with torch.no_grad():
         assert float((a.model(xs) - b.model(xs)).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_gelu_mlp_repairable_after_its_gelu(layer):
+    net = load_zoo("mnist_gelu_mlp")
+    x, y = load_mnist("test")
+    xc = corrupt(x[:400].reshape(-1, 1, 28, 28), "fog", 3, seed=0).reshape(-1, 784)
+    with torch.no_grad():
+        wrong = np.flatnonzero(net(torch.from_numpy(xc)).argmax(1).numpy() != y[:400])[:5]
+    result = provrepair.repair(net, PointSpec.from_arrays(xc[wrong], y[:400][wrong]), layer=layer)
+    assert result.certified, result.message
