@@ -61,9 +61,9 @@ def test_auto_falls_back_when_the_first_choice_fails(monkeypatch):
     real = PointRepairer._at
     calls = []
 
-    def fake(self, net_, spec_, n_out, layer, options, progress):
+    def fake(self, net_, spec_, n_out, layer, options, progress, keep=None):
         calls.append(layer)
-        res = real(self, net_, spec_, n_out, layer, options, progress)
+        res = real(self, net_, spec_, n_out, layer, options, progress, keep)
         if layer == 2:  # pretend the top-ranked layer is infeasible
             res.status, res.model = "infeasible", None
         return res
