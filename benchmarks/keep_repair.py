@@ -100,7 +100,7 @@ def run_lp(net, x_rep, y_rep, layer, keep: int, dataset: str, options: dict) -> 
     return res.model, info
 
 
-def run_finetune(name, data, seed: int, polish: bool):
+def run_finetune(name, data, seed: int, polish: bool):  # noqa: ARG001
     from provrepair.evaluate.methods import run_method
     from provrepair.evaluate.registry import get_method
     from provrepair.repair.registry import get_repairer
@@ -122,11 +122,14 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default="0,500,2000,10000", help="keep-set sizes (0: no keep-set)")
     ap.add_argument("--margin", type=float, help="LP margin of the repair points with a keep-set (default: per task)")
     ap.add_argument("--keep-margin", type=float, help="default: per task")
+    ap.add_argument("--objective", default="linf+l1", help="LP objective of the keep-set rows (linf+l1 or outputs)")
     ap.add_argument("--seeds", default="0", help="fine-tuning seeds")
     ap.add_argument("--no-finetune", action="store_true")
     ap.add_argument("--time-limit", type=float, default=300.0)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    from provrepair.errors import ProvRepairError
+
     torch.set_num_threads(1)
     results = {"settings": vars(args), "machine": "2-core CPU (shared)", "tasks": {}}
     for name in args.tasks.split(","):
@@ -143,10 +146,11 @@ def main(argv=None) -> int:
         for keep in [int(k) for k in args.keep.split(",")]:
             opts = {"time_limit": args.time_limit}
             if keep:
-                opts.update(margin=args.margin or TASKS[name]["margin"],
+                opts.update(objective=args.objective, margin=args.margin or TASKS[name]["margin"],
                             keep_margin=args.keep_margin or TASKS[name]["keep_margin"])
             model, info = run_lp(net, x_rep, y_rep, TASKS[name]["layer"], keep, TASKS[name]["dataset"], opts)
-            row = {"method": "aprnn" if not keep else f"aprnn+keep{keep}", **info}
+            label = "" if args.objective == "linf+l1" else f" ({args.objective})"
+            row = {"method": "aprnn" if not keep else f"aprnn+keep{keep}{label}", **info}
             if model is not None:
                 row.update(_measure(net, model, x_rep, y_rep, x_held, y_held, x_test, y_test))
             rows.append(row)
@@ -154,7 +158,12 @@ def main(argv=None) -> int:
         if data is not None and not args.no_finetune:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for polish in (False, True):
-                    model, info = run_finetune(name, data, seed, polish)
+                    try:
+                        model, info = run_finetune(name, data, seed, polish)
+                    except ProvRepairError as exc:  # e.g. the corruptions need images, not flat vectors
+                        rows.append({"method": "finetune+aprnn" if polish else "finetune", "status": "error",
+                                     "message": str(exc)})
+                        break
                     row = {"method": "finetune+aprnn" if polish else "finetune", **info}
                     if model is not None:
                         row.update(_measure(net, copy.deepcopy(model).float(), x_rep, y_rep, x_held, y_held,
