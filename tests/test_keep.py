@@ -161,3 +161,27 @@ def test_objective_outputs_needs_a_keep_set():
     net, spec, _ = _task()
     with pytest.raises(InputError, match="keep-set"):
         provrepair.repair(net, spec, layer=-1, objective="outputs")
+
+
+@pytest.mark.parametrize("layer", [1, -1])
+def test_a_large_repair_set_enters_lazily_with_the_same_optimum(layer, monkeypatch):
+    """Beyond LAZY_REPAIR_POINTS, repair points enter the LP only when the candidate misses them."""
+    from provrepair.repair import keep as keep_module
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    x = np.random.default_rng(3).normal(size=(400, 4)).astype(np.float32)
+    out = net(torch.as_tensor(x)).detach().numpy()
+    gap = np.sort(out, 1)[:, -1] - np.sort(out, 1)[:, -2]
+    near = np.argsort(gap)[:40]
+    spec = PointSpec.from_arrays(x[near], labels=np.argsort(out[near], 1)[:, -2])
+    whole = provrepair.repair(net, spec, layer=layer)
+    monkeypatch.setattr(keep_module, "LAZY_REPAIR_POINTS", 10)
+    lazy = provrepair.repair(net, spec, layer=layer)
+    assert whole.certified and lazy.certified
+    assert 10 <= lazy.lp["repair_points_in_lp"] < 40 and "keep" not in lazy.lp
+    # a point outside the LP is not held to its activation pattern, only checked: the lazy LP is a
+    # relaxation whose answer is still exact-checked, and the same LP where no ReLU follows the layer
+    if layer == -1:
+        assert lazy.solver["objective"] == pytest.approx(whole.solver["objective"], rel=1e-5)
+    assert lazy.solver["objective"] <= whole.solver["objective"] * (1 + 1e-6)

@@ -14,6 +14,12 @@ constraint generation, as the activation-pattern rows do:
 An entered keep point is an ordinary LP point (held to its own activation pattern) whose rows must
 keep a share of the slack it had: ``min(keep_margin, slack / 2)``. A point that the LP never needed
 is only checked, and it stays right at the end, or the loop would have entered it.
+
+A repair set of more than ``LAZY_REPAIR_POINTS`` points enters the same way (its most violated
+points first, the rest when the candidate misses them): an entering point adds rows (and u
+columns) to one live LP, re-solved warm. A point outside the LP is only checked, not held to its
+activation pattern, so the lazy LP may find a smaller change than APRNN's; the exact check after
+the repair decides as always.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from ..errors import InputError
 from ..models import affine_index_to_module_index, affine_layers, get_meta
 from ..models.inference import logits
 from ..specs import PointSpec
-from .aprnn import PointLP, PointRepairOutcome, generate_constraints, outcome_of, repair_points
+from .aprnn import PointLP, PointRepairOutcome, generate_constraints, outcome_of
 from .options import PointRepairOptions
 
-__all__ = ["KeepReport", "KeepSet", "keep_from_dataset", "keep_summary", "repair_keeping", "resolve_keep"]
+__all__ = ["KeepReport", "KeepSet", "keep_from_dataset", "keep_summary", "lazy_repair_points", "repair_keeping",
+           "resolve_keep"]
 
 
 @dataclass
@@ -71,6 +78,7 @@ class KeepReport:
     entered: int = 0  # keep points that entered the LP
     binding: int = 0  # entered points whose rows are tight at the end: the ones the optimum needed
     kept: int = 0  # keep points right at the end
+    repair_points_in_lp: int = 0  # a large repair set enters lazily too (LAZY_REPAIR_POINTS)
     entered_index: list[int] = field(default_factory=list)  # which (indices into the keep points as given)
     rounds: list[dict] = field(default_factory=list)
 
@@ -160,30 +168,33 @@ def _check_conflicts(keep: PointSpec, repair: PointSpec) -> None:
 
 
 def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray,
-                   layer: int, options: PointRepairOptions, keep: KeepSet,
+                   layer: int, options: PointRepairOptions, keep: KeepSet | None,
                    progress: Callable[[str], None] | None = None) -> tuple[PointRepairOutcome, KeepReport]:
-    """``repair_points`` with the keep points entered lazily (module docstring)."""
+    """``repair_points`` with the keep points entered lazily (module docstring). A repair set of more
+    than ``LAZY_REPAIR_POINTS`` points enters the same way: the most violated first, the others only
+    when the candidate misses them (10,000 points at a ViT's head: most rows never bind)."""
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
+    keep = keep if keep is not None else _no_keep(inputs, A.shape[1])
     report = KeepReport(points=keep.n_points, source=keep.source, dropped=keep.dropped, margin=options.keep_margin)
-    if keep.n_points == 0:  # every keep point was already wrong: nothing to hold
-        report.rounds.append({"entered": 0})
-        return repair_points(net, inputs, A, b, point_index, layer, options, progress=progress), report
     entered = np.zeros(keep.n_points, dtype=bool)
-    # the layers before ``layer`` do not change: their float64 image of the keep points is computed once
+    # the layers before ``layer`` do not change: their float64 images are computed once
     k = affine_index_to_module_index(net, layer)
     feats = _outputs64(net[:k], keep.inputs) if k > 0 else keep.inputs.astype(np.float64)
-    lp = _Live(net, k, inputs, A, b, point_index, layer, options, keep, feats, t0, progress)
+    h = _outputs64(net[:k], inputs) if k > 0 else inputs.astype(np.float64)
+    pending = _first_repair_points(net[k:], h, A, b, point_index)
+    lp = _Live(net, k, h, A, b, point_index, layer, options, keep, feats, t0, progress, ~pending)
     if options.objective == "outputs":  # the first keep points measure the output change: in from the start
         entered[:min(options.objective_points, keep.n_points)] = True
         lp.measure_outputs(np.flatnonzero(entered), feats)
     totals = {"build": 0.0, "solve": 0.0, "check": 0.0}
-    picked = np.zeros(0, dtype=np.int64)
+    picked, missed = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     while True:
-        outcome = lp.solve(picked)
+        outcome = lp.solve(picked, missed)
         for key, attr in (("build", "build_time"), ("solve", "solve_time"), ("check", "check_time")):
             totals[key] += getattr(outcome, attr)
-        step = {"entered": int(entered.sum()), "status": outcome.status, "lp": outcome.lp_size}
+        step = {"entered": int(entered.sum()), "repair_points": int((~pending).sum()), "status": outcome.status,
+                "lp": outcome.lp_size}
         report.rounds.append(step)
         if outcome.model is None:
             if entered.any() and outcome.status == "infeasible":
@@ -191,22 +202,70 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
                                    "keep points it would flip (the repair set alone is repairable there): try a "
                                    "smaller --keep-margin, another layer or a larger --delta-bound")
             break
-        slack = _keep_slack(outcome.model[k:], feats, keep)
+        suffix = outcome.model[k:]
+        missed = _missed(suffix, h, A, b, point_index, pending, options.margin)[:options.keep_batch]
+        slack = _keep_slack(suffix, feats, keep)
         flipped = _flipped(slack, keep, entered)
-        step["flipped"] = int(flipped.size)
+        step["flipped"], step["missed"] = int(flipped.size), int(missed.size)
         if not report.rounds[:-1]:
             report.flipped_without = int(flipped.size)
-        if flipped.size == 0:
+        if flipped.size == 0 and missed.size == 0:
             _finish(report, slack, keep, entered)
             break
         picked = flipped[:options.keep_batch]
-        say(f"keep-set: {flipped.size} keep points flipped; {picked.size} enter the LP "
-            f"({int(entered.sum()) + picked.size} of {keep.n_points})")
+        say(f"{picked.size} flipped keep points and {missed.size} missed repair points enter the LP")
         entered[picked] = True
+        pending[missed] = False
     report.entered = int(entered.sum())
     report.entered_index = keep.index[entered].tolist()
+    report.repair_points_in_lp = int((~pending).sum())
     outcome.build_time, outcome.solve_time, outcome.check_time = totals["build"], totals["solve"], totals["check"]
     return outcome, report
+
+
+#: A repair set larger than this enters the LP lazily, the most violated points first.
+LAZY_REPAIR_POINTS = 1000
+
+
+def lazy_repair_points(n_points: int) -> bool:
+    """Whether a repair set of ``n_points`` enters the LP lazily (through :func:`repair_keeping`)."""
+    return n_points > LAZY_REPAIR_POINTS
+
+
+def _no_keep(inputs: np.ndarray, n_out: int) -> KeepSet:
+    empty = np.zeros(0)
+    return KeepSet(inputs[:0], np.zeros((0, n_out)), empty, empty.astype(np.int64), empty, "", empty.astype(np.int64))
+
+
+def _row_slack(suffix: nn.Module, h: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> np.ndarray:
+    z = _outputs64(suffix, h).reshape(h.shape[0], -1)
+    return b - np.einsum("rj,rj->r", A, z[point_index])
+
+
+def _first_repair_points(suffix: nn.Module, h: np.ndarray, A, b, point_index) -> np.ndarray:
+    """Which repair points wait outside the LP at first (all in for a set of ``LAZY_REPAIR_POINTS``)."""
+    n = h.shape[0]
+    pending = np.zeros(n, dtype=bool)
+    if n > LAZY_REPAIR_POINTS:
+        worst = np.full(n, np.inf)
+        np.minimum.at(worst, point_index, _row_slack(suffix, h, A, b, point_index))
+        pending[np.argsort(worst, kind="stable")[LAZY_REPAIR_POINTS:]] = True
+    return pending
+
+
+def _missed(suffix: nn.Module, h: np.ndarray, A, b, point_index, pending: np.ndarray, margin: float) -> np.ndarray:
+    """Repair points outside the LP whose rows the candidate misses (slack below the margin), worst first."""
+    if not pending.any():
+        return np.zeros(0, dtype=np.int64)
+    pts = np.flatnonzero(pending)
+    rows = np.flatnonzero(pending[point_index])
+    remap = np.full(h.shape[0], -1)
+    remap[pts] = np.arange(pts.size)
+    slack = _row_slack(suffix, h[pts], A[rows], b[rows], remap[point_index[rows]])
+    worst = np.full(h.shape[0], np.inf)
+    np.minimum.at(worst, point_index[rows], slack)
+    out = np.flatnonzero(pending & (worst < margin))
+    return out[np.argsort(worst[out], kind="stable")]
 
 
 #: Where the repair layer has at most this many weights (a CNN's last layer), u is substituted
@@ -220,20 +279,22 @@ class _Live:
     rows (and u columns) only for the active ones: an entering point extends it, and the re-solve is
     warm."""
 
-    def __init__(self, net, k, inputs, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress):
+    def __init__(self, net, k, h, A, b, point_index, layer, options, keep: KeepSet, feats, t0, progress,
+                 start: np.ndarray):
         self.net, self.k, self.keep, self.layer = net, k, keep, layer
         self.say = progress or (lambda msg: None)
-        self.n_rep = inputs.shape[0]
-        h = _outputs64(net[:k], inputs) if k > 0 else inputs.astype(np.float64)
+        self.n_rep = h.shape[0]
+        self.repair_rows = (A, b, point_index)
         formulation = options.formulation
         if formulation == "auto" and net[k].weight.numel() <= SUBSTITUTE_MAX_WEIGHTS:
             formulation = "substituted"
         opts = dataclasses.replace(options, formulation=formulation)
         self.deadline = None if options.time_limit is None else t0 + options.time_limit
         t1 = time.perf_counter()
-        active = np.arange(self.n_rep + keep.n_points) < self.n_rep
+        active = np.concatenate([start, np.zeros(keep.n_points, dtype=bool)])
         self.lp = PointLP(net[k:], np.concatenate([h, feats]), 0, opts, active=active)
-        self.lp.build(A, b, point_index)
+        rows = start[point_index]
+        self.lp.build(A[rows], b[rows], point_index[rows])
         self.build_time = time.perf_counter() - t1
 
     def enter(self, new: np.ndarray) -> None:
@@ -250,10 +311,14 @@ class _Live:
         self.lp.add_output_deviation(self.n_rep + points, _outputs64(self.net[self.k:], feats[points]), 1.0)
         self.build_time += time.perf_counter() - t1
 
-    def solve(self, new: np.ndarray) -> PointRepairOutcome:
+    def solve(self, new: np.ndarray, missed: np.ndarray) -> PointRepairOutcome:
         t1 = time.perf_counter()
         if new.size:
             self.enter(new)
+        if missed.size:
+            A, b, point_index = self.repair_rows
+            rows = np.isin(point_index, missed)
+            self.lp.add_points(A[rows], b[rows], point_index[rows])
         build = self.build_time + time.perf_counter() - t1
         self.build_time = 0.0
         outcome = outcome_of(self.lp, generate_constraints(self.lp, self.deadline, self.say, build))
@@ -270,6 +335,8 @@ def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     """``net(x)`` in float64, in the shape the network gives (a prefix may end in feature maps)."""
     twin = network_copy(net, torch.float64)
     with torch.no_grad():
+        if x.shape[0] == 0:
+            return twin(torch.zeros((1, *x.shape[1:]), dtype=torch.float64)).numpy()[:0]
         parts = [twin(torch.tensor(x[i:i + batch], dtype=torch.float64)) for i in range(0, x.shape[0], batch)]
     return torch.cat(parts).numpy()
 

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
 from ..specs import PointSpec, RegionSpec
 from .aprnn import repair_points
-from .keep import KeepSet, keep_from_dataset, keep_summary, repair_keeping, resolve_keep
+from .keep import KeepSet, keep_from_dataset, keep_summary, lazy_repair_points, repair_keeping, resolve_keep
 from .options import PointRepairOptions, PolytopeRepairOptions
 from .polytope import repair_polytopes
 from .protocol import CERTIFIED, ERROR, INFEASIBLE, NOT_CERTIFIED, TIME_LIMIT, Progress, RepairResult, say
@@ -147,7 +147,7 @@ class PointRepairer:
         t0 = time.perf_counter()
         A, b, point_index = spec.output_constraints(n_out)
         kept = None
-        if keep is None:
+        if keep is None and not lazy_repair_points(spec.n_points):
             outcome = repair_points(net, spec.inputs, A, b, point_index, layer, options, progress=progress)
         else:
             outcome, kept = repair_keeping(net, spec.inputs, A, b, point_index, layer, options, keep, progress)
@@ -171,6 +171,8 @@ class PointRepairer:
                    "certify": t_cert, "total": time.perf_counter() - t0}
         lp = {"final": outcome.lp_size, "full": outcome.full_lp_size, "rounds": outcome.rounds}
         if kept is not None:
+            lp["repair_points_in_lp"] = kept.repair_points_in_lp
+        if kept is not None and keep is not None:
             lp["keep"] = kept.to_dict()
             if outcome.model is not None:
                 message += f"; {keep_summary(kept)}"
