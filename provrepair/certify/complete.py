@@ -6,7 +6,7 @@ network is read as plain float64 matrices (``Normalize`` folded into the first `
 1. the box is split (branch and bound on the input) with DeepPoly linear bounds written here
    (plain numpy back-substitution through the triangle relaxation of every ReLU, each layer's
    bounds from the layers below it; no code shared with ``bounds.py``/``forward.py``);
-2. a sub-box whose bounds leave few ReLUs unstable (or that reaches the depth limit) is decided by
+2. a sub-box whose bounds leave few ReLUs unstable, or that reaches ``MAX_DEPTH``, is decided by
    an exact MILP (big-M from this module's own bounds) solved by ``scipy.optimize.milp`` (HiGHS)
    with the unsafe set widened by ``UNSAFE_SLACK`` (so an infeasible program proves the real set
    unreachable despite solver tolerances);
@@ -43,7 +43,9 @@ UNSAFE_SLACK = 1e-5
 TOLERANCE = 1e-7
 #: A sub-box with at most this many unstable ReLUs goes to the MILP instead of being split.
 LEAF_UNSTABLE = 16
-MAX_DEPTH = 40
+MAX_DEPTH = 16
+#: Every this many levels a sub-box is split along its widest input instead of its largest smear.
+ALTERNATE = 4
 BATCH = 512
 
 _F = npt.NDArray[np.float64]
@@ -76,7 +78,7 @@ def affine_chain(net: nn.Module) -> list[tuple[_F, _F]]:
         if isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
             continue
         if isinstance(m, Normalize) and not layers and pre is None:
-            mean_t, std_t = getattr(m, "mean"), getattr(m, "std")  # registered buffers
+            mean_t, std_t = m.mean, m.std  # registered buffers
             pre = (mean_t.detach().double().numpy().reshape(-1), std_t.detach().double().numpy().reshape(-1))
         elif isinstance(m, nn.Linear):
             if layers and not relu_after[-1]:
@@ -260,6 +262,7 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
     layers = affine_chain(net)
     lo0 = np.asarray(region.lower, dtype=np.float64).reshape(-1)
     hi0 = np.asarray(region.upper, dtype=np.float64).reshape(-1)
+    scale = np.where(hi0 > lo0, hi0 - lo0, 1.0)
     stats = {"boxes": 0, "milp_leaves": 0, "max_depth": 0}
     used_milp = False
 
@@ -322,12 +325,16 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
             if not split:
                 continue
             s = np.asarray(split)
-            # bisect along the input of largest width x |coefficient| of the least safe row
+            # bisect along the input of largest width x |coefficient| of the least safe row, and
+            # every ALTERNATE-th level along the widest input (relative to the region): the smear
+            # alone can split one input forever while another stays wide
+            rows = np.arange(s.size)
             best = (low[s] - h).argmax(1)
             coeff = np.abs(Lg[s, best, :])
             width = hi[s] - lo[s]
-            dim = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
-            rows = np.arange(s.size)
+            smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
+            widest = (width / scale).argmax(1)
+            dim = np.where(depth[s] % ALTERNATE == ALTERNATE - 1, widest, smear)
             mid = (lo[s, dim] + hi[s, dim]) / 2
             lhi, rlo = hi[s].copy(), lo[s].copy()
             lhi[rows, dim], rlo[rows, dim] = mid, mid
