@@ -78,7 +78,7 @@ def affine_chain(net: nn.Module) -> list[tuple[_F, _F]]:
         if isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
             continue
         if isinstance(m, Normalize) and not layers and pre is None:
-            mean_t, std_t = m.mean, m.std  # registered buffers
+            mean_t, std_t = m.get_buffer("mean"), m.get_buffer("std")
             pre = (mean_t.detach().double().numpy().reshape(-1), std_t.detach().double().numpy().reshape(-1))
         elif isinstance(m, nn.Linear):
             if layers and not relu_after[-1]:
