@@ -56,12 +56,17 @@ def _layer_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _add_spec_args(p: argparse.ArgumentParser, regions: bool = False) -> None:
+def _add_spec_args(p: argparse.ArgumentParser, regions: bool = False, repair: bool = False) -> None:
     points_help = "repair set: .npz (inputs/points + labels, or A/b), .npy with --labels, or .json"
     if regions:
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("--points", metavar="FILE", help=points_help)
-        g.add_argument("--vnnlib", metavar="FILE", help="input regions and unsafe outputs as a VNN-LIB property")
+        if repair:
+            g.add_argument("--vnnlib", metavar="FILE", action="append",
+                           help="a VNN-LIB property to repair on its whole input region (repeatable: several "
+                                "properties of one network at once); see 'Repairing VNN-LIB properties' in the README")
+        else:
+            g.add_argument("--vnnlib", metavar="FILE", help="input regions and unsafe outputs as a VNN-LIB property")
         g.add_argument("--box", metavar="FILE", help="boxes with labels or output constraints (.json/.npz)")
         g.add_argument("--polytope", metavar="FILE",
                        help="V-polytopes (vertex lists) with labels or output constraints (.json/.npz)")
@@ -101,7 +106,7 @@ def _repair_parser(sub) -> None:
     from .repair.options import PolytopeRepairOptions, add_flags, options_of
     p = sub.add_parser("repair", help="repair a network on points, boxes or polytopes (provable LP/MILP repair)")
     _add_model_args(p)
-    _add_spec_args(p, regions=True)
+    _add_spec_args(p, regions=True, repair=True)
     p.add_argument("--layer", type=_layer_arg, required=True,
                    help="affine layer to repair (0 = first Linear/Conv2d, negative counts from the end), "
                         "or 'auto' to rank the layers and fall back on infeasibility")
@@ -113,6 +118,25 @@ def _repair_parser(sub) -> None:
                         "Points: entered into the LP only when the repair would flip them")
     _add_output_args(p, "repaired model; its suffix picks the format, and a .pt copy is always written too",
                      "write the full result as JSON", "print only the outcome")
+    _property_args(p)
+
+
+def _property_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--vnnlib repair (whole properties: partition, repair, certify the whole region)")
+    g.add_argument("--preserve", metavar="FILE", action="append", default=[],
+                   help="a VNN-LIB property that must still hold after the repair (repeatable)")
+    g.add_argument("--domain", metavar="FILE",
+                   help="a VNN-LIB file whose input bounds are the input domain (keep points and the fidelity "
+                        "samples are drawn there; default: the properties' bounding box)")
+    g.add_argument("--split-depth", type=int, default=10, help="bisections of a property's region at most (default 10)")
+    g.add_argument("--keep-samples", type=int, default=1000,
+                   help="points sampled in the domain outside the repaired parts whose decision the repair keeps")
+    g.add_argument("--decision", choices=("argmin", "argmax"), default="argmin",
+                   help="the network's decision, kept at the sampled points (ACAS Xu's advisory: argmin, the default)")
+    g.add_argument("--certify-timeout", type=float, default=120.0,
+                   help="seconds for the independent complete check of each property after the repair")
+    g.add_argument("--write-unchanged", action="store_true",
+                   help="when every property already holds, still write the (unchanged) model to --out")
 
 
 def _certify_parser(sub) -> None:
@@ -354,6 +378,8 @@ def _cmd_repair(args) -> int:
     from .api import repair
     from .models import save_model
     from .repair.options import given_flags
+    if args.vnnlib:
+        return _cmd_repair_properties(args)
     out = Path(args.out)
     pt_copy = _torch_copy_path(out)
     region_file = args.vnnlib or args.box or args.polytope
@@ -399,6 +425,63 @@ def _cmd_repair(args) -> int:
         written.append(args.report)
     _print_result(result, written)
     return EXIT_OK if result.certified else EXIT_FAILED
+
+
+def _cmd_repair_properties(args) -> int:
+    """``repair --vnnlib P [--vnnlib Q ...]``: whole properties (``repair.property_repair``)."""
+    from .models import affine_layers, save_model
+    from .repair.options import given_flags
+    from .repair.property_repair import PropertyRepairOptions, domain_of, load_targets, repair_properties
+    out = Path(args.out)
+    pt_copy = _torch_copy_path(out)
+    inputs = [args.model, *args.vnnlib, *args.preserve, args.domain, args.keep]
+    _check_outputs([args.out, str(pt_copy) if pt_copy else None, args.report], inputs)
+    from .models import SUFFIXES
+    if out.suffix.lower() not in SUFFIXES:
+        raise InputError(f"--out {out}: unknown model suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if args.keep or args.heuristic:
+        raise InputError("--vnnlib repair samples its own keep points (--keep-samples) and repairs the last layer; "
+                         "drop --keep/--heuristic")
+    net = _load(args)
+    n_aff = len(affine_layers(net))
+    if args.layer != "auto" and args.layer not in (-1, n_aff - 1):
+        raise InputError(f"--vnnlib repair changes the last affine layer (over interval hulls of the parts); give "
+                         f"--layer auto, -1 or {n_aff - 1}, not {args.layer}")
+    targets = load_targets(net, args.vnnlib)  # a wrong input dimension stops here: exit 2, nothing written
+    preserve = load_targets(net, args.preserve)
+    given = given_flags(args, args.option_names)
+    opts = PropertyRepairOptions(
+        split_depth=args.split_depth, keep_samples=args.keep_samples, decision=args.decision,
+        domain=domain_of(net, args.domain), certify_timeout=args.certify_timeout,
+        **{k: given[k] for k in ("delta_bound", "margin", "time_limit", "solver", "threads") if k in given})
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = repair_properties(net, targets, preserve, opts, progress=say)
+    model = result.model if result.status == "certified" else net if args.write_unchanged and result.ok else None
+    written = []
+    if model is not None:
+        protect = tuple(p for p in inputs if p)
+        for path in (out, pt_copy):
+            if path is not None:
+                save_model(model, path, protect=protect)
+                written.append(str(path))
+    if args.report:
+        payload = dict(result.to_dict(), model=args.model, vnnlib=args.vnnlib, preserve=args.preserve, written=written)
+        _write_json(args.report, payload, [p for p in inputs if p])
+        written.append(args.report)
+    print(f"{result.status}: {result.message}")
+    for rec in result.properties:
+        after = rec.get("after") or rec.get("before") or {}
+        print(f"  {rec['property']} ({rec['role']}): {after.get('status')} by {after.get('decided_by') or '-'} "
+              f"({after.get('seconds', 0):.1f} s)")
+    if result.delta:
+        print(f"parameter change: max {result.delta['linf']:.4g}; {result.parts.get('repair')} parts repaired; "
+              f"decision changed on {result.fidelity.get('share', float('nan')):.3%} of "
+              f"{result.fidelity.get('samples', 0)} domain samples")
+    if result.status == "already holds" and not args.write_unchanged:
+        print("no model written (--write-unchanged writes the unchanged model)")
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _print_result(result, written: Sequence[str]) -> None:

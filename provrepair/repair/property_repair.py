@@ -1,0 +1,412 @@
+"""Repair whole VNN-LIB properties (issue 21): partition, repair the parts, certify the whole region.
+
+A property's input region (an ACAS Xu property is one box) is usually far too wide for one
+activation pattern or one tight interval hull, and most of it already holds. So:
+
+1. **Before**: the independent complete check (``certify.complete``) on each target's whole
+   region, with a short budget: a target that it certifies needs no repair (a no-op).
+2. **Partition**: each target's region is bisected adaptively (widest input first); a part that
+   CROWN (with falsification) certifies on the original network is left alone, a part that is
+   violated or undecided is split again, down to ``split_depth``; what is still open there is a
+   *repair part*.
+3. **Repair**: every repair part of every target, in one interval-hull LP at the last affine layer
+   (``hull="interval"``), keeping the decision (argmin or argmax of the outputs) of
+   ``keep_samples`` points sampled in the domain outside the repair parts.
+4. **After**: every target on its *whole* region by the independent complete check (splitting with
+   its own symbolic bounds down to exact MILP leaves, from the repaired weights alone; it never
+   sees the LP's hulls), and every property to preserve by the certification engine. A part that
+   the repair broke (a counterexample there) joins the repair parts and the repair runs again from
+   the original network (``rounds``).
+5. **Fidelity**: the share of ``fidelity_samples`` uniform samples of the domain whose decision
+   changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..certify import certify_regions
+from ..certify.complete import certify_box_complete
+from ..errors import SpecError
+from ..models import affine_layers
+from ..specs import PointSpec, RegionSpec
+from ..specs.regions import Box, OutputProperty
+
+__all__ = ["PropertyRepairOptions", "PropertyRepairResult", "Target", "repair_properties"]
+
+CERTIFIED, VIOLATED, UNKNOWN = "certified", "violated", "unknown"
+#: Result statuses (the CLI maps them to exit codes: holds/certified 0, the others 1).
+HOLDS, REPAIRED, NOT_CERTIFIED, INFEASIBLE = "already holds", "certified", "not_certified", "infeasible"
+
+
+@dataclass
+class PropertyRepairOptions:
+    split_depth: int = 10  # bisections of a target's region at most (parts of 1/2^depth of it)
+    max_parts: int = 4096  # repair parts at most (a cap on the LP)
+    delta_bound: float = 10.0
+    margin: float = 1e-3
+    keep_samples: int = 1000  # points outside the repair parts whose decision the LP keeps (0: none)
+    decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
+    domain: Box | None = None  # where keep and fidelity samples come from (default: the regions' bounding box)
+    before_timeout: float = 10.0  # independent check of each target before any repair
+    certify_timeout: float = 120.0  # independent check of each target after the repair
+    preserve_timeout: float = 60.0  # the engine on each property to preserve
+    rounds: int = 3  # repairs, each adding the parts the previous one broke
+    fidelity_samples: int = 100_000
+    time_limit: float = 600.0  # seconds per LP
+    solver: str = "highs"
+    threads: int | None = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.decision not in ("argmin", "argmax"):
+            raise SpecError(f"decision must be argmin or argmax, got {self.decision!r}")
+        if self.split_depth < 0 or self.rounds < 1 or self.keep_samples < 0:
+            raise SpecError("split_depth and keep_samples must be >= 0 and rounds >= 1")
+
+
+@dataclass
+class Target:
+    """A named property: its regions (boxes) and their unsafe outputs."""
+
+    name: str
+    spec: RegionSpec
+
+
+@dataclass
+class PropertyRepairResult:
+    status: str  # already holds | certified | not_certified | infeasible
+    model: nn.Module | None  # the repaired network (None for a no-op or a failed repair)
+    message: str
+    properties: list[dict[str, Any]] = field(default_factory=list)  # per property: role, before, after
+    parts: dict[str, Any] = field(default_factory=dict)
+    lp: list[dict[str, Any]] = field(default_factory=list)  # per round: stages, sizes, status
+    delta: dict[str, Any] = field(default_factory=dict)
+    layer: int | None = None
+    keep: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    failed_part: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (HOLDS, REPAIRED)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("model")
+        return d
+
+
+Say = Callable[[str], None]
+
+
+def _boxes(t: Target) -> list[tuple[Box, OutputProperty]]:
+    out = []
+    for region, prop in t.spec:
+        if not isinstance(region, Box):
+            raise SpecError(f"property {t.name}: its input region is a {type(region).__name__}; property repair "
+                            "partitions boxes only (give the input bounds one variable at a time)")
+        out.append((region, prop))
+    return out
+
+
+def _bisect(box: Box, scale: np.ndarray) -> tuple[Box, Box]:
+    lo, hi = box.lower.reshape(-1), box.upper.reshape(-1)
+    d = int(np.argmax((hi - lo) / scale))
+    mid = (lo[d] + hi[d]) / 2
+    hi1, lo2 = hi.copy(), lo.copy()
+    hi1[d], lo2[d] = mid, mid
+    shape = box.input_shape
+    return Box(lo.reshape(shape), hi1.reshape(shape)), Box(lo2.reshape(shape), hi.reshape(shape))
+
+
+def partition(net: nn.Module, region: Box, prop: OutputProperty, depth: int, scale: np.ndarray,
+              say: Say) -> tuple[list[Box], list[Box], dict[str, int]]:
+    """Bisect ``region`` level by level; parts that CROWN certifies on ``net`` are done. Returns
+    (parts still open at ``depth``: the repair parts, the certified parts, counts)."""
+    level, done, counts = [region], [], {"certify_calls": 0}
+    for k in range(depth + 1):
+        # no counterexample search: a violated part is split like an undecided one
+        cert = certify_regions(net, RegionSpec(tuple(level), tuple([prop] * len(level))), method="crown",
+                               attack=False)
+        counts["certify_calls"] += 1
+        open_ = [b for b, v in zip(level, cert.verdicts) if v.status != CERTIFIED]
+        done += [b for b, v in zip(level, cert.verdicts) if v.status == CERTIFIED]
+        if not open_ or k == depth:
+            break
+        level = [half for b in open_ for half in _bisect(b, scale)]
+    else:  # pragma: no cover - the loop always breaks
+        open_ = []
+    counts.update(open=len(open_), certified=len(done))
+    say(f"  partition to depth {depth}: {len(done)} parts certified by CROWN, {len(open_)} to repair")
+    return open_, done, counts
+
+
+def _decide(net: nn.Module, x: np.ndarray, rule: str) -> np.ndarray:
+    with torch.no_grad():
+        y = net(torch.as_tensor(x, dtype=torch.float32))
+    y = y.reshape(len(x), -1)
+    return (y.argmin(1) if rule == "argmin" else y.argmax(1)).numpy()
+
+
+def _inside_any(x: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    inside = np.zeros(len(x), dtype=bool)
+    flat = x.reshape(len(x), -1)
+    for b in boxes:
+        inside |= np.all((flat >= b.lower.reshape(-1)) & (flat <= b.upper.reshape(-1)), axis=1)
+    return inside
+
+
+def keep_points(net: nn.Module, domain: Box, parts: Sequence[Box], n: int, rule: str,
+                rng: np.random.Generator) -> PointSpec:
+    """``n`` points sampled in ``domain`` outside ``parts``, each held to its current decision."""
+    pts = domain.sample(4 * n, rng)
+    pts = pts[~_inside_any(pts, parts)][:n]
+    dec = _decide(net, pts, rule)
+    n_out = int(torch.as_tensor(net(torch.as_tensor(pts[:1], dtype=torch.float32))).reshape(-1).numel())
+    A = np.zeros((len(pts), n_out - 1, n_out))
+    sign = 1.0 if rule == "argmin" else -1.0  # argmin: y_dec - y_j <= 0
+    for i, a in enumerate(dec):
+        others = [j for j in range(n_out) if j != a]
+        A[i, np.arange(n_out - 1), a] = sign
+        A[i, np.arange(n_out - 1), others] = -sign
+    return PointSpec.from_arrays(pts, A=A, b=np.zeros((len(pts), n_out - 1)), source="property repair keep points")
+
+
+def _domain(targets: Sequence[Target], preserve: Sequence[Target], given: Box | None) -> Box:
+    if given is not None:
+        return given
+    boxes = [b for t in list(targets) + list(preserve) for b, _ in _boxes(t)]
+    lo = np.min([b.lower for b in boxes], axis=0)
+    hi = np.max([b.upper for b in boxes], axis=0)
+    return Box(lo, hi)
+
+
+def _complete(net: nn.Module, t: Target, timeout: float) -> dict[str, Any]:
+    """The independent complete check of every region of ``t``: one record for the property."""
+    t0, status, how, stats, cex, reasons = time.perf_counter(), CERTIFIED, set(), {}, None, []
+    for region, prop in _boxes(t):
+        v = certify_box_complete(net, region, prop, timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        for k, n in v.stats.items():
+            stats[k] = max(stats.get(k, 0), n) if k == "max_depth" else stats.get(k, 0) + n
+        reasons.append(v.reason)
+        if v.status != CERTIFIED:
+            status, cex = v.status, v.counterexample
+            break
+        how.add(v.decided_by)
+    return {"status": status, "decided_by": " + ".join(sorted(how)) if status == CERTIFIED else
+            ("" if status == UNKNOWN else "split+milp (independent)"), "seconds": time.perf_counter() - t0,
+            "stats": stats, "reason": reasons[-1] if reasons else "",
+            "counterexample": None if cex is None else np.asarray(cex).reshape(-1).tolist()}
+
+
+def _engine(net: nn.Module, t: Target, timeout: float) -> dict[str, Any]:
+    cert = certify_regions(net, t.spec, method="auto", timeout=timeout)
+    bad = [v for v in cert.verdicts if v.status != CERTIFIED]
+    v = bad[0] if bad else cert.verdicts[0]
+    return {"status": v.status, "decided_by": ", ".join(sorted({u.method for u in cert.verdicts})) if not bad
+            else v.method, "seconds": cert.seconds, "reason": v.reason,
+            "counterexample": None if v.counterexample is None else v.counterexample.reshape(-1).tolist()}
+
+
+def _part_record(name: str, box: Box) -> dict[str, Any]:
+    return {"property": name, "lower": box.lower.reshape(-1).tolist(), "upper": box.upper.reshape(-1).tolist()}
+
+
+def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: Sequence[Target] = (),
+                      options: PropertyRepairOptions | None = None,
+                      progress: Say | None = None) -> PropertyRepairResult:
+    """Repair ``net`` so that every target property holds on its whole region and every property
+    of ``preserve`` still holds (see the module docstring). Specs must be validated against ``net``."""
+    from ..api import repair
+
+    opts = options or PropertyRepairOptions()
+    opts.validate()
+    say = progress or (lambda m: None)
+    t_all = time.perf_counter()
+    domain = _domain(targets, preserve, opts.domain)
+    scale = np.maximum(domain.upper - domain.lower, 1e-12).reshape(-1)
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[Target] = []
+    for t in targets:
+        _boxes(t)
+        before = _complete(net, t, opts.before_timeout)
+        records[t.name] = {"property": t.name, "role": "repair", "before": before}
+        say(f"{t.name} before the repair: {before['status']} ({before['seconds']:.1f} s, independent check)")
+        if before["status"] != CERTIFIED:
+            todo.append(t)
+    timings = {"before": time.perf_counter() - t_all}
+    if not todo:
+        return PropertyRepairResult(HOLDS, None, "every target property already holds on its whole region "
+                                    "(independent complete check); nothing to repair",
+                                    properties=list(records.values()), timings=dict(timings, total=timings["before"]))
+    # partition
+    t0 = time.perf_counter()
+    parts: list[tuple[str, Box, OutputProperty]] = []
+    certified_parts: list[tuple[str, Box, OutputProperty]] = []
+    counts: dict[str, Any] = {}
+    for t in todo:
+        say(f"{t.name}: partitioning its region")
+        for region, prop in _boxes(t):
+            open_, done, c = partition(net, region, prop, opts.split_depth, scale, say)
+            parts += [(t.name, b, prop) for b in open_]
+            certified_parts += [(t.name, b, prop) for b in done]
+            counts[t.name] = {k: counts.get(t.name, {}).get(k, 0) + v for k, v in c.items()}
+    if len(parts) > opts.max_parts:
+        raise SpecError(f"{len(parts)} repair parts exceed max_parts={opts.max_parts}; lower split_depth or raise "
+                        "max_parts")
+    timings["partition"] = time.perf_counter() - t0
+    n_aff = len(affine_layers(net))
+    result = PropertyRepairResult(NOT_CERTIFIED, None, "", layer=n_aff - 1, timings=timings)
+    rng = np.random.default_rng(opts.seed)
+    for rnd in range(opts.rounds):
+        result.parts = {"repair": len(parts), "certified_by_crown_before": len(certified_parts), "per_property": counts,
+                        "split_depth": opts.split_depth}
+        model = _repair_round(net, parts, opts, domain, rng, result, say, repair)
+        if model is None:
+            break
+        broken = _after(model, targets, preserve, opts, records, result, say)
+        if not broken:
+            result.status, result.model = REPAIRED, model
+            result.message = (f"every target property is certified on its whole region ({', '.join(t.name for t in todo)}"
+                              f" repaired over {len(parts)} parts)"
+                              + (f"; {len(preserve)} preserved properties still certified" if preserve else ""))
+            break
+        more = _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say)
+        if not more or rnd == opts.rounds - 1:
+            result.model = model
+            result.message = ("not certified: " + "; ".join(f"{name}: {records[name]['after']['status']} "
+                                                           f"({records[name]['after'].get('reason', '')})"
+                                                           for name in broken))
+            break
+        say(f"round {rnd + 1}: the repair broke {len(more)} part(s) of {', '.join(broken)}; repairing again with them")
+        parts += more
+    if result.model is not None and result.status == REPAIRED:
+        result.fidelity = fidelity(net, result.model, domain, opts.fidelity_samples, opts.decision, opts.seed)
+    result.properties = list(records.values())
+    result.timings["total"] = time.perf_counter() - t_all
+    return result
+
+
+def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, result: PropertyRepairResult, say,
+                  repair) -> nn.Module | None:
+    """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
+    t0 = time.perf_counter()
+    boxes = [b for _, b, _ in parts]
+    keep = keep_points(net, domain, boxes, opts.keep_samples, opts.decision, rng) if opts.keep_samples else None
+    result.keep = {"points": 0 if keep is None else len(keep.inputs), "rule": opts.decision,
+                   "sampled_in": "the domain, outside the repair parts"}
+    spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
+    say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
+    res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
+                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown")
+    stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
+    result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
+                      "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
+                      "parts_certified_by_crown": None if res.certificate is None else res.certificate.counts,
+                      "kept": res.lp.get("kept")})
+    result.timings["repair"] = result.timings.get("repair", 0.0) + time.perf_counter() - t0
+    say(f"  {res.status}: {res.message} ({time.perf_counter() - t0:.1f} s)")
+    if res.model is None:
+        result.status = INFEASIBLE if res.status == "infeasible" else NOT_CERTIFIED
+        culprit = _culprit(net, parts, opts, repair)
+        result.failed_part = culprit
+        where = (f"; part {culprit['index']} of {culprit['property']} alone cannot be repaired "
+                 f"(box {culprit['lower']} .. {culprit['upper']})") if culprit else ""
+        result.message = f"the repair LP is {res.status}: {res.message}{where}"
+        return None
+    result.delta = res.delta
+    return res.model
+
+
+def _culprit(net, parts, opts: PropertyRepairOptions, repair, limit: int = 20) -> dict[str, Any] | None:
+    """The first part (of at most ``limit``) whose LP alone, without keep points, is infeasible."""
+    for i, (name, box, prop) in enumerate(parts[:limit]):
+        res = repair(net, RegionSpec((box,), (prop,)), layer=-1, hull="interval", delta_bound=opts.delta_bound,
+                     margin=opts.margin, time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads,
+                     certify_method="crown")
+        if res.status == "infeasible":
+            return dict(_part_record(name, box), index=i)
+    return None
+
+
+def _after(model, targets, preserve, opts: PropertyRepairOptions, records, result, say) -> list[str]:
+    """Certify every target (independent check) and every property to preserve (the engine) on
+    its whole region; the names of those not certified."""
+    t0 = time.perf_counter()
+    broken = []
+    for t in targets:
+        rec = _complete(model, t, opts.certify_timeout)
+        records[t.name]["after"] = rec
+        say(f"{t.name} after the repair, whole region: {rec['status']} by {rec['decided_by'] or '-'} "
+            f"({rec['seconds']:.1f} s)")
+        if rec["status"] != CERTIFIED:
+            broken.append(t.name)
+    for t in preserve:
+        rec = _engine(model, t, opts.preserve_timeout)
+        records.setdefault(t.name, {"property": t.name, "role": "preserve"})["after"] = rec
+        say(f"{t.name} (held before) after the repair: {rec['status']} by {rec['decided_by'] or '-'} "
+            f"({rec['seconds']:.1f} s)")
+        if rec["status"] != CERTIFIED:
+            broken.append(t.name)
+    result.timings["certify_after"] = result.timings.get("certify_after", 0.0) + time.perf_counter() - t0
+    return broken
+
+
+def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say) -> list:
+    """Parts to add to the repair after a round broke ``broken``: the certified parts (of targets)
+    that hold a counterexample, and the open parts of a broken preserved property's region."""
+    more = []
+    by_name = {t.name: t for t in list(targets) + list(preserve)}
+    repaired = {(n, tuple(b.lower.reshape(-1)), tuple(b.upper.reshape(-1))) for n, b, _ in parts}
+    for name in broken:
+        t = by_name[name]
+        if t in targets:
+            cands = [(n, b, p) for n, b, p in certified_parts if n == name]
+            # the certified parts that no longer hold (CROWN on the repaired model)
+            if cands:
+                cert = certify_regions(model, RegionSpec(tuple(b for _, b, _ in cands), tuple(p for _, _, p in cands)),
+                                       method="crown")
+                more += [c for c, v in zip(cands, cert.verdicts) if v.status != CERTIFIED]
+        else:
+            for region, prop in _boxes(t):
+                open_, _, _ = partition(model, region, prop, opts.split_depth, scale, say)
+                more += [(name, b, prop) for b in open_]
+    return [m for m in more if (m[0], tuple(m[1].lower.reshape(-1)), tuple(m[1].upper.reshape(-1))) not in repaired]
+
+
+def fidelity(net: nn.Module, repaired: nn.Module, domain: Box, n: int, rule: str, seed: int = 0) -> dict[str, Any]:
+    """The share of ``n`` uniform samples of ``domain`` whose decision changed."""
+    pts = domain.sample(n, np.random.default_rng(seed + 12345))
+    changed = _decide(net, pts, rule) != _decide(repaired, pts, rule)
+    return {"samples": int(n), "changed": int(changed.sum()), "share": float(changed.mean()), "rule": rule}
+
+
+def load_targets(net: nn.Module, paths: Sequence[str]) -> list[Target]:
+    """VNN-LIB properties read and validated against ``net`` (a wrong input or output count is a
+    ``SpecError``, before any work), each named by its file's stem."""
+    from pathlib import Path
+
+    from .provable import prepare_regions
+
+    out = []
+    for p in paths:
+        spec, _ = prepare_regions(net, RegionSpec.load(p, kind="vnnlib"))
+        out.append(Target(Path(p).stem, spec))
+    return out
+
+
+def domain_of(net: nn.Module, path: str | None) -> Box | None:
+    """The bounding box of the regions of a VNN-LIB file (the sampling domain), or None."""
+    if path is None:
+        return None
+    boxes = [b for t in load_targets(net, [path]) for b, _ in _boxes(t)]
+    return Box(np.min([b.lower for b in boxes], axis=0), np.max([b.upper for b in boxes], axis=0))
