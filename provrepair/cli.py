@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provrepair", description="Repair neural networks and prove the repair.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_repair_parser, _certify_parser, _inspect_parsers, _patch_parser, _metarepair_parser,
+    for add in (_repair_parser, _repair_batch_parser, _certify_parser, _inspect_parsers, _patch_parser, _metarepair_parser,
                 _compare_parser, _evaluate_parser, _data_parser):
         add(sub)
     return parser
@@ -137,6 +137,25 @@ def _property_args(p: argparse.ArgumentParser) -> None:
                    help="seconds for the independent complete check of each property after the repair")
     g.add_argument("--write-unchanged", action="store_true",
                    help="when every property already holds, still write the (unchanged) model to --out")
+
+
+def _repair_batch_parser(sub) -> None:
+    p = sub.add_parser("repair-batch", help="repair many network,property instances (VNN-COMP CSV) with --vnnlib "
+                                            "repair, one record per instance, resumable")
+    p.add_argument("instances", help="CSV of onnx,vnnlib[,timeout] rows (paths relative to the CSV's folder); the "
+                                     "properties of one network are repaired together")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for records/, models/ and summary.md/.json")
+    p.add_argument("--applicable", metavar="CSV",
+                   help="every property that applies to each network (same format); those not repaired are "
+                        "preserved: certified again after the repair")
+    p.add_argument("--domain", metavar="FILE", help="VNN-LIB file whose input bounds are the input domain")
+    p.add_argument("--executor", choices=("local", "serial", "ray"), default="local",
+                   help="local worker processes (default), this process, or a Ray cluster")
+    p.add_argument("--workers", type=int, default=1, help="parallel jobs (default 1)")
+    p.add_argument("--address", help="--executor ray: the cluster's address (default: start one locally)")
+    p.add_argument("--split-depth", type=int, default=10)
+    p.add_argument("--certify-timeout", type=float, default=120.0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _certify_parser(sub) -> None:
@@ -484,6 +503,28 @@ def _cmd_repair_properties(args) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _cmd_repair_batch(args) -> int:
+    from .repair.batch import jobs_from_csv, run_batch, summary_table
+    jobs = jobs_from_csv(args.instances, applicable=args.applicable, domain=args.domain,
+                         options={"split_depth": args.split_depth, "certify_timeout": args.certify_timeout})
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(jobs), desc="repair-batch", unit="network", disable=args.quiet)
+    records = run_batch(jobs, out, executor=args.executor, workers=args.workers, address=args.address,
+                        on_done=lambda r: (bar.update(1), bar.set_postfix_str(f"{r['key']}: {r.get('status')}")))
+    bar.close()
+    from .fileio import write_text_atomic
+    table = summary_table(records)
+    write_text_atomic(out / "summary.md", table)
+    _write_json(str(out / "summary.json"), {"records": records}, [args.instances])
+    print(table)
+    ok = sum(r.get("status") in ("certified", "already holds") for r in records)
+    print(f"{ok} of {len(records)} networks certified (or already holding); wrote {out / 'summary.md'}")
+    return EXIT_OK if ok == len(records) else EXIT_FAILED
+
+
 def _print_result(result, written: Sequence[str]) -> None:
     print(f"{result.status}: {result.message}")
     sel = result.layer_selection
@@ -775,7 +816,7 @@ def _cmd_data(args) -> int:
     return DATA_COMMANDS[args.data_command](args)
 
 
-COMMANDS = {"repair": _cmd_repair, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
+COMMANDS = {"repair": _cmd_repair, "repair-batch": _cmd_repair_batch, "certify": _cmd_certify, "info": _cmd_info, "demo": _cmd_demo,
             "layers": _cmd_layers, "analyze": _cmd_analyze, "patch": _cmd_patch,
             "data": _cmd_data, "compare": _cmd_compare, "evaluate": _cmd_evaluate}
 
