@@ -49,6 +49,7 @@ HOLDS, REPAIRED, NOT_CERTIFIED, INFEASIBLE = "already holds", "certified", "not_
 @dataclass
 class PropertyRepairOptions:
     split_depth: int = 10  # bisections of a target's region at most (parts of 1/2^depth of it)
+    max_open: int = 256  # a target's partition stops before a level with more open parts than this
     max_parts: int = 4096  # repair parts at most (a cap on the LP)
     delta_bound: float = 10.0
     margin: float = 1e-3
@@ -129,24 +130,31 @@ def _bisect(box: Box, scale: np.ndarray) -> tuple[Box, Box]:
 
 
 def partition(net: nn.Module, region: Box, prop: OutputProperty, depth: int, scale: np.ndarray,
-              say: Say) -> tuple[list[Box], list[Box], dict[str, int]]:
+              say: Say, max_open: int = 256) -> tuple[list[Box], list[Box], dict[str, int]]:
     """Bisect ``region`` level by level; parts that CROWN certifies on ``net`` are done. Returns
-    (parts still open at ``depth``: the repair parts, the certified parts, counts)."""
-    level, done, counts = [region], [], {"certify_calls": 0}
+    (parts still open at ``depth``, or at the last level that leaves at most ``max_open`` open:
+    the repair parts, the certified parts, counts). The cap matters where CROWN certifies
+    nothing at any affordable depth (ACAS Xu φ8: a disjunction), so every level doubles the LP."""
+    level, done, counts = [region], [], {"certify_calls": 0, "depth": 0}
+    prev: tuple[list[Box], list[Box]] | None = None  # the previous level's (open, certified)
+    open_: list[Box] = []
     for k in range(depth + 1):
         # no counterexample search: a violated part is split like an undecided one
         cert = certify_regions(net, RegionSpec(tuple(level), tuple([prop] * len(level))), method="crown",
                                attack=False)
         counts["certify_calls"] += 1
         open_ = [b for b, v in zip(level, cert.verdicts) if v.status != CERTIFIED]
-        done += [b for b, v in zip(level, cert.verdicts) if v.status == CERTIFIED]
+        if prev is not None and len(open_) > max_open:  # too many: the previous level's parts
+            open_, done = prev
+            break
+        done = done + [b for b, v in zip(level, cert.verdicts) if v.status == CERTIFIED]
+        prev = (open_, done)
+        counts["depth"] = k
         if not open_ or k == depth:
             break
         level = [half for b in open_ for half in _bisect(b, scale)]
-    else:  # pragma: no cover - the loop always breaks
-        open_ = []
     counts.update(open=len(open_), certified=len(done))
-    say(f"  partition to depth {depth}: {len(done)} parts certified by CROWN, {len(open_)} to repair")
+    say(f"  partition to depth {counts['depth']}: {len(done)} parts certified by CROWN, {len(open_)} to repair")
     return open_, done, counts
 
 
@@ -256,7 +264,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     for t in todo:
         say(f"{t.name}: partitioning its region")
         for region, prop in _boxes(t):
-            open_, done, c = partition(net, region, prop, opts.split_depth, scale, say)
+            open_, done, c = partition(net, region, prop, opts.split_depth, scale, say, opts.max_open)
             parts += [(t.name, b, prop) for b in open_]
             certified_parts += [(t.name, b, prop) for b in done]
             counts[t.name] = {k: counts.get(t.name, {}).get(k, 0) + v for k, v in c.items()}
@@ -269,7 +277,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     rng = np.random.default_rng(opts.seed)
     for rnd in range(opts.rounds):
         result.parts = {"repair": len(parts), "certified_by_crown_before": len(certified_parts), "per_property": counts,
-                        "split_depth": opts.split_depth}
+                        "split_depth": opts.split_depth, "max_open": opts.max_open}
         model = _repair_round(net, parts, opts, domain, rng, result, say, repair)
         if model is None:
             break
@@ -280,7 +288,8 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                               f" repaired over {len(parts)} parts)"
                               + (f"; {len(preserve)} preserved properties still certified" if preserve else ""))
             break
-        more = _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say)
+        violated = [n for n in broken if records[n]["after"]["status"] == VIOLATED]
+        more = _parts_to_add(model, violated, certified_parts, parts, targets, preserve, opts, scale, say)
         if not more or rnd == opts.rounds - 1:
             result.model = model
             result.message = ("not certified: " + "; ".join(f"{name}: {records[name]['after']['status']} "
@@ -352,6 +361,8 @@ def _after(model, targets, preserve, opts: PropertyRepairOptions, records, resul
             broken.append(t.name)
     for t in preserve:
         rec = _engine(model, t, opts.preserve_timeout)
+        if rec["status"] == UNKNOWN:  # the engine's budget ran out: the independent check may decide it
+            rec = dict(_complete(model, t, opts.preserve_timeout), engine=rec)
         records.setdefault(t.name, {"property": t.name, "role": "preserve"})["after"] = rec
         say(f"{t.name} (held before) after the repair: {rec['status']} by {rec['decided_by'] or '-'} "
             f"({rec['seconds']:.1f} s)")
@@ -378,7 +389,7 @@ def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts
                 more += [c for c, v in zip(cands, cert.verdicts) if v.status != CERTIFIED]
         else:
             for region, prop in _boxes(t):
-                open_, _, _ = partition(model, region, prop, opts.split_depth, scale, say)
+                open_, _, _ = partition(model, region, prop, opts.split_depth, scale, say, opts.max_open)
                 more += [(name, b, prop) for b in open_]
     return [m for m in more if (m[0], tuple(m[1].lower.reshape(-1)), tuple(m[1].upper.reshape(-1))) not in repaired]
 
