@@ -293,6 +293,7 @@ class _Live:
         t1 = time.perf_counter()
         active = np.concatenate([start, np.zeros(keep.n_points, dtype=bool)])
         self.lp = PointLP(net[k:], np.concatenate([h, feats]), 0, opts, active=active)
+        self.lp.layer = layer  # the LP runs on the layers from k on; its messages name the user's layer
         rows = start[point_index]
         self.lp.build(A[rows], b[rows], point_index[rows])
         self.build_time = time.perf_counter() - t1
