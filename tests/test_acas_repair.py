@@ -85,3 +85,124 @@ def test_complete_check_refuses_what_it_cannot_read():
     with pytest.raises(UnsupportedLayerError, match="boxes"):
         from provrepair.specs.regions import VPolytope
         certify_box_complete(_mlp(0), VPolytope(np.eye(3)), OutputProperty.label(0, 3))
+
+
+# ---------------------------------------------------------------- whole-property repair (tiny network)
+
+VNNLIB_2D = """
+(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(declare-const Y_2 Real)
+(assert (>= X_0 {lo0}))
+(assert (<= X_0 {hi0}))
+(assert (>= X_1 {lo1}))
+(assert (<= X_1 {hi1}))
+(assert (>= Y_0 {rhs}))
+"""
+
+
+def _tiny(violated_share: float = 0.1) -> nn.Sequential:
+    """A 2-8-8-3 ReLU net whose y0 - y1 is >= 0 on about ``violated_share`` of [-1, 1]^2."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.rand(20000, 2) * 2 - 1
+    with torch.no_grad():
+        y = net(x)
+        net[-1].bias[0] -= float(torch.quantile(y[:, 0] - y[:, 1], 1 - violated_share))
+        y = net(x)
+        net[-1].bias[2] -= float((y[:, 2] - y[:, 0]).max()) + 1.0  # y2 never in the way
+    return net
+
+
+def _write(tmp_path, name: str, text: str):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _prop_y0_below_y1(tmp_path, name="p.vnnlib", box=(-1, 1, -1, 1)):
+    """'Y_0 >= Y_1' unsafe (VNN-LIB compares a variable with a constant or another variable)."""
+    text = VNNLIB_2D.format(lo0=box[0], hi0=box[1], lo1=box[2], hi1=box[3], rhs="Y_1")
+    return _write(tmp_path, name, text)
+
+
+def test_property_repair_certifies_the_whole_region(tmp_path, one_torch_thread):
+    from provrepair.repair.property_repair import PropertyRepairOptions, load_targets, repair_properties
+
+    net = normalize_model(_tiny(), input_shape=(2,))
+    targets = load_targets(net, [str(_prop_y0_below_y1(tmp_path))])
+    held = load_targets(net, [str(_write(tmp_path, "held.vnnlib", VNNLIB_2D.format(
+        lo0=-1, hi0=1, lo1=-1, hi1=1, rhs="1000.0")))])  # y0 >= 1000 is unreachable: holds before
+    opts = PropertyRepairOptions(split_depth=6, keep_samples=200, fidelity_samples=5000, decision="argmax")
+    res = repair_properties(net, targets, held, opts)
+    assert res.status == "certified", res.message
+    rec = {p["property"]: p for p in res.properties}
+    assert rec["p"]["before"]["status"] == "violated"
+    assert rec["p"]["after"]["status"] == "certified" and "independent" in rec["p"]["after"]["decided_by"]
+    assert rec["held"]["after"]["status"] == "certified"
+    # the repaired model, checked again by the engine on the whole region
+    cert = certify_regions(res.model, targets[0].spec, method="auto", timeout=30)
+    assert cert.certified
+    assert 0 < res.fidelity["share"] < 0.2 and res.parts["repair"] >= 1  # y0 no longer the argmax where it was
+    assert res.delta["linf"] > 0 and res.lp[-1]["size"]["rows"] > 0
+
+
+def _cli(*argv) -> int:
+    from provrepair.cli import main
+    return main([str(a) for a in argv])
+
+
+def test_cli_vnnlib_repair_outcomes(tmp_path, one_torch_thread, capsys):
+    net = _tiny()
+    model = tmp_path / "net.pt"
+    torch.save(net, model)
+    prop = _prop_y0_below_y1(tmp_path)
+    out = tmp_path / "fixed.onnx"
+    # wrong input dimension: exit 2, nothing written
+    bad = _write(tmp_path, "bad.vnnlib", "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                 "(declare-const Y_2 Real)\n(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= Y_0 Y_1))\n")
+    assert _cli("repair", model, "--vnnlib", bad, "--layer", "auto", "--out", out, "--quiet") == 2
+    assert not out.exists() and not out.with_suffix(".pt").exists()
+    # a property that holds: exit 0, nothing written unless asked
+    holds = _write(tmp_path, "holds.vnnlib", VNNLIB_2D.format(lo0=-1, hi0=1, lo1=-1, hi1=1, rhs="1000.0"))
+    assert _cli("repair", model, "--vnnlib", holds, "--layer", "auto", "--out", out, "--quiet") == 0
+    assert "already holds" in capsys.readouterr().out and not out.exists()
+    assert _cli("repair", model, "--vnnlib", holds, "--layer", "auto", "--out", out, "--quiet",
+                "--write-unchanged") == 0
+    assert out.exists()
+    out.unlink()
+    out.with_suffix(".pt").unlink()
+    # a part the LP cannot repair (y0 >= -1000 unsafe: no change within the delta bound): exit 1, named
+    report = tmp_path / "r.json"
+    never = _write(tmp_path, "never.vnnlib", VNNLIB_2D.format(lo0=-1, hi0=1, lo1=-1, hi1=1, rhs="-1000.0"))
+    assert _cli("repair", model, "--vnnlib", never, "--layer", "auto", "--out", out, "--quiet", "--split-depth", "1",
+                "--keep-samples", "0", "--delta-bound", "1", "--report", report) == 1
+    text = capsys.readouterr().out
+    assert "alone cannot be repaired" in text and "never" in text and not out.exists()
+    import json
+    assert json.loads(report.read_text())["failed_part"]["property"] == "never"
+    # the violated property: repaired, certified on its whole region, written
+    assert _cli("repair", model, "--vnnlib", prop, "--layer", "-1", "--out", out, "--quiet", "--split-depth", "6",
+                "--keep-samples", "200") == 0
+    assert out.exists()
+    # another layer than the last: refused before any work
+    assert _cli("repair", model, "--vnnlib", prop, "--layer", "0", "--out", tmp_path / "x.onnx", "--quiet") == 2
+
+
+def test_repair_batch_is_resumable(tmp_path, one_torch_thread):
+    net = _tiny()
+    torch.save(net, tmp_path / "net.pt")
+    _prop_y0_below_y1(tmp_path)
+    _write(tmp_path, "holds.vnnlib", VNNLIB_2D.format(lo0=-1, hi0=1, lo1=-1, hi1=1, rhs="1000.0"))
+    _write(tmp_path, "list.csv", "net.pt,p.vnnlib,60\nnet.pt,holds.vnnlib,60\n")
+    out = tmp_path / "run"
+    argv = ["repair-batch", tmp_path / "list.csv", "--out", out, "--executor", "serial", "--split-depth", "6", "--quiet"]
+    assert _cli(*argv) == 0
+    records = list((out / "records").glob("*.json"))
+    assert len(records) == 1 and (out / "summary.md").exists()
+    stamp = records[0].stat().st_mtime_ns
+    assert _cli(*argv) == 0  # resumed: nothing rerun
+    assert records[0].stat().st_mtime_ns == stamp
+    assert "certified" in (out / "summary.md").read_text()
