@@ -129,7 +129,11 @@ def _prop_y0_below_y1(tmp_path, name="p.vnnlib", box=(-1, 1, -1, 1)):
 
 
 def test_property_repair_certifies_the_whole_region(tmp_path, one_torch_thread):
-    from provrepair.repair.property_repair import PropertyRepairOptions, load_targets, repair_properties
+    from provrepair.repair.property_repair import (
+        PropertyRepairOptions,
+        load_targets,
+        repair_properties,
+    )
 
     net = normalize_model(_tiny(), input_shape=(2,))
     targets = load_targets(net, [str(_prop_y0_below_y1(tmp_path))])
