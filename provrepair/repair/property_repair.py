@@ -326,7 +326,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     say(f"  {res.status}: {res.message} ({time.perf_counter() - t0:.1f} s)")
     if res.model is None:
         result.status = INFEASIBLE if res.status == "infeasible" else NOT_CERTIFIED
-        culprit = _culprit(net, parts, opts, repair)
+        culprit = _culprit(net, parts, opts, repair) if res.status == "infeasible" else None
         result.failed_part = culprit
         where = (f"; part {culprit['index']} of {culprit['property']} alone cannot be repaired "
                  f"(box {culprit['lower']} .. {culprit['upper']})") if culprit else ""
