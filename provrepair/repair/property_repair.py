@@ -316,7 +316,8 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
     say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
     res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
-                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown")
+                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown",
+                 progress=lambda m: say("    " + m))
     stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
     result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
                       "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
