@@ -274,6 +274,9 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
     for G, h in prop.disjuncts:
         G = np.asarray(G, dtype=np.float64)
         h = np.asarray(h, dtype=np.float64)
+        # the disjunct G y <= h is out of reach where some row, or the rows' mean, is bounded
+        # above h: mean(G y - h) > 0 forces a row > 0 (it helps where no one row wins everywhere)
+        Gb, hb = (np.vstack([G, G.mean(0)]), np.append(h, h.mean())) if G.shape[0] > 1 else (G, h)
         queue = [(lo0[None], hi0[None], np.zeros(1, dtype=np.int64))]
         while queue:
             if time.perf_counter() > deadline:
@@ -291,8 +294,8 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                 i = int(np.flatnonzero(bad)[0])
                 return done("violated", "a sub-box centre reaches the unsafe set (float64 forward pass)",
                             centre[i], y[i])
-            low, Lg, pre = _symbolic(layers, lo, hi, G)
-            margin = (low - h).max(1)
+            low, Lg, pre = _symbolic(layers, lo, hi, Gb)
+            margin = (low - hb).max(1)
             open_ = margin <= TOLERANCE
             if not open_.any():
                 continue
@@ -329,7 +332,7 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
             # every ALTERNATE-th level along the widest input (relative to the region): the smear
             # alone can split one input forever while another stays wide
             rows = np.arange(s.size)
-            best = (low[s] - h).argmax(1)
+            best = (low[s] - hb).argmax(1)
             coeff = np.abs(Lg[s, best, :])
             width = hi[s] - lo[s]
             smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
