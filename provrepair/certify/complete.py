@@ -250,6 +250,26 @@ def _milp(layers: list[tuple[_F, _F]], lo: _F, hi: _F, pre: list[tuple[_F, _F]],
     return "unknown", None
 
 
+def _bisect(s: npt.NDArray[np.int64], lo: _F, hi: _F, depth: npt.NDArray[np.int64], slack: _F, Lg: _F,
+            scale: _F) -> tuple[_F, _F, npt.NDArray[np.int64]]:
+    """Both halves of the sub-boxes ``s``: bisected along the input of largest width x
+    |coefficient| of the least safe row (``slack``: bound minus threshold per row), and every
+    ALTERNATE-th level along the widest input relative to the region (``scale``): the smear alone
+    can split one input forever while another stays wide."""
+    rows = np.arange(s.size)
+    best = slack[s].argmax(1)
+    coeff = np.abs(Lg[s, best, :])
+    width = hi[s] - lo[s]
+    smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
+    widest = (width / scale).argmax(1)
+    dim = np.where(depth[s] % ALTERNATE == ALTERNATE - 1, widest, smear)
+    mid = (lo[s, dim] + hi[s, dim]) / 2
+    lhi, rlo = hi[s].copy(), lo[s].copy()
+    lhi[rows, dim], rlo[rows, dim] = mid, mid
+    return (np.concatenate([lo[s], rlo]), np.concatenate([lhi, hi[s]]),
+            np.concatenate([depth[s] + 1, depth[s] + 1]))
+
+
 def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *, timeout: float = 60.0,
                          leaf_unstable: int = LEAF_UNSTABLE, max_depth: int = MAX_DEPTH,
                          batch: int = BATCH) -> CompleteVerdict:
@@ -327,21 +347,6 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                 return done("unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})")
             if not split:
                 continue
-            s = np.asarray(split)
-            # bisect along the input of largest width x |coefficient| of the least safe row, and
-            # every ALTERNATE-th level along the widest input (relative to the region): the smear
-            # alone can split one input forever while another stays wide
-            rows = np.arange(s.size)
-            best = (low[s] - hb).argmax(1)
-            coeff = np.abs(Lg[s, best, :])
-            width = hi[s] - lo[s]
-            smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
-            widest = (width / scale).argmax(1)
-            dim = np.where(depth[s] % ALTERNATE == ALTERNATE - 1, widest, smear)
-            mid = (lo[s, dim] + hi[s, dim]) / 2
-            lhi, rlo = hi[s].copy(), lo[s].copy()
-            lhi[rows, dim], rlo[rows, dim] = mid, mid
-            queue.append((np.concatenate([lo[s], rlo]), np.concatenate([lhi, hi[s]]),
-                          np.concatenate([depth[s] + 1, depth[s] + 1])))
+            queue.append(_bisect(np.asarray(split), lo, hi, depth, low - hb, Lg, scale))
     return done("certified", "no unsafe disjunct is reachable: every sub-box is excluded by DeepPoly bounds "
                 + ("or an exact MILP" if used_milp else ""))

@@ -234,8 +234,6 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                       progress: Say | None = None) -> PropertyRepairResult:
     """Repair ``net`` so that every target property holds on its whole region and every property
     of ``preserve`` still holds (see the module docstring). Specs must be validated against ``net``."""
-    from ..api import repair
-
     opts = options or PropertyRepairOptions()
     opts.validate()
     say = progress or (lambda m: None)
@@ -278,7 +276,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     for rnd in range(opts.rounds):
         result.parts = {"repair": len(parts), "certified_by_crown_before": len(certified_parts), "per_property": counts,
                         "split_depth": opts.split_depth, "max_open": opts.max_open}
-        model = _repair_round(net, parts, opts, domain, rng, result, say, repair)
+        model = _repair_round(net, parts, opts, domain, rng, result, say)
         if model is None:
             break
         broken = _after(model, targets, preserve, opts, records, result, say)
@@ -289,7 +287,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                               + (f"; {len(preserve)} preserved properties still certified" if preserve else ""))
             break
         violated = [n for n in broken if records[n]["after"]["status"] == VIOLATED]
-        more = _parts_to_add(model, violated, certified_parts, parts, targets, preserve, opts, scale, say)
+        more = _parts_to_add(model, violated, certified_parts, parts, targets, preserve, opts, scale, say, records)
         if not more or rnd == opts.rounds - 1:
             result.model = model
             result.message = ("not certified: " + "; ".join(f"{name}: {records[name]['after']['status']} "
@@ -305,8 +303,16 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     return result
 
 
-def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, result: PropertyRepairResult, say,
-                  repair) -> nn.Module | None:
+def repair(net: nn.Module, spec: RegionSpec, *, layer: int, progress: Say | None = None, **kw: Any):
+    """The region repairer (``provable.RegionRepairer``) with ``PolytopeRepairOptions`` fields as keywords."""
+    from .options import PolytopeRepairOptions
+    from .provable import RegionRepairer
+
+    return RegionRepairer().run(net, spec, PolytopeRepairOptions(layer=layer, **kw), progress)
+
+
+def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, result: PropertyRepairResult,
+                  say) -> nn.Module | None:
     """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
     t0 = time.perf_counter()
     boxes = [b for _, b, _ in parts]
@@ -318,6 +324,15 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
                  time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown",
                  progress=lambda m: say("    " + m))
+    if res.status == "infeasible" and keep is not None:
+        say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
+        result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
+                          "seconds": time.perf_counter() - t0})
+        keep = None
+        result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
+        res = repair(net, spec, layer=-1, hull="interval", delta_bound=opts.delta_bound, margin=opts.margin,
+                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown",
+                     progress=lambda m: say("    " + m))
     stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
     result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
                       "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
@@ -327,17 +342,19 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     say(f"  {res.status}: {res.message} ({time.perf_counter() - t0:.1f} s)")
     if res.model is None:
         result.status = INFEASIBLE if res.status == "infeasible" else NOT_CERTIFIED
-        culprit = _culprit(net, parts, opts, repair) if res.status == "infeasible" else None
+        culprit = _culprit(net, parts, opts) if res.status == "infeasible" else None
         result.failed_part = culprit
         where = (f"; part {culprit['index']} of {culprit['property']} alone cannot be repaired "
-                 f"(box {culprit['lower']} .. {culprit['upper']})") if culprit else ""
+                 f"(box {culprit['lower']} .. {culprit['upper']})") if culprit else \
+            ("; no one of the first 20 parts is infeasible alone: the parts together are" if res.status == "infeasible"
+             else "")
         result.message = f"the repair LP is {res.status}: {res.message}{where}"
         return None
     result.delta = res.delta
     return res.model
 
 
-def _culprit(net, parts, opts: PropertyRepairOptions, repair, limit: int = 20) -> dict[str, Any] | None:
+def _culprit(net, parts, opts: PropertyRepairOptions, limit: int = 20) -> dict[str, Any] | None:
     """The first part (of at most ``limit``) whose LP alone, without keep points, is infeasible."""
     for i, (name, box, prop) in enumerate(parts[:limit]):
         res = repair(net, RegionSpec((box,), (prop,)), layer=-1, hull="interval", delta_bound=opts.delta_bound,
@@ -373,7 +390,13 @@ def _after(model, targets, preserve, opts: PropertyRepairOptions, records, resul
     return broken
 
 
-def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say) -> list:
+def _inside_any_each(x: np.ndarray, cands) -> np.ndarray:
+    """Which of the candidate parts contain the point ``x``."""
+    flat = x.reshape(-1)
+    return np.array([bool(np.all((flat >= b.lower.reshape(-1)) & (flat <= b.upper.reshape(-1)))) for _, b, _ in cands])
+
+
+def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say, records) -> list:
     """Parts to add to the repair after a round broke ``broken``: the certified parts (of targets)
     that hold a counterexample, and the open parts of a broken preserved property's region."""
     more = []
@@ -383,11 +406,14 @@ def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts
         t = by_name[name]
         if t in targets:
             cands = [(n, b, p) for n, b, p in certified_parts if n == name]
-            # the certified parts that no longer hold (CROWN on the repaired model)
+            # the certified parts that no longer hold: a counterexample in them (the independent
+            # check's, or the falsifier's on the repaired model)
             if cands:
                 cert = certify_regions(model, RegionSpec(tuple(b for _, b, _ in cands), tuple(p for _, _, p in cands)),
-                                       method="crown")
-                more += [c for c, v in zip(cands, cert.verdicts) if v.status != CERTIFIED]
+                                       method="ibp")
+                cex = records[name]["after"].get("counterexample")
+                hit = np.zeros(len(cands), dtype=bool) if cex is None else _inside_any_each(np.asarray(cex), cands)
+                more += [c for c, v, h in zip(cands, cert.verdicts, hit) if v.status == VIOLATED or h]
         else:
             for region, prop in _boxes(t):
                 open_, _, _ = partition(model, region, prop, opts.split_depth, scale, say, opts.max_open)
