@@ -44,6 +44,10 @@ TOLERANCE = 1e-7
 #: A sub-box with at most this many unstable ReLUs goes to the MILP instead of being split.
 LEAF_UNSTABLE = 16
 MAX_DEPTH = 16
+#: A leaf MILP gets at most this many seconds; one that runs out (or whose solution does not
+#: re-validate) is split again, down to ``HARD_DEPTH``.
+LEAF_SECONDS = 5.0
+HARD_DEPTH = 40
 #: Every this many levels a sub-box is split along its widest input instead of its largest smear.
 ALTERNATE = 4
 BATCH = 512
@@ -332,7 +336,7 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     return done("unknown", f"time limit ({timeout:g} s) reached in the MILP leaves")
-                status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h, left)
+                status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h, min(left, LEAF_SECONDS))
                 if status == "infeasible":
                     continue
                 if status == "feasible" and x is not None:
@@ -341,9 +345,9 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                     if prop.violated(yx[None])[0] >= 0:
                         return done("violated", "an exact MILP solution on a sub-box, re-validated by a float64 "
                                     "forward pass", x, yx)
-                    if depth[i] < max_depth:  # within the solver's slack only: look closer
-                        split.append(int(i))
-                        continue
+                if depth[i] < HARD_DEPTH:  # a solution within the solver's slack only, or a slow MILP: look closer
+                    split.append(int(i))
+                    continue
                 return done("unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})")
             if not split:
                 continue

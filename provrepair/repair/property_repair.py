@@ -54,6 +54,7 @@ class PropertyRepairOptions:
     delta_bound: float = 10.0
     margin: float = 1e-3
     keep_samples: int = 1000  # points outside the repair parts whose decision the LP keeps (0: none)
+    guard_samples: int = 2000  # points of the parts CROWN certified, held to the property by the LP (0: none)
     decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
     domain: Box | None = None  # where keep and fidelity samples come from (default: the regions' bounding box)
     before_timeout: float = 10.0  # independent check of each target before any repair
@@ -174,8 +175,9 @@ def _inside_any(x: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
 
 
 def keep_points(net: nn.Module, domain: Box, parts: Sequence[Box], n: int, rule: str,
-                rng: np.random.Generator) -> PointSpec:
-    """``n`` points sampled in ``domain`` outside ``parts``, each held to its current decision."""
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points sampled in ``domain`` outside ``parts``, each held to its current decision:
+    (inputs, A (n, rows, outputs), b (n, rows)) with ``A y <= b`` required."""
     pts = domain.sample(4 * n, rng)
     pts = pts[~_inside_any(pts, parts)][:n]
     dec = _decide(net, pts, rule)
@@ -186,7 +188,53 @@ def keep_points(net: nn.Module, domain: Box, parts: Sequence[Box], n: int, rule:
         others = [j for j in range(n_out) if j != a]
         A[i, np.arange(n_out - 1), a] = sign
         A[i, np.arange(n_out - 1), others] = -sign
-    return PointSpec.from_arrays(pts, A=A, b=np.zeros((len(pts), n_out - 1)), source="property repair keep points")
+    return pts, A, np.zeros((len(pts), n_out - 1))
+
+
+def guard_points(net: nn.Module, certified: Sequence[tuple[str, Box, OutputProperty]], n: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points sampled (by volume) in the parts that held before the repair, each held to its
+    property: per unsafe disjunct the one row ``G_r y > h_r`` it satisfies by the most (a row the
+    original network meets there, so the LP need not move it). Returns (inputs, A, b) with
+    ``A y <= b`` required, one row per disjunct."""
+    vol = np.array([float(np.prod(np.maximum(b.upper - b.lower, 0))) for _, b, _ in certified])
+    pick = rng.choice(len(certified), size=n, p=vol / vol.sum()) if vol.sum() > 0 else rng.integers(len(certified), size=n)
+    xs, As, bs = [], [], []
+    for i in np.unique(pick):
+        _, box, prop = certified[i]
+        x = box.sample(int((pick == i).sum()), rng)
+        with torch.no_grad():
+            y = net(torch.as_tensor(x, dtype=torch.float32)).double().reshape(len(x), -1).numpy()
+        rows_A, rows_b = [], []
+        for G, h in prop.disjuncts:
+            r = (y @ G.T - h).argmax(1)  # the row furthest on the safe side at each point
+            rows_A.append(-G[r])
+            rows_b.append(-h[r])
+        xs.append(x)
+        As.append(np.stack(rows_A, 1))
+        bs.append(np.stack(rows_b, 1))
+    return np.concatenate(xs), As, bs
+
+
+def _merge_points(keep, guard, shape) -> PointSpec | None:
+    """Keep points and guard points as one PointSpec (rows padded by repeating a point's first row)."""
+    parts = []
+    if keep is not None:
+        parts.append(keep)
+    if guard is not None:
+        x, As, bs = guard
+        width = max(a.shape[1] for a in As)
+        pad = [(np.concatenate([a] + [a[:, :1]] * (width - a.shape[1]), 1),
+                np.concatenate([c] + [c[:, :1]] * (width - c.shape[1]), 1)) for a, c in zip(As, bs)]
+        parts.append((x, np.concatenate([a for a, _ in pad]), np.concatenate([c for _, c in pad])))
+    if not parts:
+        return None
+    width = max(a.shape[1] for _, a, _ in parts)
+    fixed = [(x, np.concatenate([a] + [a[:, :1]] * (width - a.shape[1]), 1),
+              np.concatenate([c] + [c[:, :1]] * (width - c.shape[1]), 1)) for x, a, c in parts]
+    return PointSpec.from_arrays(np.concatenate([x.reshape(len(x), *shape) for x, _, _ in fixed]),
+                                 A=np.concatenate([a for _, a, _ in fixed]), b=np.concatenate([c for _, _, c in fixed]),
+                                 source="property repair: keep and guard points")
 
 
 def _domain(targets: Sequence[Target], preserve: Sequence[Target], given: Box | None) -> Box:
@@ -276,7 +324,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     for rnd in range(opts.rounds):
         result.parts = {"repair": len(parts), "certified_by_crown_before": len(certified_parts), "per_property": counts,
                         "split_depth": opts.split_depth, "max_open": opts.max_open}
-        model = _repair_round(net, parts, opts, domain, rng, result, say)
+        model = _repair_round(net, parts, opts, domain, rng, result, say, _still_certified(certified_parts, parts))
         if model is None:
             break
         broken = _after(model, targets, preserve, opts, records, result, say)
@@ -312,13 +360,16 @@ def repair(net: nn.Module, spec: RegionSpec, *, layer: int, progress: Say | None
 
 
 def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, result: PropertyRepairResult,
-                  say) -> nn.Module | None:
+                  say, certified=()) -> nn.Module | None:
     """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
     t0 = time.perf_counter()
     boxes = [b for _, b, _ in parts]
     keep = keep_points(net, domain, boxes, opts.keep_samples, opts.decision, rng) if opts.keep_samples else None
-    result.keep = {"points": 0 if keep is None else len(keep.inputs), "rule": opts.decision,
-                   "sampled_in": "the domain, outside the repair parts"}
+    guard = guard_points(net, certified, opts.guard_samples, rng) if opts.guard_samples and certified else None
+    result.keep = {"points": 0 if keep is None else len(keep[0]), "rule": opts.decision,
+                   "sampled_in": "the domain, outside the repair parts",
+                   "guard_points": 0 if guard is None else len(guard[0])}
+    keep = _merge_points(keep, guard, domain.input_shape)
     spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
     say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
     res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
@@ -327,6 +378,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     if res.status == "infeasible" and keep is not None:
         say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
+                          "note": "infeasible with the keep and guard points",
                           "seconds": time.perf_counter() - t0})
         keep = None
         result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
@@ -354,6 +406,13 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     return res.model
 
 
+def _still_certified(certified_parts, parts):
+    """The certified parts that are not (now) repair parts."""
+    repaired = {(n, tuple(b.lower.reshape(-1)), tuple(b.upper.reshape(-1))) for n, b, _ in parts}
+    return [c for c in certified_parts
+            if (c[0], tuple(c[1].lower.reshape(-1)), tuple(c[1].upper.reshape(-1))) not in repaired]
+
+
 def _culprit(net, parts, opts: PropertyRepairOptions, limit: int = 20) -> dict[str, Any] | None:
     """The first part (of at most ``limit``) whose LP alone, without keep points, is infeasible."""
     for i, (name, box, prop) in enumerate(parts[:limit]):
@@ -372,6 +431,7 @@ def _after(model, targets, preserve, opts: PropertyRepairOptions, records, resul
     broken = []
     for t in targets:
         rec = _complete(model, t, opts.certify_timeout)
+        rec["engine"] = _engine(model, t, opts.preserve_timeout)  # a second opinion, reported beside it
         records[t.name]["after"] = rec
         say(f"{t.name} after the repair, whole region: {rec['status']} by {rec['decided_by'] or '-'} "
             f"({rec['seconds']:.1f} s)")
