@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--split-depth", type=int, default=10)
     ap.add_argument("--certify-timeout", type=float, default=120.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--summarize", action="store_true", help="write the results from the records under --work only")
     args = ap.parse_args()
     if not (args.bench / "acasxu_instances.csv").exists():
         raise SystemExit(f"{args.bench} not found: run from a checkout with ../shared beside it, or pass --bench")
@@ -94,6 +95,11 @@ def main() -> None:
     t0 = time.perf_counter()
     records = []
     for job in todo:
+        if args.summarize:  # only the records already under --work
+            path = args.work / "records" / f"{job['key']}.json"
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+            continue
         if time.perf_counter() - t0 > args.budget:
             print(f"budget of {args.budget:g} s spent: {job['key']} and later not started", flush=True)
             break
@@ -106,17 +112,22 @@ def main() -> None:
     for r in records:
         for p in r.get("properties", []):
             if p["role"] == "repair":
+                after = p.get("after") or {}
                 instances.append({"network": r["key"], "property": p["property"],
                                   "violated_before": p["before"]["status"] == "violated",
-                                  "before": p["before"]["status"], "after": (p.get("after") or {}).get("status"),
-                                  "decided_by": (p.get("after") or {}).get("decided_by"),
-                                  "network_status": r.get("status")})
+                                  "before": p["before"]["status"], "after": after.get("status"),
+                                  "decided_by": after.get("decided_by"),
+                                  "engine_after": (after.get("engine") or {}).get("status"),
+                                  "network_status": r.get("status"), "seconds": r.get("seconds")})
     violated = [i for i in instances if i["before"] != "certified"]
     summary = {
         "networks_run": len(records), "networks_planned": len(todo),
         "instances_needing_repair": len(violated),
         "instances_repaired_and_certified": sum(i["after"] == "certified" for i in violated),
         "instances_already_holding": sum(i["before"] == "certified" for i in instances),
+        "instances_certified_by_the_engine_only": sum(i["after"] != "certified" and i["engine_after"] == "certified"
+                                                      for i in violated),
+        "instances_lp_failed": sum(i["after"] is None for i in violated),
         "preserved_all_certified": all(all((p.get("after") or {}).get("status") == "certified"
                                            for p in r.get("properties", []) if p["role"] == "preserve")
                                        for r in records if r.get("status") == "certified"),

@@ -16,8 +16,9 @@ import csv
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 from ..fileio import write_text_atomic
@@ -78,7 +79,12 @@ def run_job(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
     import torch
 
     from ..models import load_model, save_model
-    from .property_repair import PropertyRepairOptions, domain_of, load_targets, repair_properties
+    from .property_repair import (
+        PropertyRepairOptions,
+        domain_of,
+        load_targets,
+        repair_properties,
+    )
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -99,7 +105,7 @@ def run_job(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_model(res.model, path, protect=(job["net"],))
             record["written"] = str(path)
-    except Exception as exc:  # a job's failure is its record, never the batch's end
+    except Exception as exc:  # noqa: BLE001 - a job's failure is its record, never the batch's end
         record.update(status="error", message=f"{type(exc).__name__}: {exc}")
     record["seconds"] = time.perf_counter() - t0
     write_text_atomic(out / "records" / f"{job['key']}.json", json.dumps(record, indent=2, default=str) + "\n")
@@ -166,8 +172,11 @@ def _prop_cell(rec: dict[str, Any], role: str) -> str:
         if p.get("role") != role:
             continue
         after = p.get("after") or p.get("before") or {}
+        engine = after.get("engine")
         cells.append(f"{p['property']}: {after.get('status', '?')}"
-                     + (f" ({after['decided_by']})" if after.get("decided_by") else ""))
+                     + (f" ({after['decided_by']})" if after.get("decided_by") else "")
+                     + (f"; engine: {engine['status']}" + (f" ({engine['decided_by']})" if engine.get("decided_by")
+                                                          else "") if engine else ""))
     return "; ".join(cells) or "-"
 
 
