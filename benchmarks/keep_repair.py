@@ -45,7 +45,8 @@ TASKS = {
 
 
 def task_data(name: str):
-    """(net, repair x, repair y, held-out x, held-out y, test x, test y, dataset)."""
+    """((net, repair x, repair y, held-out x, held-out y, test x, test y), the harness's task data or
+    None where the task is not a harness task: the ERAN network and its shipped points)."""
     from provrepair.evaluate.tasks import TaskConfig, build_task
     from provrepair.models import load_model
 
@@ -58,7 +59,7 @@ def task_data(name: str):
 
         xt, yt = load_dataset("mnist", "test", flat=True)
         return (net, d["points"][g == 0][:t["points"]].astype(np.float32), d["labels"][g == 0][:t["points"]],
-                d["points"][g == 1].astype(np.float32), d["labels"][g == 1], xt, yt)
+                d["points"][g == 1].astype(np.float32), d["labels"][g == 1], xt, yt), None
     cfg = TaskConfig(model=t["model"], dataset=t["dataset"], corruption="fog", severity=3, repair_points=t["points"],
                      heldout=500, test_limit=10000, train_limit=2000, val_limit=200, severities=(3,))
     data = build_task(cfg)
@@ -100,7 +101,7 @@ def run_lp(net, x_rep, y_rep, layer, keep: int, dataset: str, options: dict) -> 
     return res.model, info
 
 
-def run_finetune(name, data, seed: int, polish: bool):  # noqa: ARG001
+def run_finetune(data, seed: int, polish: bool):
     from provrepair.evaluate.methods import run_method
     from provrepair.evaluate.registry import get_method
     from provrepair.repair.registry import get_repairer
@@ -136,12 +137,7 @@ def main(argv=None) -> int:
         if TASKS[name]["model"] == "eran" and not BENCH.exists():
             print(f"{name}: skipped ({BENCH} missing)", flush=True)
             continue
-        loaded = task_data(name)
-        data = None
-        if isinstance(loaded[0], tuple):
-            (net, x_rep, y_rep, x_held, y_held, x_test, y_test), data = loaded
-        else:
-            net, x_rep, y_rep, x_held, y_held, x_test, y_test = loaded
+        (net, x_rep, y_rep, x_held, y_held, x_test, y_test), data = task_data(name)
         rows = []
         for keep in [int(k) for k in args.keep.split(",")]:
             opts = {"time_limit": args.time_limit}
@@ -159,7 +155,7 @@ def main(argv=None) -> int:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for polish in (False, True):
                     try:
-                        model, info = run_finetune(name, data, seed, polish)
+                        model, info = run_finetune(data, seed, polish)
                     except ProvRepairError as exc:  # e.g. the corruptions need images, not flat vectors
                         rows.append({"method": "finetune+aprnn" if polish else "finetune", "status": "error",
                                      "message": str(exc)})

@@ -321,8 +321,7 @@ class PointLP:
         """p, q and s (see ``_Layout``), then u of the active points (``_u_bounds``)."""
         opts, L, backend = self.opts, self.L, self.backend
         B = opts.delta_bound
-        l1 = opts.objective in ("linf+l1", "l1", "outputs")
-        linf = opts.objective in ("linf+l1", "linf", "outputs")
+        l1, linf = opts.objective in _L1_OBJECTIVES, opts.objective in _LINF_OBJECTIVES
         self.delta_cost = self.scale / self.n_params if l1 else 0.0
         backend.add_variables(2 * L.n_initial, 0.0, B, cost=self.delta_cost)  # p, q
         backend.add_variables(1, 0.0, B if linf else 0.0, cost=self.scale if linf else 0.0)  # s
@@ -369,8 +368,7 @@ class PointLP:
     def _add_output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray, disjunctions) -> None:
         """The spec ``A y <= b - margin`` at its points; rows in a disjunction get binaries."""
         suffix, opts = self.suffix, self.opts
-        out = suffix.pullback(len(suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
-        rhs = np.asarray(b, dtype=np.float64) - opts.margin - out.const
+        out, rhs = self._output_rows(A, b, point_index)
         grouped = np.zeros(len(rhs), dtype=bool)
         if disjunctions:
             grouped[np.concatenate([np.asarray(g, dtype=np.int64) for g in disjunctions])] = True
@@ -380,6 +378,11 @@ class PointLP:
         self.add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
         self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
         np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
+
+    def _output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> tuple[Rows, np.ndarray]:
+        """The rows of ``A y <= b - margin`` over the LP's variables, and their right-hand sides."""
+        out = self.suffix.pullback(len(self.suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
+        return out, np.asarray(b, dtype=np.float64) - self.opts.margin - out.const
 
     def add_rows(self, rows: Rows, lo, hi) -> None:
         """Rows at plain points as they are; at zonotope centres over the whole zonotope."""
@@ -505,8 +508,8 @@ class PointLP:
             _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons, self.suffix,
                             self.boxed, self.u0, np.ones(self.n_points, dtype=bool), new)
         self.active[new] = True
-        out = self.suffix.pullback(len(self.suffix.modules), point_index, torch.as_tensor(A, dtype=torch.float64))
-        self.add_rows(out, lo=-np.inf, hi=np.asarray(b, dtype=np.float64) - self.opts.margin - out.const)
+        out, rhs = self._output_rows(A, b, point_index)
+        self.add_rows(out, lo=-np.inf, hi=rhs)
 
     def add_output_deviation(self, points: np.ndarray, z0: np.ndarray, weight: float) -> None:
         """Objective term ``weight · mean |z_p - z0_p|`` over the outputs of active ``points``: one
@@ -517,7 +520,6 @@ class PointLP:
         rows = self.suffix.pullback(len(self.suffix.modules), P, torch.as_tensor(eye, dtype=torch.float64))
         if self.substituted:
             block, shift, scale = self._delta_rows(rows)
-            block = sp.hstack([block, sp.csr_matrix((P.size, self.backend.n_vars - block.shape[1]))], format="csr")
         else:
             cols, vals = _row_cols(self.L, rows)
             scale = _row_scale(vals)
@@ -782,16 +784,21 @@ def _message(status: str, run: Generation, layer: int, delta_bound: float) -> st
     }.get(status, f"solver returned {status}" + (f" ({result.message})" if result is not None and result.message else ""))
 
 
+#: Objectives with an L1 / an L∞ term over the parameter changes ("outputs" adds its own term to both).
+_L1_OBJECTIVES = ("linf+l1", "l1", "outputs")
+_LINF_OBJECTIVES = ("linf+l1", "linf", "outputs")
+
+
 def _objective_scale(opts, n_params: int) -> float:
     """The LP minimises ``scale`` times the DESIGN's objective: with an L1 term, costs of 1 per
     parameter instead of 1/n_params. Same optimum; HiGHS's dual simplex took ~1.7x longer on
     the 100-point benchmark with the tiny costs."""
-    return float(n_params) if opts.objective in ("linf+l1", "l1", "outputs") else 1.0
+    return float(n_params) if opts.objective in _L1_OBJECTIVES else 1.0
 
 
 def _add_objective_rows(backend, L: _Layout, opts, d: np.ndarray | None = None) -> None:
     """p_i + q_i - s <= 0: the L∞ epigraph (one row per parameter ``d``, default every one in the LP)."""
-    if opts.objective not in ("linf+l1", "linf", "outputs"):
+    if opts.objective not in _LINF_OBJECTIVES:
         return
     d = np.flatnonzero(L.pcol >= 0) if d is None else d
     n = d.size

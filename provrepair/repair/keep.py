@@ -204,10 +204,10 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
             break
         suffix = outcome.model[k:]
         missed = _missed(suffix, h, A, b, point_index, pending, options.margin)[:options.keep_batch]
-        slack = _keep_slack(suffix, feats, keep)
+        slack = _row_slack(suffix, feats, keep.A, keep.b, keep.point_index)
         flipped = _flipped(slack, keep, entered)
         step["flipped"], step["missed"] = int(flipped.size), int(missed.size)
-        if not report.rounds[:-1]:
+        if len(report.rounds) == 1:
             report.flipped_without = int(flipped.size)
         if flipped.size == 0 and missed.size == 0:
             _finish(report, slack, keep, entered)
@@ -238,8 +238,18 @@ def _no_keep(inputs: np.ndarray, n_out: int) -> KeepSet:
 
 
 def _row_slack(suffix: nn.Module, h: np.ndarray, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> np.ndarray:
+    """Slack ``b - A y`` of each row at a candidate, from its points' (unchanged) layer-k inputs ``h``."""
+    if h.shape[0] == 0:
+        return np.zeros(0)
     z = _outputs64(suffix, h).reshape(h.shape[0], -1)
     return b - np.einsum("rj,rj->r", A, z[point_index])
+
+
+def _worst(slack: np.ndarray, point_index: np.ndarray, n: int) -> np.ndarray:
+    """Each point's smallest row slack (inf for a point without rows)."""
+    worst = np.full(n, np.inf)
+    np.minimum.at(worst, point_index, slack)
+    return worst
 
 
 def _first_repair_points(suffix: nn.Module, h: np.ndarray, A, b, point_index) -> np.ndarray:
@@ -247,8 +257,7 @@ def _first_repair_points(suffix: nn.Module, h: np.ndarray, A, b, point_index) ->
     n = h.shape[0]
     pending = np.zeros(n, dtype=bool)
     if n > LAZY_REPAIR_POINTS:
-        worst = np.full(n, np.inf)
-        np.minimum.at(worst, point_index, _row_slack(suffix, h, A, b, point_index))
+        worst = _worst(_row_slack(suffix, h, A, b, point_index), point_index, n)
         pending[np.argsort(worst, kind="stable")[LAZY_REPAIR_POINTS:]] = True
     return pending
 
@@ -262,8 +271,7 @@ def _missed(suffix: nn.Module, h: np.ndarray, A, b, point_index, pending: np.nda
     remap = np.full(h.shape[0], -1)
     remap[pts] = np.arange(pts.size)
     slack = _row_slack(suffix, h[pts], A[rows], b[rows], remap[point_index[rows]])
-    worst = np.full(h.shape[0], np.inf)
-    np.minimum.at(worst, point_index[rows], slack)
+    worst = _worst(slack, point_index[rows], h.shape[0])
     out = np.flatnonzero(pending & (worst < margin))
     return out[np.argsort(worst[out], kind="stable")]
 
@@ -318,7 +326,7 @@ class _Live:
             self.enter(new)
         if missed.size:
             A, b, point_index = self.repair_rows
-            rows = np.isin(point_index, missed)
+            rows = np.flatnonzero(np.isin(point_index, missed))
             self.lp.add_points(A[rows], b[rows], point_index[rows])
         build = self.build_time + time.perf_counter() - t1
         self.build_time = 0.0
@@ -342,26 +350,15 @@ def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     return torch.cat(parts).numpy()
 
 
-def _keep_slack(suffix: nn.Module, feats: np.ndarray, keep: KeepSet) -> np.ndarray:
-    """Row slacks of the keep points at a candidate, from their (unchanged) layer-k inputs."""
-    if keep.n_points == 0:
-        return np.zeros(0)
-    z = _outputs64(suffix, feats).reshape(keep.n_points, -1)
-    return keep.b - np.einsum("rj,rj->r", keep.A, z[keep.point_index])
-
-
 def _flipped(slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> np.ndarray:
     """Keep points not in the LP whose spec fails at the candidate, the worst first."""
-    worst = np.full(keep.n_points, np.inf)
-    np.minimum.at(worst, keep.point_index, slack)
+    worst = _worst(slack, keep.point_index, keep.n_points)
     out = np.flatnonzero((worst <= 0) & ~entered)
     return out[np.argsort(worst[out], kind="stable")]
 
 
 def _finish(report: KeepReport, slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> None:
-    worst = np.full(keep.n_points, np.inf)
-    np.minimum.at(worst, keep.point_index, slack)
-    report.kept = int((worst > 0).sum())
+    report.kept = int((_worst(slack, keep.point_index, keep.n_points) > 0).sum())
     tight = np.zeros(keep.n_points, dtype=bool)
     np.logical_or.at(tight, keep.point_index, np.abs(slack - keep.need) <= 1e-6 * np.maximum(1.0, keep.need))
     report.binding = int((tight & entered).sum())
