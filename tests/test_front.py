@@ -157,6 +157,21 @@ def test_regions_through_an_unsupported_front_are_refused():
         provrepair.repair(net, spec, layer=0)
 
 
+def test_region_repairer_itself_refuses_an_unsupported_front(monkeypatch):
+    """The protocol's region repairer (not only api.repair) refuses before any LP is built."""
+    from provrepair.repair import provable
+    from provrepair.repair.options import PolytopeRepairOptions
+
+    def no_lp(*args, **kwargs):
+        raise AssertionError("the region LP must not run through an unsupported front")
+
+    monkeypatch.setattr(provable, "repair_polytopes", no_lp)
+    net = normalize_model(_gelu(), cut="auto")
+    spec = RegionSpec.boxes(np.zeros((1, 6)), np.full((1, 6), 0.1), labels=[0])
+    with pytest.raises(UnsupportedLayerError, match="cannot repair input regions through the network's frozen front"):
+        provable.RegionRepairer().run(net, spec, PolytopeRepairOptions(layer=0))
+
+
 def test_regions_through_a_piecewise_linear_front_are_certified_unfrozen():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))

@@ -25,7 +25,7 @@ from provrepair.heuristics.select import (
 
 from ..certify import certify_points, certify_regions
 from ..errors import InputError
-from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, set_meta
+from ..models import affine_layers, get_meta, load_model, normalize_model, num_outputs, refuse_regions, set_meta
 from ..specs import PointSpec, RegionSpec
 from .aprnn import repair_points
 from .keep import KeepSet, keep_from_dataset, keep_summary, lazy_repair_points, repair_keeping, resolve_keep
@@ -204,6 +204,8 @@ class RegionRepairer:
             raise InputError("objective outputs applies to point repair with a keep-set; for regions use "
                              "linf+l1, l1 or linf")
         net = as_network(model)
+        # regions are certified by bound propagation: a front it cannot bound is refused here, not after the LPs
+        refuse_regions(net, "repair input regions")
         spec, n_out = prepare_regions(net, target)
         keep = self._keep(net, options, n_out)
         n_aff = len(affine_layers(net))
