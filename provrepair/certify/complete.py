@@ -3,15 +3,19 @@
 It shares nothing with the repairer and nothing with the rest of the certification engine: the
 network is read as plain float64 matrices (``Normalize`` folded into the first ``Linear``), and
 
-1. the box is split (branch and bound on the input) with DeepPoly linear bounds written here
-   (plain numpy back-substitution through the triangle relaxation of every ReLU, each layer's
-   bounds from the layers below it; no code shared with ``bounds.py``/``forward.py``);
-2. a sub-box whose bounds leave few ReLUs unstable, or that reaches ``MAX_DEPTH``, is decided by
-   an exact MILP (big-M from this module's own bounds) solved by ``scipy.optimize.milp`` (HiGHS)
-   with the unsafe set widened by ``UNSAFE_SLACK`` (so an infeasible program proves the real set
-   unreachable despite solver tolerances);
-3. every counterexample (a sub-box centre, or a MILP solution moved into its sub-box) is
-   re-validated by a plain float64 forward pass before it counts.
+1. the box is split (branch and bound on the input), thousands of sub-boxes per step in batched
+   float64 torch, with linear bounds written here: every hidden layer's interval from interval
+   arithmetic and a back-substitution (DeepPoly/CROWN style) through the ReLU relaxations below
+   it, intersected with the parent box's intervals; then the property's rows back-substituted
+   the same way (no code shared with ``bounds.py``/``forward.py``/``split.py``). A sub-box is
+   bisected along the input of largest width x |coefficient| of its least unsafe row;
+2. a sub-box whose bounds leave at most ``LEAF_UNSTABLE`` ReLUs unstable, or that reaches
+   ``MAX_DEPTH``, is decided by an exact MILP (big-M from this module's own bounds) solved by
+   ``scipy.optimize.milp`` (HiGHS) with the unsafe set widened by ``UNSAFE_SLACK`` (so an
+   infeasible program proves the real set unreachable despite solver tolerances);
+3. every counterexample (a sub-box's centre or the corner its bound points at, or a MILP
+   solution moved into its sub-box) is re-validated by a plain float64 forward pass before it
+   counts.
 
 So the verdict ``certified`` rests on float64 interval arithmetic and one MILP solver; a bug in
 CROWN or in the repairer's hulls cannot make it wrong. Only boxes and fully connected ReLU
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
+import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
@@ -42,15 +47,19 @@ UNSAFE_SLACK = 1e-5
 #: A bound must clear the unsafe threshold by more than this (float64 rounding stays far below).
 TOLERANCE = 1e-7
 #: A sub-box with at most this many unstable ReLUs goes to the MILP instead of being split.
-LEAF_UNSTABLE = 16
-MAX_DEPTH = 16
+LEAF_UNSTABLE = 0
+MAX_DEPTH = 40
 #: A leaf MILP gets at most this many seconds; one that runs out (or whose solution does not
 #: re-validate) is split again, down to ``HARD_DEPTH``.
 LEAF_SECONDS = 5.0
-HARD_DEPTH = 40
-#: Every this many levels a sub-box is split along its widest input instead of its largest smear.
-ALTERNATE = 4
-BATCH = 512
+HARD_DEPTH = 60
+#: A sub-box is split along its widest input (relative to the region) instead of its largest
+#: smear when the smear's input is this many times narrower.
+NARROW = 64.0
+BATCH = 4096
+#: Every concretised bound is widened by this times its magnitude (the sum of the absolute values of
+#: its terms): float64's accumulated rounding for these sizes is orders of magnitude below it.
+ROUNDING = 1e-9
 
 _F = npt.NDArray[np.float64]
 
@@ -117,62 +126,109 @@ def _forward(layers: list[tuple[_F, _F]], x: _F) -> _F:
     return h
 
 
-def _conc(L: _F, c: _F, lo: _F, hi: _F, lower: bool) -> _F:
-    """min (``lower``) or max over the boxes of ``L x + c`` (L: (B, r, d), c: (B, r))."""
-    pos, neg = np.maximum(L, 0), np.minimum(L, 0)
-    a, b = (lo, hi) if lower else (hi, lo)
-    out: _F = np.einsum("brd,bd->br", pos, a) + np.einsum("brd,bd->br", neg, b) + c
+def _tensors(layers: list[tuple[_F, _F]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer: ``W`` (float64), the stacked ``[[W+, W-], [W-, W+]]`` of the forward pass, ``b``."""
+    out = []
+    for W, b in layers:
+        Wt = torch.as_tensor(W, dtype=torch.float64)
+        Wp, Wn = Wt.clamp(min=0), Wt.clamp(max=0)
+        out.append((Wt, torch.cat([torch.cat([Wp, Wn], 1), torch.cat([Wn, Wp], 1)], 0), torch.as_tensor(b, dtype=torch.float64)))
     return out
 
 
-def _back(layers: list[tuple[_F, _F]], relax: list[tuple[_F, _F, _F]], top: int, C: _F, lo: _F, hi: _F,
-          lower: bool) -> tuple[_F, _F]:
-    """Back-substitution (DeepPoly) of ``C z_top`` (C: (B, r, n_top), z_top the pre-activation of
-    layer ``top``) through the relaxed ReLUs ``relax[j] = (alpha, s, t)`` (``alpha z <= relu(z)
-    <= s z + t``) down to the input; returns the bound per box and row, and its input coefficients."""
-    L = C
-    c = np.zeros(C.shape[:2])
-    for j in range(top, -1, -1):
-        W, b = layers[j]
-        c = c + L @ b
-        L = L @ W  # coefficients on the input of layer j: a_{j-1}, or x when j == 0
-        if j == 0:
-            break
-        alpha, s, t = relax[j - 1]
-        pos, neg = np.maximum(L, 0), np.minimum(L, 0)
-        if lower:  # positive coefficients take the lower relaxation, negative ones the upper
-            c = c + np.einsum("brn,bn->br", neg, t)
-            L = pos * alpha[:, None, :] + neg * s[:, None, :]
+def _pad(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The outward margin that covers float64 rounding in a sum of terms of total magnitude ``mag``."""
+    return ROUNDING * (1.0 + mag)
+
+
+def _relax(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ReLU relaxation ``alpha z <= relu(z) <= s z + t`` on ``[l, u]`` (any shape): exact for a
+    stable neuron; for an unstable one the chord above and slope 0 or 1 below (whichever is tighter)."""
+    dead, unstable = u <= 0, (l < 0) & (u > 0)
+    s = torch.where(unstable, u / torch.where(unstable, u - l, torch.ones_like(u)), (~dead).to(u.dtype))
+    t = torch.where(unstable, -s * l, torch.zeros_like(u))
+    alpha = torch.where(unstable, (u > -l).to(u.dtype), (~dead).to(u.dtype))
+    return alpha, s, t
+
+
+def _back(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+          relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int, C: torch.Tensor, c: torch.Tensor,
+          r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower bound over the boxes ``x = c + r e`` of ``C z_k`` (``C``: (1 or B, q, n_k); ``z_k`` the
+    pre-activation of layer ``k``), by back-substitution through the relaxations ``relax[j] =
+    (alpha, s, t)`` (each (B, n_j): ``alpha z <= relu(z) <= s z + t``) of the layers below.
+    Returns the bound (B, q), widened to cover rounding, and its coefficients on ``x`` (B, q, d)."""
+    W, _, b = net[k]
+    const = C @ b
+    mag = C.abs() @ b.abs()  # the sum of the absolute values of every term added so far, per row
+    lam = C @ W
+    for j in range(k - 1, -1, -1):
+        alpha, s, t = relax[j]  # (B, n_j) each
+        # lam+ alpha + lam- s == lam s + lam+ (alpha - s); its row sums of |.|: lam+ (alpha + s) - lam s
+        lp = lam.clamp(min=0)
+        a = torch.stack([t, alpha + s], -1)  # (B, n, 2)
+        P, N = lp @ a, lam @ torch.stack([t, s], -1)  # (B, q, 2): lam+ . t, |.| part; lam . t, lam . s
+        tt = N[..., 0] - P[..., 0]  # lam- . t
+        absrow = P[..., 1] - N[..., 1]  # sum_n |lam_new|
+        lam = lam * s.unsqueeze(1) + lp * (alpha - s).unsqueeze(1)
+        W, _, b = net[j]
+        q = lam.shape[1]
+        flat = lam.reshape(-1, lam.shape[2])  # one matrix product for every box and row
+        const = const + tt + (flat @ b).reshape(-1, q)
+        mag = mag + tt.abs() + absrow * float(b.abs().max()) + (lp @ t.unsqueeze(-1)).squeeze(-1)
+        lam = (flat @ W).reshape(-1, q, W.shape[1])
+    lc = (lam @ c.unsqueeze(-1)).squeeze(-1)
+    la = lam.abs()
+    rad = (la @ r.unsqueeze(-1)).squeeze(-1)
+    mag = mag + rad + (la @ c.abs().unsqueeze(-1)).squeeze(-1)
+    const = const + lc
+    return const - rad - _pad(const, mag), lam
+
+
+def _bounds(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], c: torch.Tensor, r: torch.Tensor,
+            G: torch.Tensor, known: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Sound bounds over a batch of boxes ``x = c + r e``, ``e`` in ``[-1, 1]^d`` (``c``, ``r``: (B, d)).
+
+    Layer by layer, every hidden neuron's pre-activation interval is the tighter of plain interval
+    arithmetic from the layer below and a back-substitution (DeepPoly/CROWN style) of the neuron
+    through the ReLU relaxations of all the layers below, down to the input; then the rows of
+    ``G`` (the output property) are back-substituted the same way. All in batched float64 torch.
+    ``known``: intervals already proven for these boxes (a parent box's), intersected in.
+
+    Returns the lower bound of every row of ``G y`` per box (B, q), its coefficients on the input
+    ``x`` (B, q, d) and every hidden layer's pre-activation interval ``[(l, u)]`` (each (B, n)).
+    Every concretised bound is widened by ``ROUNDING`` times its magnitude."""
+    pre: list[tuple[torch.Tensor, torch.Tensor]] = []
+    relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for k in range(len(net) - 1):
+        W, _, b = net[k]
+        n = W.shape[0]
+        if k:  # interval arithmetic from the layer below
+            pl, pu = pre[-1]
+            al, au = pl.clamp(min=0), pu.clamp(min=0)
         else:
-            c = c + np.einsum("brn,bn->br", pos, t)
-            L = pos * s[:, None, :] + neg * alpha[:, None, :]
-    return _conc(L, c, lo, hi, lower), L
-
-
-def _symbolic(layers: list[tuple[_F, _F]], lo: _F, hi: _F, G: _F) -> tuple[_F, _F, list[tuple[_F, _F]]]:
-    """Back-substituted linear bounds over a batch of boxes ``(B, d)``: the lower bound of every row
-    of ``G y`` per box ``(B, r)``, its input coefficients ``(B, r, d)``, and every hidden layer's
-    pre-activation bounds ``[(l, u)]`` (each ``(B, n)``), each layer's bounds from the exact
-    back-substitution through the ReLUs below it (DeepPoly's triangle relaxation)."""
-    B = lo.shape[0]
-    relax: list[tuple[_F, _F, _F]] = []
-    pre: list[tuple[_F, _F]] = []
-    for k in range(len(layers) - 1):
-        n = layers[k][0].shape[0]
-        eye = np.broadcast_to(np.eye(n), (B, n, n))
-        low, _ = _back(layers, relax, k, eye, lo, hi, True)
-        up, _ = _back(layers, relax, k, eye, lo, hi, False)
-        pad = 1e-9 * (1.0 + np.abs(low) + np.abs(up))  # covers float64 rounding in the sums
-        low, up = np.minimum(low - pad, up + pad), up + pad
-        pre.append((low, up))
-        dead, unstable = up <= 0, (low < 0) & (up > 0)
-        s = np.where(unstable, up / np.where(unstable, up - low, 1.0), np.where(dead, 0.0, 1.0))
-        t = np.where(unstable, -s * low, 0.0)
-        alpha = np.where(dead, 0.0, np.where(unstable, (up > -low).astype(np.float64), 1.0))
-        relax.append((alpha, s, t))
-    C = np.broadcast_to(G, (B, *G.shape))
-    lower, Lg = _back(layers, relax, len(layers) - 1, C, lo, hi, True)
-    return lower - 1e-9 * (1.0 + np.abs(lower)), Lg, pre
+            al, au = c - r, c + r
+        mid, half = (au + al) / 2, (au - al) / 2
+        centre, spread = mid @ W.T + b, half @ W.abs().T
+        pad = _pad(centre, spread + mid.abs() @ W.abs().T + b.abs())
+        l, u = centre - spread - pad, centre + spread + pad
+        if known is not None:
+            l, u = torch.maximum(l, known[k][0]), torch.minimum(u, known[k][1])
+        if k:  # back-substitute only the neurons the intervals leave unstable (any box's bound is sound)
+            unstable = (l < 0) & (u > 0)
+            m = int(unstable.sum(1).max())
+            if m:
+                idx = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :m]  # (B, m)
+                rows = torch.eye(n, dtype=torch.float64)[idx]  # (B, m, n)
+                both, _ = _back(net, relax, k, torch.cat([rows, -rows], 1), c, r)
+                l = l.scatter(1, idx, torch.maximum(l.gather(1, idx), both[:, :m]))
+                u = u.scatter(1, idx, torch.minimum(u.gather(1, idx), -both[:, m:]))
+        u = torch.maximum(u, l)
+        pre.append((l, u))
+        relax.append(_relax(l, u))
+    low, lam = _back(net, relax, len(net) - 1, G.unsqueeze(0), c, r)
+    return low, lam, pre
 
 
 def _milp(layers: list[tuple[_F, _F]], lo: _F, hi: _F, pre: list[tuple[_F, _F]], G: _F, h: _F,
@@ -254,36 +310,47 @@ def _milp(layers: list[tuple[_F, _F]], lo: _F, hi: _F, pre: list[tuple[_F, _F]],
     return "unknown", None
 
 
-def _bisect(s: npt.NDArray[np.int64], lo: _F, hi: _F, depth: npt.NDArray[np.int64], slack: _F, Lg: _F,
-            scale: _F) -> tuple[_F, _F, npt.NDArray[np.int64]]:
-    """Both halves of the sub-boxes ``s``: bisected along the input of largest width x
-    |coefficient| of the least safe row (``slack``: bound minus threshold per row), and every
-    ALTERNATE-th level along the widest input relative to the region (``scale``): the smear alone
-    can split one input forever while another stays wide."""
-    rows = np.arange(s.size)
-    best = slack[s].argmax(1)
-    coeff = np.abs(Lg[s, best, :])
-    width = hi[s] - lo[s]
+def _bisect(lo: _F, hi: _F, slack: _F, Lg: _F, scale: _F) -> tuple[_F, _F]:
+    """Both halves of every sub-box, bisected along the input of largest width x |coefficient| of
+    its least unsafe row (``slack``: bound minus threshold per row; ``Lg``: the rows' input
+    coefficients), unless that input is already ``NARROW`` times narrower (relative to the region,
+    ``scale``) than the widest: then along the widest (the smear alone could split one input
+    forever while another stays wide)."""
+    rows = np.arange(lo.shape[0])
+    best = slack.argmax(1)
+    coeff = np.abs(Lg[rows, best, :])
+    width = hi - lo
     smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
-    widest = (width / scale).argmax(1)
-    dim = np.where(depth[s] % ALTERNATE == ALTERNATE - 1, widest, smear)
-    mid = (lo[s, dim] + hi[s, dim]) / 2
-    lhi, rlo = hi[s].copy(), lo[s].copy()
+    rel = width / scale
+    widest = rel.argmax(1)
+    dim = np.where(rel[rows, smear] * NARROW < rel[rows, widest], widest, smear)
+    mid = (lo[rows, dim] + hi[rows, dim]) / 2
+    lhi, rlo = hi.copy(), lo.copy()
     lhi[rows, dim], rlo[rows, dim] = mid, mid
-    return (np.concatenate([lo[s], rlo]), np.concatenate([lhi, hi[s]]),
-            np.concatenate([depth[s] + 1, depth[s] + 1]))
+    return np.concatenate([lo, rlo]), np.concatenate([lhi, hi])
+
+
+def _first_violation(layers: list[tuple[_F, _F]], prop: OutputProperty, x: _F, lo: _F, hi: _F) -> int:
+    """The first of the points ``x`` (rows) that lies in its box ``[lo, hi]`` and whose float64
+    output reaches an unsafe disjunct; -1 if none."""
+    inside = np.all((x >= lo) & (x <= hi), axis=1)
+    bad = (prop.violated(_forward(layers, x)) >= 0) & inside
+    return int(np.flatnonzero(bad)[0]) if bad.any() else -1
 
 
 def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *, timeout: float = 60.0,
                          leaf_unstable: int = LEAF_UNSTABLE, max_depth: int = MAX_DEPTH,
                          batch: int = BATCH) -> CompleteVerdict:
     """Decide whether some input of the box ``region`` reaches an unsafe disjunct of ``prop``
-    (see the module docstring). ``timeout``: seconds for the whole search (then ``unknown``)."""
+    (see the module docstring). ``timeout``: seconds for the whole search (then ``unknown``).
+    A sub-box goes to the exact MILP when at most ``leaf_unstable`` of its ReLUs are unstable or
+    at depth ``max_depth``; ``batch`` sub-boxes are bounded at once."""
     t0 = time.perf_counter()
     deadline = t0 + timeout
     if not isinstance(region, Box):
         raise UnsupportedLayerError(f"the independent complete check takes boxes, got a {type(region).__name__}")
     layers = affine_chain(net)
+    tensors = _tensors(layers)
     lo0 = np.asarray(region.lower, dtype=np.float64).reshape(-1)
     hi0 = np.asarray(region.upper, dtype=np.float64).reshape(-1)
     scale = np.where(hi0 > lo0, hi0 - lo0, 1.0)
@@ -291,7 +358,7 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
     used_milp = False
 
     def done(status: str, reason: str, x: _F | None = None, y: _F | None = None) -> CompleteVerdict:
-        how = COMPLETE_METHOD if used_milp else "split (independent DeepPoly bounds)"
+        how = COMPLETE_METHOD if used_milp else "split (independent linear bounds)"
         return CompleteVerdict(status, how if status != "unknown" else "", reason, time.perf_counter() - t0,
                                x, y, stats)
 
@@ -301,42 +368,52 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
         # the disjunct G y <= h is out of reach where some row, or the rows' mean, is bounded
         # above h: mean(G y - h) > 0 forces a row > 0 (it helps where no one row wins everywhere)
         Gb, hb = (np.vstack([G, G.mean(0)]), np.append(h, h.mean())) if G.shape[0] > 1 else (G, h)
-        queue = [(lo0[None], hi0[None], np.zeros(1, dtype=np.int64))]
+        Gt = torch.tensor(Gb, dtype=torch.float64)
+        queue: list[tuple[_F, _F, npt.NDArray[np.int64], list[tuple[_F, _F]] | None]] = [
+            (lo0[None], hi0[None], np.zeros(1, dtype=np.int64), None)]
         while queue:
             if time.perf_counter() > deadline:
                 return done("unknown", f"time limit ({timeout:g} s) reached after {stats['boxes']} sub-boxes")
-            lo, hi, depth = queue.pop()
+            lo, hi, depth, known = queue.pop()  # known: the parents' intervals (valid on a sub-box)
             if lo.shape[0] > batch:
-                queue.append((lo[batch:], hi[batch:], depth[batch:]))
+                queue.append((lo[batch:], hi[batch:], depth[batch:],
+                              None if known is None else [(l[batch:], u[batch:]) for l, u in known]))
                 lo, hi, depth = lo[:batch], hi[:batch], depth[:batch]
+                known = None if known is None else [(l[:batch], u[:batch]) for l, u in known]
             stats["boxes"] += lo.shape[0]
             stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
             centre = (lo + hi) / 2
-            y = _forward(layers, centre)
-            bad = prop.violated(y) >= 0
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                return done("violated", "a sub-box centre reaches the unsafe set (float64 forward pass)",
-                            centre[i], y[i])
-            low, Lg, pre = _symbolic(layers, lo, hi, Gb)
+            if G.shape[0] == 0:  # every output is unsafe
+                return done("violated", "the disjunct has no rows: every output is unsafe", centre[0],
+                            _forward(layers, centre[:1])[0])
+            with torch.no_grad():
+                low_t, Lg_t, pre_t = _bounds(tensors, torch.as_tensor(centre), torch.as_tensor((hi - lo) / 2), Gt,
+                                             None if known is None else
+                                             [(torch.as_tensor(l), torch.as_tensor(u)) for l, u in known])
+            low, Lg = low_t.numpy(), Lg_t.numpy()
+            # candidates: each box's centre and the corner that minimises its rows' mean bound
+            corner = np.where(Lg[:, -1, :] > 0, lo, hi)
+            cand = np.concatenate([centre, corner])
+            i = _first_violation(layers, prop, cand, np.concatenate([lo, lo]), np.concatenate([hi, hi]))
+            if i >= 0:
+                return done("violated", "a point of a sub-box reaches the unsafe set (float64 forward pass)",
+                            cand[i], _forward(layers, cand[i:i + 1])[0])
             margin = (low - hb).max(1)
-            open_ = margin <= TOLERANCE
-            if not open_.any():
+            sel = np.flatnonzero(margin <= TOLERANCE)
+            if not sel.size:
                 continue
-            sel = np.flatnonzero(open_)
+            pre = [(l.numpy(), u.numpy()) for l, u in pre_t]  # (B, n) each
             unstable = sum(((l[sel] < 0) & (u[sel] > 0)).sum(1) for l, u in pre)
             leaf = (unstable <= leaf_unstable) | (depth[sel] >= max_depth)
-            split: list[int] = []
-            for j, i in enumerate(sel.tolist()):
-                if not leaf[j]:
-                    split.append(int(i))
-                    continue
+            split = list(sel[~leaf])
+            for i in sel[leaf].tolist():
                 used_milp = True
                 stats["milp_leaves"] += 1
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     return done("unknown", f"time limit ({timeout:g} s) reached in the MILP leaves")
-                status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h, min(left, LEAF_SECONDS))
+                status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h,
+                                  min(left, LEAF_SECONDS))
                 if status == "infeasible":
                     continue
                 if status == "feasible" and x is not None:
@@ -346,11 +423,12 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                         return done("violated", "an exact MILP solution on a sub-box, re-validated by a float64 "
                                     "forward pass", x, yx)
                 if depth[i] < HARD_DEPTH:  # a solution within the solver's slack only, or a slow MILP: look closer
-                    split.append(int(i))
+                    split.append(i)
                     continue
                 return done("unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})")
-            if not split:
-                continue
-            queue.append(_bisect(np.asarray(split), lo, hi, depth, low - hb, Lg, scale))
-    return done("certified", "no unsafe disjunct is reachable: every sub-box is excluded by DeepPoly bounds "
-                + ("or an exact MILP" if used_milp else ""))
+            if split:
+                s = np.asarray(split)
+                queue.append((*_bisect(lo[s], hi[s], low[s] - hb, Lg[s], scale), np.tile(depth[s] + 1, 2),
+                              [(np.tile(l[s], (2, 1)), np.tile(u[s], (2, 1))) for l, u in pre]))
+    return done("certified", "no unsafe disjunct is reachable: every sub-box is excluded by linear bounds"
+                + (" or an exact MILP" if used_milp else ""))

@@ -1,0 +1,127 @@
+"""The independent complete check's own bounds and search (issue 21; tiny networks, CPU, seconds).
+
+Each test is one a wrong certificate would fail: bounds that miss a sampled value, a threshold
+just beyond the exact minimum of a 1-input network that is not found violated, or one just short
+of it that is not certified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from provrepair.certify import complete
+from provrepair.certify.complete import affine_chain, certify_box_complete
+from provrepair.models import normalize_model
+from provrepair.specs.regions import Box, OutputProperty
+
+
+def _net(seed: int, d: int, width: int = 16, depth: int = 4, out: int = 3) -> nn.Sequential:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    w = d
+    for _ in range(depth):
+        mods += [nn.Linear(w, width), nn.ReLU()]
+        w = width
+    mods.append(nn.Linear(w, out))
+    return normalize_model(nn.Sequential(*mods))
+
+
+def _layers(net):
+    return affine_chain(net)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounds_contain_every_sampled_value(seed, one_torch_thread):
+    """Every hidden pre-activation and every property row of 2,000 sampled inputs per box lies
+    within the batched bounds, with and without a parent's intervals intersected in."""
+    net = _net(seed, d=4)
+    layers = _layers(net)
+    tens = complete._tensors(layers)
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-1, 1, (8, 4))
+    r = rng.uniform(0.01, 0.5, (8, 4))
+    G = rng.normal(size=(3, 3))
+    with torch.no_grad():
+        low, _, pre = complete._bounds(tens, torch.as_tensor(c), torch.as_tensor(r), torch.as_tensor(G))
+        # the children of the left half along input 0, given the parent's intervals
+        c2, r2 = c.copy(), r.copy()
+        r2[:, 0] /= 2
+        c2[:, 0] -= r2[:, 0]
+        low2, _, pre2 = complete._bounds(tens, torch.as_tensor(c2), torch.as_tensor(r2), torch.as_tensor(G), pre)
+    for cc, rr, lw, pr in ((c, r, low, pre), (c2, r2, low2, pre2)):
+        for b in range(len(cc)):
+            x = cc[b] + rr[b] * rng.uniform(-1, 1, (2000, 4))
+            x = np.vstack([x, cc[b] - rr[b], cc[b] + rr[b]])  # two corners too
+            h = x
+            for k, (W, bias) in enumerate(layers):
+                z = h @ W.T + bias
+                if k < len(layers) - 1:
+                    lk, uk = pr[k][0][b].numpy(), pr[k][1][b].numpy()
+                    assert np.all(z >= lk - 1e-12) and np.all(z <= uk + 1e-12)
+                    h = np.maximum(z, 0)
+            assert np.all(z @ G.T >= lw[b].numpy() - 1e-12)
+
+
+def _exact_min_1d(net, lo: float, hi: float, row: np.ndarray) -> tuple[float, float]:
+    """min over [lo, hi] of row . y(x) for a 1-input network, within the returned error: a grid
+    of 2,000,001 points and the network's Lipschitz bound (the product of the weights' norms)."""
+    layers = _layers(net)
+    xs = np.linspace(lo, hi, 2_000_001)[:, None]
+    h = xs
+    for k, (W, b) in enumerate(layers):
+        h = h @ W.T + b
+        if k < len(layers) - 1:
+            h = np.maximum(h, 0)
+    vals = h @ row
+    lip = float(np.abs(row).sum()) * float(np.prod([np.linalg.norm(W, 2) for W, _ in layers]))
+    return float(vals.min()), lip * (hi - lo) / 2_000_000 / 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thresholds_either_side_of_the_exact_minimum(seed, one_torch_thread):
+    """Unsafe: ``y0 - y1 <= t``. Just above the exact minimum it is reachable (violated, the
+    counterexample re-validated inside the box); just below, it is not (certified)."""
+    net = _net(seed, d=1, width=12, depth=3)
+    row = np.array([1.0, -1.0, 0.0])
+    m, err = _exact_min_1d(net, -1.0, 1.0, row)
+    box = Box(np.array([-1.0]), np.array([1.0]))
+    hit = OutputProperty.unsafe([(row[None], np.array([m + 1e-4]))])
+    v = certify_box_complete(net, box, hit, timeout=30)
+    assert v.status == "violated"
+    assert box.contains(v.counterexample)
+    y = complete._forward(_layers(net), v.counterexample[None])
+    assert hit.violated(y)[0] >= 0
+    miss = OutputProperty.unsafe([(row[None], np.array([m - err - 1e-4]))])
+    v = certify_box_complete(net, box, miss, timeout=30)
+    assert v.status == "certified" and v.decided_by
+
+
+def test_two_input_tight_threshold_split_agrees_with_one_exact_milp(one_torch_thread):
+    """On a 2-input box, the split search and one exact MILP of the whole box (max_depth=0)
+    agree either side of the sampled minimum."""
+    net = _net(7, d=2, width=16, depth=3)
+    box = Box(np.array([-1.0, -0.5]), np.array([0.5, 1.0]))
+    row = np.array([0.0, 1.0, -1.0])
+    x = box.sample(200_000, np.random.default_rng(0))
+    y = complete._forward(_layers(net), x)
+    m = float((y @ row).min())
+    for t in (m + 1e-3, m - 0.05):
+        prop = OutputProperty.unsafe([(row[None], np.array([t]))])
+        split = certify_box_complete(net, box, prop, timeout=30)
+        exact = certify_box_complete(net, box, prop, timeout=30, max_depth=0)
+        assert split.status == exact.status == ("violated" if t > m else "certified")
+
+
+def test_a_wide_five_input_box_is_decided_by_splitting(one_torch_thread):
+    """A wide 5-input box is decided through thousands of sub-boxes in batches (stats count them)."""
+    net = _net(3, d=5, width=24, depth=4)
+    box = Box(np.full(5, -1.0), np.full(5, 1.0))
+    row = np.array([1.0, -1.0, 0.0])
+    x = box.sample(100_000, np.random.default_rng(2))
+    m = float((complete._forward(_layers(net), x) @ row).min())
+    prop = OutputProperty.unsafe([(row[None], np.array([m - 0.2]))])
+    v = certify_box_complete(net, box, prop, timeout=60)
+    assert v.status == "certified"
+    assert v.stats["boxes"] > 1
