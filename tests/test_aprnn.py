@@ -116,6 +116,24 @@ def test_lazy_rows_give_the_full_lp_optimum(layer):
     assert lazy.lp["final"]["rows"] <= full.lp["final"]["rows"]
 
 
+@pytest.mark.parametrize("layer", [1, 2])
+def test_lazy_output_rows_give_the_full_lp_optimum(layer):
+    # ten classes: each point's spec has nine rows, of which the LP starts with the tightest one
+    # and takes the others only when a solution violates them; at the last layer u is substituted out
+    net = _random_mlp(5, sizes=(6, 16, 16, 10))
+    spec = _wrong_points(net, 40, 6, 6)
+    full = _repair(net, spec, layer=layer, strategy="full", formulation="u")
+    lazy = _repair(net, spec, layer=layer)
+    assert full.certified and lazy.certified
+    assert lazy.solver["objective"] == pytest.approx(full.solver["objective"], rel=1e-6)
+    assert any(r.get("violated_outputs", 0) > 0 for r in lazy.lp["rounds"])  # rows were generated
+    assert lazy.lp["final"]["rows"] < full.lp["final"]["rows"]
+    assert lazy.lp["full"]["rows"] >= 40 * 9
+    n_delta = {1: 16 * 16 + 16 + 10, 2: 16 * 10 + 10}[layer]
+    # the last layer's LP has no u columns: p, q per delta and the L-infinity bound only
+    assert (lazy.lp["final"]["variables"] == 2 * n_delta + 1) == (layer == 2)
+
+
 def test_repaired_model_is_certified_independently_and_patterns_hold():
     net = _random_mlp(3, sizes=(6, 12, 12, 12, 4))
     spec = _wrong_points(net, 10, 4, 6)

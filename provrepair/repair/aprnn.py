@@ -170,6 +170,7 @@ class PointLP:
                  patterns: dict | None = None, generators: Sequence[np.ndarray | None] | None = None,
                  disjunctive: bool = False, active: np.ndarray | None = None):
         self.net, self.layer, self.opts, self.disjunctive = net, layer, opts, disjunctive
+        self.held = patterns is not None  # the region repair's vertex LPs: every output row up front
         self.k = affine_index_to_module_index(net, layer)
         self.aff_index = affine_layers(net).index(self.k)
         net64 = copy.deepcopy(net).double().eval()
@@ -189,6 +190,9 @@ class PointLP:
         self._lay_out()
         self.backend = None
         self.full_rows = 0
+        # output rows generated lazily (``_lazy_outputs``): every row given, and which the LP has
+        self.out_A = self.out_b = self.out_point = self.out_in = None
+        self.y_last: np.ndarray | None = None  # outputs of the LP's own model at the last solution
 
     def _trace(self, net64: nn.Sequential, x: torch.Tensor, patterns: dict | None) -> torch.Tensor:
         """Layer-``k`` inputs of the points (generator points appended), and the suffix that holds
@@ -274,14 +278,19 @@ class PointLP:
         point, channel and position, each with the whole kernel (50 points at the zoo CNN's conv2:
         313k rows, 90 M nonzeros), while its deltas are few; substituted, every row is at most as
         wide as the kernel count, and the ReLU on u becomes lazy pattern rows. For a Linear layer
-        the output rows would turn dense over every weight, so u stays.
+        the output rows would turn dense over every weight, so u stays, unless it is the last layer:
+        an output row then names the units of its own classes only (a label row: two rows of W_k),
+        and with output rows generated lazily (``_lazy_outputs``) the substituted LP has about one
+        row per point instead of u's definition row per unit (MNIST ViT head, 1,000 points with a
+        1,000-point keep-set: see ``benchmarks/results/transformer_repair.json``).
         """
         f = self.opts.formulation
         if f == "u" or self.zono is not None or self.disjunctive:
             return False
         if f == "substituted":
             return True
-        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS
+        last = not self.suffix.later_affine and not self.suffix.pattern_modules and self._lazy_outputs()
+        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS or last
 
     def _layout(self) -> _Layout:
         n_sel = self.neurons.size
@@ -314,7 +323,8 @@ class PointLP:
         if self.lazy_weights:
             self._rank_weights()
             self.grow_weights()
-        self.full_rows = self.backend.n_rows + sum(int(v.sum()) for v in self.exists.values())
+        self.full_rows = (self.backend.n_rows + sum(int(v.sum()) for v in self.exists.values())
+                          + (0 if self.out_in is None else int((~self.out_in).sum())))
         self.add_patterns(self.kept)
 
     def _add_columns(self) -> None:
@@ -368,6 +378,11 @@ class PointLP:
     def _add_output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray, disjunctions) -> None:
         """The spec ``A y <= b - margin`` at its points; rows in a disjunction get binaries."""
         suffix, opts = self.suffix, self.opts
+        if self._lazy_outputs() and not disjunctions:
+            out = self._enter_outputs(self._first_outputs(self._store_outputs(A, b, point_index)))
+            self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
+            np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
+            return
         out, rhs = self._output_rows(A, b, point_index)
         grouped = np.zeros(len(rhs), dtype=bool)
         if disjunctions:
@@ -378,6 +393,68 @@ class PointLP:
         self.add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
         self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
         np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
+
+    def _lazy_outputs(self) -> bool:
+        """Whether output rows are generated lazily: with constraint generation, at plain points
+        without disjunctions. A point's spec has a row per other class, of which one or two bind
+        (the runner-up); the others wait outside the LP and enter when a solution violates them.
+        With every row satisfied, the relaxation's optimum is the full LP's. The region repair's
+        LPs (points held to given ``patterns``, zonotopes, disjunctions) keep every row up front."""
+        return (LAZY_OUTPUT_ROWS and self.opts.strategy != "full" and self.zono is None
+                and not self.disjunctive and not self.held)
+
+    def _store_outputs(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> np.ndarray:
+        """Record output rows (none in the LP yet); returns their indices in the store."""
+        A, b = np.asarray(A, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        point_index = np.asarray(point_index, dtype=np.int64)
+        if self.out_A is None:
+            self.out_A, self.out_b = A[:0], b[:0]
+            self.out_point, self.out_in = point_index[:0], np.zeros(0, dtype=bool)
+        start = self.out_b.size
+        self.out_A, self.out_b = np.concatenate([self.out_A, A]), np.concatenate([self.out_b, b])
+        self.out_point = np.concatenate([self.out_point, point_index])
+        self.out_in = np.concatenate([self.out_in, np.zeros(b.size, dtype=bool)])
+        return np.arange(start, start + b.size)
+
+    def _output_slack(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Slack ``b - margin - A y`` of stored output rows ``idx`` at outputs ``y`` (points, outputs)."""
+        return (self.out_b[idx] - self.opts.margin
+                - np.einsum("rj,rj->r", self.out_A[idx], y[self.out_point[idx]]))
+
+    def _first_outputs(self, idx: np.ndarray) -> np.ndarray:
+        """Of stored rows ``idx``, those that enter at once: each point's tightest row at the
+        original network, and every row violated there or at the last solution."""
+        y0 = self.suffix.acts[len(self.suffix.modules)].reshape(self.n_points, -1).numpy()
+        pts = self.out_point[idx]
+        first = np.zeros(idx.size, dtype=bool)
+        for y in (y0, self.y_last):
+            if y is None:
+                continue
+            slack = self._output_slack(y, idx)
+            worst = np.full(self.n_points, np.inf)
+            np.minimum.at(worst, pts, slack)
+            first |= (slack <= worst[pts]) & ((slack < 0) | (y is y0))
+        return idx[first]
+
+    def _enter_outputs(self, idx: np.ndarray) -> Rows:
+        """Stored output rows ``idx`` into the LP (``A y <= b - margin``); returns their rows."""
+        self.out_in[idx] = True
+        out, rhs = self._output_rows(self.out_A[idx], self.out_b[idx], self.out_point[idx])
+        self.add_rows(out, lo=-np.inf, hi=rhs)
+        return out
+
+    def violated_outputs(self) -> np.ndarray:
+        """Stored output rows outside the LP that the last checked solution violates (``check``
+        sets its outputs), at active points."""
+        if self.out_in is None or self.y_last is None or self.out_in.all():
+            return np.zeros(0, dtype=np.int64)
+        idx = np.flatnonzero(~self.out_in & self.active[self.out_point])
+        return idx[self._output_slack(self.y_last, idx) < 0]
+
+    def add_outputs(self, idx: np.ndarray) -> None:
+        """Extend the LP by stored output rows ``idx`` (``violated_outputs``)."""
+        if idx.size:
+            self._enter_outputs(idx)
 
     def _output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> tuple[Rows, np.ndarray]:
         """The rows of ``A y <= b - margin`` over the LP's variables, and their right-hand sides."""
@@ -508,6 +585,9 @@ class PointLP:
             _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons, self.suffix,
                             self.boxed, self.u0, np.ones(self.n_points, dtype=bool), new)
         self.active[new] = True
+        if self._lazy_outputs():
+            self._enter_outputs(self._first_outputs(self._store_outputs(A, b, point_index)))
+            return
         out, rhs = self._output_rows(A, b, point_index)
         self.add_rows(out, lo=-np.inf, hi=rhs)
 
@@ -629,6 +709,8 @@ class PointLP:
         """The network the solution ``x`` stands for, and the pattern rows the LP lacks that it violates."""
         candidate = self.apply(x)
         signed = _pattern_slack(self.suffix, candidate, self.pre)
+        if self.out_in is not None:
+            self.y_last = _fixed_pattern_outputs(self.suffix, candidate)
         if self.zono is not None:
             signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
         tol = self.opts.pattern_tol
@@ -677,6 +759,9 @@ class PointLP:
         return out
 
 
+#: Output rows enter by constraint generation (``PointLP._lazy_outputs``): of the nine rows of a
+#: ten-class label spec, one or two bind.
+LAZY_OUTPUT_ROWS = True
 #: Pattern rows pulled back at once: bounds the memory of the one-hot functionals.
 _PATTERN_BATCH = 20000
 #: ... and at most this many functional entries at once (a conv layer's maps are wide).
@@ -730,16 +815,20 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
         t0 = time.perf_counter()
         run.candidate, violated = lp.check(result.x)
         n_viol = info["violated_patterns"] = sum(int(v.sum()) for v in violated.values())  # (capped)
+        outputs = lp.violated_outputs()
+        info["violated_outputs"] = int(outputs.size)
         priced = lp.price()
         info["priced_columns"] = int(priced.size)
         run.check_time += time.perf_counter() - t0
         say(f"round {rnd}: objective {info['objective']:.6g}, {n_viol} activation patterns violated"
+            + (f", {outputs.size} output rows violated" if lp.out_in is not None else "")
             + (f", {priced.size} weight columns priced in" if lp.lazy_weights else ""))
-        if n_viol == 0 and priced.size == 0:
+        if n_viol == 0 and priced.size == 0 and outputs.size == 0:
             run.converged = True
             break
         t0 = time.perf_counter()
         lp.add_weight_columns(priced)
+        lp.add_outputs(outputs)
         lp.add_violated(violated)
         run.build_time += time.perf_counter() - t0
         say(f"round {rnd + 1}: LP {backend.n_vars} variables, {backend.n_rows} rows, {backend.nnz} nonzeros")
@@ -1002,6 +1091,22 @@ def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.n
     coincide at every repair point."""
     now = suffix.fixed_pattern_preactivations(copy.deepcopy(candidate).double().eval())
     return {i: np.where(pre[i] > 0, now[i], np.where(pre[i] < 0, -now[i], -np.abs(now[i]))) for i in now}
+
+
+def _fixed_pattern_outputs(suffix: Suffix, candidate: nn.Sequential) -> np.ndarray:
+    """Outputs (points, outputs) of ``candidate`` run from the repair layer with every ReLU and
+    max-pool held to the points' patterns: the LP's own linear model of the output rows."""
+    net64 = copy.deepcopy(candidate).double().eval()
+    with torch.no_grad():
+        z = net64[suffix.k](suffix.acts[suffix.k])
+        for i in range(suffix.k + 1, len(suffix.modules)):
+            if i in suffix.sign:
+                z = z * (suffix.sign[i] > 0)
+            elif i in suffix.argmax:
+                _, z = suffix._pool_slack(i, z)
+            else:
+                z = net64[i](z)
+    return z.reshape(suffix.n_points, -1).numpy()
 
 
 def delta_norms(delta: np.ndarray, count: int | None = None) -> dict:
