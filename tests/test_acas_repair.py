@@ -210,3 +210,26 @@ def test_repair_batch_is_resumable(tmp_path, one_torch_thread):
     assert _cli(*argv) == 0  # resumed: nothing rerun
     assert records[0].stat().st_mtime_ns == stamp
     assert "certified" in (out / "summary.md").read_text()
+
+
+def test_region_repairer_certify_none_skips_the_engine(tmp_path, one_torch_thread, monkeypatch):
+    """certify_method='none': the LP's model comes back uncertified (the caller certifies it) and
+    the engine is never called; the same repair with 'crown' is certified by the engine."""
+    import provrepair.repair.provable as provable
+    from provrepair.repair.options import PolytopeRepairOptions
+    from provrepair.repair.provable import RegionRepairer
+
+    net = normalize_model(_tiny(), input_shape=(2,))
+    box = Box(np.array([0.2, 0.2]), np.array([0.3, 0.3]))
+    spec = RegionSpec((box,), (OutputProperty.label(2, 3),))
+    calls = []
+    real = provable.certify_regions
+    monkeypatch.setattr(provable, "certify_regions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opts = dict(layer=-1, hull="interval", delta_bound=10.0)
+    none = RegionRepairer().run(net, spec, PolytopeRepairOptions(certify_method="none", **opts))
+    assert none.model is not None and none.certificate is None and none.status == "not_certified"
+    assert "certify_method='none'" in none.message and not calls
+    v = certify_box_complete(none.model, box, OutputProperty.label(2, 3), timeout=30)
+    assert v.status == "certified"  # the caller's own check
+    crown = RegionRepairer().run(net, spec, PolytopeRepairOptions(certify_method="crown", **opts))
+    assert crown.status == "certified" and calls

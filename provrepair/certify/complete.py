@@ -56,6 +56,9 @@ HARD_DEPTH = 60
 #: A sub-box is split along its widest input (relative to the region) instead of its largest
 #: smear when the smear's input is this many times narrower.
 NARROW = 64.0
+#: From this depth on, a sub-box whose smear input is not its widest is split along whichever of
+#: the two bounds its halves better (both tried).
+TRY_DEPTH = 6
 BATCH = 4096
 #: Every concretised bound is widened by this times its magnitude (the sum of the absolute values of
 #: its terms): float64's accumulated rounding for these sizes is orders of magnitude below it.
@@ -310,12 +313,11 @@ def _milp(layers: list[tuple[_F, _F]], lo: _F, hi: _F, pre: list[tuple[_F, _F]],
     return "unknown", None
 
 
-def _bisect(lo: _F, hi: _F, slack: _F, Lg: _F, scale: _F) -> tuple[_F, _F]:
-    """Both halves of every sub-box, bisected along the input of largest width x |coefficient| of
-    its least unsafe row (``slack``: bound minus threshold per row; ``Lg``: the rows' input
-    coefficients), unless that input is already ``NARROW`` times narrower (relative to the region,
-    ``scale``) than the widest: then along the widest (the smear alone could split one input
-    forever while another stays wide)."""
+def _smear_dims(lo: _F, hi: _F, slack: _F, Lg: _F, scale: _F) -> npt.NDArray[np.int64]:
+    """Per sub-box, the input of largest width x |coefficient| of its least unsafe row (``slack``:
+    bound minus threshold per row; ``Lg``: the rows' input coefficients), unless that input is
+    already ``NARROW`` times narrower (relative to the region, ``scale``) than the widest: then the
+    widest (the smear alone could split one input forever while another stays wide)."""
     rows = np.arange(lo.shape[0])
     best = slack.argmax(1)
     coeff = np.abs(Lg[rows, best, :])
@@ -323,11 +325,43 @@ def _bisect(lo: _F, hi: _F, slack: _F, Lg: _F, scale: _F) -> tuple[_F, _F]:
     smear = np.where(width > 0, width * (coeff + 1e-12), -1.0).argmax(1)
     rel = width / scale
     widest = rel.argmax(1)
-    dim = np.where(rel[rows, smear] * NARROW < rel[rows, widest], widest, smear)
-    mid = (lo[rows, dim] + hi[rows, dim]) / 2
+    out: npt.NDArray[np.int64] = np.where(rel[rows, smear] * NARROW < rel[rows, widest], widest, smear)
+    return out
+
+
+def _bisect(lo: _F, hi: _F, dims: npt.NDArray[np.int64]) -> tuple[_F, _F]:
+    """Both halves of every sub-box along its input ``dims`` (left halves first)."""
+    rows = np.arange(lo.shape[0])
+    mid = (lo[rows, dims] + hi[rows, dims]) / 2
     lhi, rlo = hi.copy(), lo.copy()
-    lhi[rows, dim], rlo[rows, dim] = mid, mid
+    lhi[rows, dims], rlo[rows, dims] = mid, mid
     return np.concatenate([lo, rlo]), np.concatenate([lhi, hi])
+
+
+def _best_dims(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], lo: _F, hi: _F,
+               known: list[tuple[_F, _F]], Gt: torch.Tensor, hb: _F, cands: npt.NDArray[np.int64],
+               ) -> npt.NDArray[np.int64]:
+    """Per sub-box, the one of its candidate inputs ``cands`` (S, k) whose bisection gives the best
+    worse half (the larger of the two halves' smaller safety margins), found by bounding both
+    halves along each candidate."""
+    S, k = cands.shape
+    rows = np.arange(S)
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    cc, rr = np.repeat(c[None], 2 * k, 0), np.repeat(r[None], 2 * k, 0)  # (2k, S, d)
+    for j in range(k):
+        dj = cands[:, j]
+        half = r[rows, dj] / 2
+        rr[j, rows, dj] = rr[k + j, rows, dj] = half
+        cc[j, rows, dj] = c[rows, dj] - half
+        cc[k + j, rows, dj] = c[rows, dj] + half
+    kt = [(torch.as_tensor(np.tile(l, (2 * k, 1))), torch.as_tensor(np.tile(u, (2 * k, 1)))) for l, u in known]
+    with torch.no_grad():
+        low, _, _ = _bounds(tensors, torch.as_tensor(cc.reshape(-1, lo.shape[1])),
+                            torch.as_tensor(rr.reshape(-1, lo.shape[1])), Gt, kt)
+    margin = (low.numpy() - hb).max(1).reshape(2 * k, S)
+    score = np.minimum(margin[:k], margin[k:])  # (k, S)
+    out: npt.NDArray[np.int64] = cands[rows, score.argmax(0)]
+    return out
 
 
 def _first_violation(layers: list[tuple[_F, _F]], prop: OutputProperty, x: _F, lo: _F, hi: _F) -> int:
@@ -428,7 +462,15 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
                 return done("unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})")
             if split:
                 s = np.asarray(split)
-                queue.append((*_bisect(lo[s], hi[s], low[s] - hb, Lg[s], scale), np.tile(depth[s] + 1, 2),
+                dims = _smear_dims(lo[s], hi[s], low[s] - hb, Lg[s], scale)
+                # the smear or the widest input (relative to the region): whichever bounds its halves better
+                widest = ((hi[s] - lo[s]) / scale).argmax(1)
+                two = np.flatnonzero((widest != dims) & (depth[s] >= TRY_DEPTH))
+                if two.size:
+                    t = s[two]
+                    dims[two] = _best_dims(tensors, lo[t], hi[t], [(l[t], u[t]) for l, u in pre], Gt, hb,
+                                           np.stack([dims[two], widest[two]], 1))
+                queue.append((*_bisect(lo[s], hi[s], dims), np.tile(depth[s] + 1, 2),
                               [(np.tile(l[s], (2, 1)), np.tile(u[s], (2, 1))) for l, u in pre]))
     return done("certified", "no unsafe disjunct is reachable: every sub-box is excluded by linear bounds"
                 + (" or an exact MILP" if used_milp else ""))

@@ -54,12 +54,17 @@ class PropertyRepairOptions:
     delta_bound: float = 10.0
     margin: float = 1e-3
     keep_samples: int = 1000  # points outside the repair parts whose decision the LP keeps (0: none)
+    keep_refine: int = 2  # LPs solved again, each keeping the decisions the previous one changed on a pool
+    keep_pool: int = 20_000  # points sampled (outside the parts) to find those changed decisions
+    keep_add: int = 1500  # changed points added per refinement at most
     guard_samples: int = 2000  # points of the parts CROWN certified, held to the property by the LP (0: none)
+    preserve_guard_samples: int = 500  # points of each region of a property to preserve, held to it (0: none)
     decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
     domain: Box | None = None  # where keep and fidelity samples come from (default: the regions' bounding box)
     before_timeout: float = 10.0  # independent check of each target before any repair
     certify_timeout: float = 120.0  # independent check of each target after the repair
-    preserve_timeout: float = 60.0  # the engine on each property to preserve
+    preserve_timeout: float = 60.0  # each property to preserve (the independent check, then the engine)
+    engine_timeout: float = 5.0  # the engine's second opinion on each repaired target (0: none)
     rounds: int = 3  # repairs, each adding the parts the previous one broke
     fidelity_samples: int = 100_000
     time_limit: float = 600.0  # seconds per LP
@@ -179,7 +184,13 @@ def keep_points(net: nn.Module, domain: Box, parts: Sequence[Box], n: int, rule:
     """``n`` points sampled in ``domain`` outside ``parts``, each held to its current decision:
     (inputs, A (n, rows, outputs), b (n, rows)) with ``A y <= b`` required."""
     pts = domain.sample(4 * n, rng)
-    pts = pts[~_inside_any(pts, parts)][:n]
+    return decision_rows(net, pts[~_inside_any(pts, parts)][:n], rule)
+
+
+def decision_rows(net: nn.Module, pts: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points ``pts``, each held to ``net``'s decision there: (inputs, A, b), ``A y <= b``."""
+    if not len(pts):
+        return pts, np.zeros((0, 0, 0)), np.zeros((0, 0))
     dec = _decide(net, pts, rule)
     n_out = int(torch.as_tensor(net(torch.as_tensor(pts[:1], dtype=torch.float32))).reshape(-1).numel())
     A = np.zeros((len(pts), n_out - 1, n_out))
@@ -319,12 +330,14 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                         "max_parts")
     timings["partition"] = time.perf_counter() - t0
     n_aff = len(affine_layers(net))
+    held = [(t.name, b, p) for t in preserve for b, p in _boxes(t)]  # regions of the properties to preserve
     result = PropertyRepairResult(NOT_CERTIFIED, None, "", layer=n_aff - 1, timings=timings)
     rng = np.random.default_rng(opts.seed)
     for rnd in range(opts.rounds):
         result.parts = {"repair": len(parts), "certified_by_crown_before": len(certified_parts), "per_property": counts,
                         "split_depth": opts.split_depth, "max_open": opts.max_open}
-        model = _repair_round(net, parts, opts, domain, rng, result, say, _still_certified(certified_parts, parts))
+        model = _repair_round(net, parts, opts, domain, rng, result, say, _still_certified(certified_parts, parts),
+                              held)
         if model is None:
             break
         broken = _after(model, targets, preserve, opts, records, result, say)
@@ -360,12 +373,18 @@ def repair(net: nn.Module, spec: RegionSpec, *, layer: int, progress: Say | None
 
 
 def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, result: PropertyRepairResult,
-                  say, certified=()) -> nn.Module | None:
+                  say, certified=(), held=()) -> nn.Module | None:
     """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
     t0 = time.perf_counter()
     boxes = [b for _, b, _ in parts]
     keep = keep_points(net, domain, boxes, opts.keep_samples, opts.decision, rng) if opts.keep_samples else None
+    if keep is not None and not len(keep[0]):  # the parts cover the whole domain: nothing outside to keep
+        keep = None
     guard = guard_points(net, certified, opts.guard_samples, rng) if opts.guard_samples and certified else None
+    if opts.preserve_guard_samples:  # each preserved property's region too: a repair at the last layer is global
+        for region in held:
+            x, As, bs = guard_points(net, [region], opts.preserve_guard_samples, rng)
+            guard = (x, As, bs) if guard is None else (np.concatenate([guard[0], x]), guard[1] + As, guard[2] + bs)
     result.keep = {"points": 0 if keep is None else len(keep[0]), "rule": opts.decision,
                    "sampled_in": "the domain, outside the repair parts",
                    "guard_points": 0 if guard is None else len(guard[0])}
@@ -373,7 +392,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
     say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
     res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
-                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown",
+                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
                  progress=lambda m: say("    " + m))
     if res.status == "infeasible" and keep is not None:
         say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
@@ -383,7 +402,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
         keep = None
         result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
         res = repair(net, spec, layer=-1, hull="interval", delta_bound=opts.delta_bound, margin=opts.margin,
-                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="crown",
+                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
                      progress=lambda m: say("    " + m))
     stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
     result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
@@ -402,8 +421,56 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
              else "")
         result.message = f"the repair LP is {res.status}: {res.message}{where}"
         return None
+    if keep is not None and opts.keep_refine:
+        res = _refine(net, res, spec, keep, boxes, opts, domain, rng, result, say)
     result.delta = res.delta
     return res.model
+
+
+def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRepairOptions, domain: Box, rng,
+            result: PropertyRepairResult, say):
+    """Solve the LP again keeping, in addition, the decisions that the repair changed on a pool of
+    ``keep_pool`` points sampled outside the parts (up to ``keep_add`` each time, ``keep_refine``
+    times): the sampled keep points alone leave the rest of the domain free. An LP that fails
+    leaves the previous repair in place."""
+    pool = domain.sample(2 * opts.keep_pool, rng)
+    pool = pool[~_inside_any(pool, boxes)][:opts.keep_pool]
+    before = _decide(net, pool, opts.decision)
+    added = 0
+    for _ in range(opts.keep_refine):
+        changed = np.flatnonzero(_decide(res.model, pool, opts.decision) != before)
+        if not changed.size:
+            break
+        pick = changed[rng.permutation(changed.size)[:opts.keep_add]]
+        x, A, b = decision_rows(net, pool[pick], opts.decision)
+        n_out, N = A.shape[2], len(keep.inputs)
+        KA, Kb, _ = keep.output_constraints(n_out)  # every kept point has the same number of rows
+        width = KA.shape[0] // N
+        KA, Kb = KA.reshape(N, width, n_out), Kb.reshape(N, width)
+        if A.shape[1] < width:  # pad by repeating a point's first row, like the merged keep points
+            A = np.concatenate([A] + [A[:, :1]] * (width - A.shape[1]), 1)
+            b = np.concatenate([b] + [b[:, :1]] * (width - b.shape[1]), 1)
+        more = PointSpec.from_arrays(np.concatenate([keep.inputs, x.reshape(len(x), *keep.inputs.shape[1:])]),
+                                     A=np.concatenate([KA, A]), b=np.concatenate([Kb, b]),
+                                     source="property repair: keep, guard and changed points")
+        t0 = time.perf_counter()
+        say(f"  {changed.size} of {len(pool)} pool decisions changed; again keeping {len(pick)} of them")
+        again = repair(net, spec, layer=-1, hull="interval", keep=more, delta_bound=opts.delta_bound,
+                       margin=opts.margin, time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads,
+                       certify_method="none")
+        stage = next((s for s in again.lp.get("stages", []) if s["stage"] == "assert"), {})
+        result.lp.append({"parts": len(boxes), "status": again.status, "refine": len(pick), "size": stage.get("size"),
+                          "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
+                          "kept": again.lp.get("kept")})
+        result.timings["repair"] = result.timings.get("repair", 0.0) + time.perf_counter() - t0
+        if again.model is None:
+            say(f"  {again.status}: the previous repair is kept")
+            break
+        res, keep = again, more
+        added += len(pick)
+    result.keep["refined"] = {"pool": len(pool), "added": added,
+                              "pool_changed": int((_decide(res.model, pool, opts.decision) != before).sum())}
+    return res
 
 
 def _still_certified(certified_parts, parts):
@@ -418,7 +485,7 @@ def _culprit(net, parts, opts: PropertyRepairOptions, limit: int = 20) -> dict[s
     for i, (name, box, prop) in enumerate(parts[:limit]):
         res = repair(net, RegionSpec((box,), (prop,)), layer=-1, hull="interval", delta_bound=opts.delta_bound,
                      margin=opts.margin, time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads,
-                     certify_method="crown")
+                     certify_method="none")
         if res.status == "infeasible":
             return dict(_part_record(name, box), index=i)
     return None
@@ -431,16 +498,17 @@ def _after(model, targets, preserve, opts: PropertyRepairOptions, records, resul
     broken = []
     for t in targets:
         rec = _complete(model, t, opts.certify_timeout)
-        rec["engine"] = _engine(model, t, opts.preserve_timeout)  # a second opinion, reported beside it
+        if opts.engine_timeout > 0:  # a second opinion, reported beside it
+            rec["engine"] = _engine(model, t, min(opts.engine_timeout, opts.preserve_timeout))
         records[t.name]["after"] = rec
         say(f"{t.name} after the repair, whole region: {rec['status']} by {rec['decided_by'] or '-'} "
             f"({rec['seconds']:.1f} s)")
         if rec["status"] != CERTIFIED:
             broken.append(t.name)
     for t in preserve:
-        rec = _engine(model, t, opts.preserve_timeout)
-        if rec["status"] == UNKNOWN:  # the engine's budget ran out: the independent check may decide it
-            rec = dict(_complete(model, t, opts.preserve_timeout), engine=rec)
+        rec = _complete(model, t, opts.preserve_timeout)
+        if rec["status"] == UNKNOWN:  # the independent check's budget ran out: the engine may decide it
+            rec = dict(_engine(model, t, opts.preserve_timeout), independent=rec)
         records.setdefault(t.name, {"property": t.name, "role": "preserve"})["after"] = rec
         say(f"{t.name} (held before) after the repair: {rec['status']} by {rec['decided_by'] or '-'} "
             f"({rec['seconds']:.1f} s)")
