@@ -388,17 +388,26 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     result.keep = {"points": 0 if keep is None else len(keep[0]), "rule": opts.decision,
                    "sampled_in": "the domain, outside the repair parts",
                    "guard_points": 0 if guard is None else len(guard[0])}
+    sampled = keep
     keep = _merge_points(keep, guard, domain.input_shape)
     spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
     say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
     res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
                  time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
                  progress=lambda m: say("    " + m))
+    if res.status == "infeasible" and keep is not None and guard is not None and sampled is not None:
+        say("  infeasible with the keep and guard points; again with the keep points only")
+        result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
+                          "note": "infeasible with the keep and guard points", "seconds": time.perf_counter() - t0})
+        keep = _merge_points(sampled, None, domain.input_shape)
+        result.keep.update(guard_points=0, guard_dropped="the LP was infeasible with them")
+        res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
+                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
+                     progress=lambda m: say("    " + m))
     if res.status == "infeasible" and keep is not None:
         say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
-                          "note": "infeasible with the keep and guard points",
-                          "seconds": time.perf_counter() - t0})
+                          "note": "infeasible with the keep points", "seconds": time.perf_counter() - t0})
         keep = None
         result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
         res = repair(net, spec, layer=-1, hull="interval", delta_bound=opts.delta_bound, margin=opts.margin,
@@ -433,6 +442,8 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
     ``keep_pool`` points sampled outside the parts (up to ``keep_add`` each time, ``keep_refine``
     times): the sampled keep points alone leave the rest of the domain free. An LP that fails
     leaves the previous repair in place."""
+    first = next((s.get("seconds") or 0.0 for s in res.lp.get("stages", []) if s["stage"] == "assert"), 0.0)
+    limit = min(opts.time_limit, max(15.0, 3 * first))  # an LP made infeasible by a changed point can be slow
     pool = domain.sample(2 * opts.keep_pool, rng)
     pool = pool[~_inside_any(pool, boxes)][:opts.keep_pool]
     before = _decide(net, pool, opts.decision)
@@ -456,7 +467,7 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
         t0 = time.perf_counter()
         say(f"  {changed.size} of {len(pool)} pool decisions changed; again keeping {len(pick)} of them")
         again = repair(net, spec, layer=-1, hull="interval", keep=more, delta_bound=opts.delta_bound,
-                       margin=opts.margin, time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads,
+                       margin=opts.margin, time_limit=limit, solver=opts.solver, threads=opts.threads,
                        certify_method="none")
         stage = next((s for s in again.lp.get("stages", []) if s["stage"] == "assert"), {})
         result.lp.append({"parts": len(boxes), "status": again.status, "refine": len(pick), "size": stage.get("size"),
