@@ -185,3 +185,19 @@ def test_a_large_repair_set_enters_lazily_with_the_same_optimum(layer, monkeypat
     if layer == -1:
         assert lazy.solver["objective"] == pytest.approx(whole.solver["objective"], rel=1e-5)
     assert lazy.solver["objective"] <= whole.solver["objective"] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_keep_points_near_flipping_enter_with_the_flipped_ones(near, monkeypatch):
+    # a keep point that the candidate leaves right but short of the slack it would keep in the LP
+    # enters with the flipped ones (keep.KEEP_NEAR); every keep point stays right either way
+    from provrepair.repair import keep as keep_module
+
+    monkeypatch.setattr(keep_module, "KEEP_NEAR", near)
+    net, spec, keep = _task()
+    res = provrepair.repair(net, spec, layer=-1, keep=keep)
+    assert res.certified
+    assert (predictions(res.model, keep.inputs) == keep.labels).all()
+    rounds = res.lp["keep"]["rounds"]
+    assert (sum(r.get("near", 0) for r in rounds) > 0) == near
+    assert rounds[-1]["flipped"] == 0

@@ -213,7 +213,11 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
             _finish(report, slack, keep, entered)
             break
         picked = flipped[:options.keep_batch]
-        say(f"{picked.size} flipped keep points and {missed.size} missed repair points enter the LP")
+        near = _near(slack, keep, entered, flipped)[:options.keep_batch - picked.size] if KEEP_NEAR else picked[:0]
+        step["near"] = int(near.size)
+        picked = np.concatenate([picked, near])
+        say(f"{picked.size} keep points ({flipped.size} flipped, {near.size} near it) and {missed.size} missed "
+            "repair points enter the LP")
         entered[picked] = True
         pending[missed] = False
     report.entered = int(entered.sum())
@@ -223,6 +227,9 @@ def repair_keeping(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.
     return outcome, report
 
 
+#: Keep points that a candidate leaves right but short of their ``need`` enter with the flipped ones
+#: (only in a round that goes on anyway: the loop still ends when none flips and no repair point is missed).
+KEEP_NEAR = True
 #: A repair set larger than this enters the LP lazily, the most violated points first.
 LAZY_REPAIR_POINTS = 1000
 
@@ -354,6 +361,18 @@ def _flipped(slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> np.ndarra
     """Keep points not in the LP whose spec fails at the candidate, the worst first."""
     worst = _worst(slack, keep.point_index, keep.n_points)
     out = np.flatnonzero((worst <= 0) & ~entered)
+    return out[np.argsort(worst[out], kind="stable")]
+
+
+def _near(slack: np.ndarray, keep: KeepSet, entered: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """Keep points outside the LP, right at the candidate but with a row below the slack they would
+    keep in the LP (``need``), the closest to flipping first. They enter with the flipped ones: the
+    next solve would otherwise flip many of them, one more round each time."""
+    short = np.full(keep.n_points, np.inf)
+    np.minimum.at(short, keep.point_index, slack - keep.need)
+    short[flipped] = np.inf
+    out = np.flatnonzero((short < 0) & ~entered)
+    worst = _worst(slack, keep.point_index, keep.n_points)
     return out[np.argsort(worst[out], kind="stable")]
 
 
