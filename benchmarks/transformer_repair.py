@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/transformer_repair.py [--models mnist_vit fashion_vit] [--corruptions fog gaussian_noise]
         [--sizes 100 1000 10000] [--layers -1 -2] [--time-limit 300] [--keep N] [--no-finetune]
+        [--pool 10000] [--formulation auto|u|substituted] [--delta-bound B] [--note TEXT] [--append]
         [--out benchmarks/results/transformer_repair.json]
 
 For every zoo ViT, corruption, repair-set size and head layer (``-1`` = the head's last affine
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import time
@@ -179,15 +181,22 @@ def run_row(net, data, model_name, corruption, size, layer, args, log=print) -> 
     row: dict = {"model": model_name, "corruption": corruption, "size": int(len(ys)), "requested_size": size,
                  "layer": layer, "layer_back_index": affine_layers(net).index(affine_layers(net)[layer]),
                  "machine_load": "2 shared CPU cores, other sessions running; timings are indicative"}
+    if args.note:
+        row["note"] = args.note
     if len(ys) < size:
         row["note"] = f"only {len(ys)} failures available in the repair half"
     kw = {"time_limit": args.time_limit}
+    if args.formulation != "auto":
+        kw["formulation"] = row["formulation"] = args.formulation
+    if args.delta_bound is not None:
+        kw["delta_bound"] = row["delta_bound"] = args.delta_bound
     if args.keep:
         try:
             kw["keep"] = _keep_spec(DATASETS[model_name], net, args.keep)
             row["keep"] = args.keep
         except Exception as exc:  # pragma: no cover - the keep-set builder is best effort
             row["keep_error"] = str(exc)
+    row["load_average_before"] = list(os.getloadavg())  # 1, 5, 15 min; 2 cores shared with other sessions
     t0 = time.perf_counter()
     try:
         result = provrepair.repair(net, spec, layer=layer, **kw)
@@ -195,6 +204,7 @@ def run_row(net, data, model_name, corruption, size, layer, args, log=print) -> 
     except Exception as exc:
         result, err = None, f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - t0
+    row["load_average_after"] = list(os.getloadavg())
     rep: dict = {"wall_seconds": wall}
     if result is None:
         rep["status"] = "error"
@@ -239,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-run only the fine-tuning of the rows already in --out (same repair sets)")
     ap.add_argument("--max-points-layer", nargs="*", default=[], metavar="LAYER=N",
                     help="skip rows of LAYER with more than N points (e.g. -2=1000 on a slow machine)")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="failures to collect before drawing repair sets (default: the largest size; give 10000 "
+                         "to draw the same sets as a run with every size)")
+    ap.add_argument("--formulation", default="auto", choices=["auto", "u", "substituted"],
+                    help="the point LP's formulation (PointRepairOptions.formulation)")
+    ap.add_argument("--delta-bound", type=float, default=None, help="the LP's delta bound (default: the option's)")
+    ap.add_argument("--note", default="", help="a note recorded in every row of this run")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--append", action="store_true", help="add the rows to the existing file (same key: replaced)")
     args = ap.parse_args(argv)
@@ -252,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                               "objective linf+l1, constraint generation) plus time_limit"}}
     if (args.append or args.finetune_only) and args.out.exists():
         doc = json.loads(args.out.read_text())
-    key = lambda r: (r["model"], r["corruption"], r["requested_size"], r["layer"], r.get("keep", 0))  # noqa: E731
+    key = lambda r: (r["model"], r["corruption"], r["requested_size"], r["layer"], r.get("keep", 0),  # noqa: E731
+                     r.get("formulation", "auto"), r.get("delta_bound"))
 
     def save():
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "layers": [type(m).__name__ for m in net]}
         print(f"{model_name}: clean accuracy {base_acc:.4f}")
         for corruption in args.corruptions:
-            x_rep, y_rep, origin = failure_pool(net, x, y, rep_base, corruption, max(args.sizes))
+            x_rep, y_rep, origin = failure_pool(net, x, y, rep_base, corruption, args.pool or max(args.sizes))
             x_held, y_held, _ = failure_pool(net, x, y, held_base, corruption, 1)
             take = np.random.RandomState(SEED + 2).permutation(len(y_held))[:HELD_OUT_CAP]
             h_held, y_held = _features(front, x_held[take]), y_held[take]
