@@ -19,7 +19,7 @@ from ..specs.regions import Box, HPolytope, OutputProperty, Region, VPolytope
 from .bounds import as_tensor
 from .points import forward_outputs
 
-__all__ = ["DEFAULT_PGD_STEPS", "DEFAULT_SAMPLES", "Counterexample", "falsify"]
+__all__ = ["DEFAULT_PGD_STEPS", "DEFAULT_SAMPLES", "Counterexample", "falsify", "unsafe_loss"]
 
 DEFAULT_SAMPLES = 256
 #: Samples for regions with few free inputs, where unsafe pockets can be thin but samples are cheap
@@ -72,6 +72,14 @@ def _first_violation(prop: OutputProperty, x: np.ndarray, y: np.ndarray, how: st
     return Counterexample(x=x[i].copy(), y=y[i].copy(), disjunct=int(hit[i]), how=how)
 
 
+def unsafe_loss(v: torch.Tensor) -> torch.Tensor:
+    """What the gradient search minimises for rows ``v = G y - h`` (B, R): the sum of the rows'
+    excess plus a small share of the worst. ``max_r v_r`` alone moves only the worst row and
+    oscillates between rows of a conjunction; on ACAS Xu phi2 (N5,3), whose unsafe pocket is
+    reached by 1.4e-5, 4,096 starts of 100 steps found it with the sum and not with the max."""
+    return v.clamp(min=0).sum(1) + 1e-3 * v.amax(1)
+
+
 def _pgd(net64: nn.Module, region: Region, G: np.ndarray, h: np.ndarray, starts: np.ndarray,
          steps: int) -> np.ndarray:
     lo, hi = (as_tensor(v) for v in region.bounds())
@@ -82,8 +90,7 @@ def _pgd(net64: nn.Module, region: Region, G: np.ndarray, h: np.ndarray, starts:
     for k in range(steps):
         x.requires_grad_(True)
         y = net64(x).reshape(x.shape[0], -1)
-        loss = (y @ G_t.T - h_t).amax(1)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+        (grad,) = torch.autograd.grad(unsafe_loss(y @ G_t.T - h_t).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - step0 * (1 - k / steps) * grad.sign(), lo), hi)
         found.append(x.detach().clone())
