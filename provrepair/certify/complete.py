@@ -372,6 +372,49 @@ def _first_violation(layers: list[tuple[_F, _F]], prop: OutputProperty, x: _F, l
     return int(np.flatnonzero(bad)[0]) if bad.any() else -1
 
 
+def _halve(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], lo: _F, hi: _F, depth: npt.NDArray[np.int64], pre: list[tuple[_F, _F]],
+           s: npt.NDArray[np.int64], slack: _F, Lg: _F, Gt: torch.Tensor, hb: _F,
+           scale: _F) -> tuple[_F, _F, npt.NDArray[np.int64], list[tuple[_F, _F]]]:
+    """Both halves of the boxes ``s``, as a queue entry (their parents' intervals handed down), split
+    along the smear or the widest input (relative to the region): whichever bounds its halves better."""
+    dims = _smear_dims(lo[s], hi[s], slack[s], Lg[s], scale)
+    widest = ((hi[s] - lo[s]) / scale).argmax(1)
+    two = np.flatnonzero((widest != dims) & (depth[s] >= TRY_DEPTH))
+    if two.size:
+        t = s[two]
+        dims[two] = _best_dims(tensors, lo[t], hi[t], [(l[t], u[t]) for l, u in pre], Gt, hb,
+                               np.stack([dims[two], widest[two]], 1))
+    return (*_bisect(lo[s], hi[s], dims), np.tile(depth[s] + 1, 2),
+            [(np.tile(l[s], (2, 1)), np.tile(u[s], (2, 1))) for l, u in pre])
+
+
+def _milp_leaves(layers: list[tuple[_F, _F]], prop: OutputProperty, lo: _F, hi: _F, pre: list[tuple[_F, _F]],
+                 G: _F, h: _F, leaves: npt.NDArray[np.int64], depth: npt.NDArray[np.int64], deadline: float,
+                 stats: dict[str, int], split: list[int]) -> tuple[str, str, _F | None, _F | None] | None:
+    """Decide the sub-boxes ``leaves`` by exact MILP: (status, reason, x, y) when one decides the
+    search (a re-validated counterexample, or unknown), else None; a leaf whose MILP is inconclusive
+    above ``HARD_DEPTH`` is appended to ``split`` to be looked at closer."""
+    for i in leaves.tolist():
+        stats["milp_leaves"] += 1
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return "unknown", "time limit reached in the MILP leaves", None, None
+        status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h, min(left, LEAF_SECONDS))
+        if status == "infeasible":
+            continue
+        if status == "feasible" and x is not None:
+            x = np.clip(x, lo[i], hi[i])
+            yx = _forward(layers, x[None])[0]
+            if prop.violated(yx[None])[0] >= 0:
+                return ("violated", "an exact MILP solution on a sub-box, re-validated by a float64 forward pass",
+                        x, yx)
+        if depth[i] < HARD_DEPTH:  # a solution within the solver's slack only, or a slow MILP: look closer
+            split.append(i)
+            continue
+        return "unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})", None, None
+    return None
+
+
 def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *, timeout: float = 60.0,
                          leaf_unstable: int = LEAF_UNSTABLE, max_depth: int = MAX_DEPTH,
                          batch: int = BATCH) -> CompleteVerdict:
@@ -440,37 +483,12 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
             unstable = sum(((l[sel] < 0) & (u[sel] > 0)).sum(1) for l, u in pre)
             leaf = (unstable <= leaf_unstable) | (depth[sel] >= max_depth)
             split = list(sel[~leaf])
-            for i in sel[leaf].tolist():
+            if bool(leaf.any()):
                 used_milp = True
-                stats["milp_leaves"] += 1
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return done("unknown", f"time limit ({timeout:g} s) reached in the MILP leaves")
-                status, x = _milp(layers, lo[i], hi[i], [(l[i], u[i]) for l, u in pre], G, h,
-                                  min(left, LEAF_SECONDS))
-                if status == "infeasible":
-                    continue
-                if status == "feasible" and x is not None:
-                    x = np.clip(x, lo[i], hi[i])
-                    yx = _forward(layers, x[None])[0]
-                    if prop.violated(yx[None])[0] >= 0:
-                        return done("violated", "an exact MILP solution on a sub-box, re-validated by a float64 "
-                                    "forward pass", x, yx)
-                if depth[i] < HARD_DEPTH:  # a solution within the solver's slack only, or a slow MILP: look closer
-                    split.append(i)
-                    continue
-                return done("unknown", f"the MILP on a sub-box at depth {int(depth[i])} was inconclusive ({status})")
+                end = _milp_leaves(layers, prop, lo, hi, pre, G, h, sel[leaf], depth, deadline, stats, split)
+                if end is not None:
+                    return done(*end)
             if split:
-                s = np.asarray(split)
-                dims = _smear_dims(lo[s], hi[s], low[s] - hb, Lg[s], scale)
-                # the smear or the widest input (relative to the region): whichever bounds its halves better
-                widest = ((hi[s] - lo[s]) / scale).argmax(1)
-                two = np.flatnonzero((widest != dims) & (depth[s] >= TRY_DEPTH))
-                if two.size:
-                    t = s[two]
-                    dims[two] = _best_dims(tensors, lo[t], hi[t], [(l[t], u[t]) for l, u in pre], Gt, hb,
-                                           np.stack([dims[two], widest[two]], 1))
-                queue.append((*_bisect(lo[s], hi[s], dims), np.tile(depth[s] + 1, 2),
-                              [(np.tile(l[s], (2, 1)), np.tile(u[s], (2, 1))) for l, u in pre]))
+                queue.append(_halve(tensors, lo, hi, depth, pre, np.asarray(split), low - hb, Lg, Gt, hb, scale))
     return done("certified", "no unsafe disjunct is reachable: every sub-box is excluded by linear bounds"
                 + (" or an exact MILP" if used_milp else ""))

@@ -93,33 +93,13 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
     region_lo, region_hi = lo[0].clone(), hi[0].clone()
     G_t = as_tensor(G, prop.device)
     h_t = as_tensor(h, prop.device)
-    A_t: torch.Tensor | None = None
-    b_t: torch.Tensor | None = None
-    if h_rows is not None:
-        A_t = as_tensor(h_rows[0], prop.device)
-        b_t = as_tensor(h_rows[1], prop.device)
+    A_t: torch.Tensor | None = None if h_rows is None else as_tensor(h_rows[0], prop.device)
+    b_t: torch.Tensor | None = None if h_rows is None else as_tensor(h_rows[1], prop.device)
     fwd = ForwardBounds(prop) if ForwardBounds.supports(prop) else None
     stats = {"boxes": 0, "max_depth": 0, "milp_leaves": 0}
 
-    def inside(x: torch.Tensor) -> torch.Tensor:
-        if A_t is None or b_t is None:  # both or neither
-            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        return (x.reshape(x.shape[0], -1) @ A_t.T <= b_t).all(1)
-
-    def unsafe(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs among ``x`` (all in the region's box) that the float64 forward pass puts in the unsafe set."""
-        with torch.no_grad():
-            y = net64(x).reshape(x.shape[0], -1)
-        return ((y @ G_t.T) <= h_t).all(1) & inside(x), y
-
-    def centres(lo: torch.Tensor, hi: torch.Tensor) -> SplitOutcome | None:
-        centre = (lo + hi) / 2
-        hit, y = unsafe(centre)
-        if bool(hit.any()):
-            i = int(hit.nonzero()[0])
-            return SplitOutcome("violated", x=centre[i].cpu().numpy(), y=y[i].cpu().numpy(),
-                                reason="the centre of a sub-box reaches the unsafe set", stats=stats)
-        return None
+    oracle = _Oracle(net64, G_t, h_t, A_t, b_t, stats)
+    unsafe, centres = oracle.unsafe, oracle.centres
 
     # the root box, bounded once; the queue holds bounded boxes that are still open
     depth = torch.zeros(1, dtype=torch.long, device=prop.device)
@@ -162,7 +142,6 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
             return SplitOutcome("violated", x=cex[0], y=cex[1], reason="a gradient search inside a sub-box reaches "
                                 "the unsafe set", stats=stats)
         # 3. both halves along each candidate input; their centres as counterexamples; their bounds
-        n = lo.shape[0]
         dims = _candidates(lo, hi, coeff, region_width, tries)
         k = dims.shape[1]
         c_lo, c_hi = _halves(lo, hi, dims)  # (2 k n): [left, right] per candidate, box-major
@@ -175,22 +154,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
                                                       A_t, b_t)
         stats["boxes"] += c_lo.shape[0]
         per_box = (time.perf_counter() - step_t0) / c_lo.shape[0]
-        # 4. per box, the split whose worse half is the safest (ReLU-aware: the bounds of both
-        # halves are recomputed, so an input that untangles hidden neurons wins even when its
-        # coefficient in the output bound is small); a box with no improving split halves its
-        # relatively widest input
-        score = torch.where(c_open, c_margin, torch.full_like(c_margin, float("inf"))).reshape(n, k, 2).amin(2)
-        width = (hi - lo).reshape(n, -1).gather(1, dims)
-        score = torch.where(width > 0, score, torch.full_like(score, -float("inf")))
-        pick = score.argmax(1)
-        stuck = score.amax(1) <= margin
-        if bool(stuck.any()):
-            rel = width / region_width.clamp(min=1e-300)[dims]
-            pick = torch.where(stuck, rel.argmax(1), pick)
-        chosen = (torch.arange(n, device=lo.device) * k + pick).repeat_interleave(2) * 2 + torch.arange(
-            2, device=lo.device).repeat(n)
-        keep_open = c_open[chosen]
-        chosen = chosen[keep_open]
+        chosen = _choose_split(c_margin, c_open, lo, hi, dims, margin, region_width)
         if chosen.numel() == 0:
             continue
         # least safe boxes first, at the end of the (depth-first) queue
@@ -198,6 +162,35 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         queue.append((c_lo[order], c_hi[order], c_depth[order], None if c_pre is None else c_pre[order],
                       c_margin[order], c_coeff[order]))
     return SplitOutcome("certified", reason="every sub-box is certified by CROWN bounds or the MILP", stats=stats)
+
+
+class _Oracle:
+    """The float64 forward pass as judge: which inputs reach the unsafe set (inside the region's
+    H-rows, if any), and the first sub-box centre that does."""
+
+    def __init__(self, net64: nn.Module, G_t: torch.Tensor, h_t: torch.Tensor, A_t: torch.Tensor | None,
+                 b_t: torch.Tensor | None, stats: dict[str, int]):
+        self.net64, self.G_t, self.h_t, self.A_t, self.b_t, self.stats = net64, G_t, h_t, A_t, b_t, stats
+
+    def inside(self, x: torch.Tensor) -> torch.Tensor:
+        if self.A_t is None or self.b_t is None:  # both or neither
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return (x.reshape(x.shape[0], -1) @ self.A_t.T <= self.b_t).all(1)
+
+    def unsafe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs among ``x`` (all in the region's box) that the float64 forward pass puts in the unsafe set."""
+        with torch.no_grad():
+            y = self.net64(x).reshape(x.shape[0], -1)
+        return ((y @ self.G_t.T) <= self.h_t).all(1) & self.inside(x), y
+
+    def centres(self, lo: torch.Tensor, hi: torch.Tensor) -> SplitOutcome | None:
+        centre = (lo + hi) / 2
+        hit, y = self.unsafe(centre)
+        if bool(hit.any()):
+            i = int(hit.nonzero()[0])
+            return SplitOutcome("violated", x=centre[i].cpu().numpy(), y=y[i].cpu().numpy(),
+                                reason="the centre of a sub-box reaches the unsafe set", stats=self.stats)
+        return None
 
 
 def _box_bounds(prop: BoundPropagator, fwd: ForwardBounds | None, lo: torch.Tensor, hi: torch.Tensor,
@@ -236,6 +229,26 @@ def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, leaf_check: LeafCheck | No
         if status != "certified":
             return SplitOutcome("unknown", reason=f"the MILP on a sub-box was inconclusive ({status})", stats=stats)
     return None
+
+
+def _choose_split(c_margin: torch.Tensor, c_open: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                  dims: torch.Tensor, margin: torch.Tensor, region_width: torch.Tensor) -> torch.Tensor:
+    """Indices (into the halves of ``_halves``) of the open halves of each box's chosen split: the
+    split whose worse half is the safest (ReLU-aware: both halves were bounded, so an input that
+    untangles hidden neurons wins even when its coefficient in the output bound is small); a box
+    with no improving split halves its relatively widest input."""
+    n, k = dims.shape
+    score = torch.where(c_open, c_margin, torch.full_like(c_margin, float("inf"))).reshape(n, k, 2).amin(2)
+    width = (hi - lo).reshape(n, -1).gather(1, dims)
+    score = torch.where(width > 0, score, torch.full_like(score, -float("inf")))
+    pick = score.argmax(1)
+    stuck = score.amax(1) <= margin
+    if bool(stuck.any()):
+        rel = width / region_width.clamp(min=1e-300)[dims]
+        pick = torch.where(stuck, rel.argmax(1), pick)
+    chosen = (torch.arange(n, device=lo.device) * k + pick).repeat_interleave(2) * 2 + torch.arange(
+        2, device=lo.device).repeat(n)
+    return chosen[c_open[chosen]]
 
 
 def _candidate_count(region_width: torch.Tensor) -> int:
