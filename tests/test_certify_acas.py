@@ -14,6 +14,7 @@ from torch import nn
 import provrepair
 from provrepair.certify import certify_regions
 from provrepair.certify.bounds import BoundPropagator
+from provrepair.certify.falsify import unsafe_loss
 from provrepair.certify.forward import ForwardBounds
 from provrepair.certify.split import _halves, split_search
 from provrepair.models import Normalize
@@ -126,6 +127,17 @@ def test_halves_partition_each_box_along_each_candidate_input():
             assert c_hi[left, d] == mid and c_lo[right, d] == mid
             others = [k for k in range(3) if k != d]
             assert torch.equal(c_hi[left, others], hi[i, others]) and torch.equal(c_lo[right, others], lo[i, others])
+
+
+def test_unsafe_loss_is_nonpositive_exactly_on_the_unsafe_set_and_pushes_every_violated_row():
+    v = torch.tensor([[-0.5, -0.1, -2.0], [0.3, -0.1, 0.2], [0.0, 0.0, 0.0], [1e-9, -1.0, -1.0]],
+                     dtype=torch.float64, requires_grad=True)
+    loss = unsafe_loss(v)
+    assert (loss <= 0).tolist() == [True, False, True, False]
+    (grad,) = torch.autograd.grad(loss.sum(), v)
+    # a conjunction's second violated row is pushed too (the max alone would move only the first)
+    assert grad[1, 0] > 0 and grad[1, 2] > 0
+    assert grad[1, 1] == 0
 
 
 def _undecidable_quickly():
