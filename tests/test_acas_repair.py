@@ -233,3 +233,12 @@ def test_region_repairer_certify_none_skips_the_engine(tmp_path, one_torch_threa
     assert v.status == "certified"  # the caller's own check
     crown = RegionRepairer().run(net, spec, PolytopeRepairOptions(certify_method="crown", **opts))
     assert crown.status == "certified" and calls
+
+
+def test_decisions_of_an_empty_pool_are_empty():
+    """N1,9's phi7 covers the whole domain, so the refinement pool outside the parts is empty: the
+    repair crashed reshaping the empty output (RuntimeError) instead of skipping the refinement."""
+    from provrepair.repair.property_repair import _decide
+
+    out = _decide(_tiny(), np.zeros((0, 2)), "argmin")
+    assert out.shape == (0,) and out.dtype == np.int64

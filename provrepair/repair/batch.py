@@ -16,11 +16,12 @@ import csv
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, ProvRepairError
 from ..fileio import write_text_atomic
 
 __all__ = ["EXECUTORS", "jobs_from_csv", "run_batch", "run_job", "summary_table"]
@@ -107,6 +108,8 @@ def run_job(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
             record["written"] = str(path)
     except Exception as exc:  # noqa: BLE001 - a job's failure is its record, never the batch's end
         record.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, ProvRepairError):  # a bug, not bad input: keep where it happened
+            record["traceback"] = traceback.format_exc(limit=12)
     record["seconds"] = time.perf_counter() - t0
     write_text_atomic(out / "records" / f"{job['key']}.json", json.dumps(record, indent=2, default=str) + "\n")
     return record

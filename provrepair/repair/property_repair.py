@@ -165,6 +165,8 @@ def partition(net: nn.Module, region: Box, prop: OutputProperty, depth: int, sca
 
 
 def _decide(net: nn.Module, x: np.ndarray, rule: str) -> np.ndarray:
+    if len(x) == 0:  # e.g. the refinement pool when a target (N1,9's phi7) covers the whole domain
+        return np.zeros(0, dtype=np.int64)
     with torch.no_grad():
         y = net(torch.as_tensor(x, dtype=torch.float32))
     y = y.reshape(len(x), -1)
