@@ -379,7 +379,7 @@ class PointLP:
         """The spec ``A y <= b - margin`` at its points; rows in a disjunction get binaries."""
         suffix, opts = self.suffix, self.opts
         if self._lazy_outputs() and not disjunctions:
-            out = self._enter_outputs(self._first_outputs(self._store_outputs(A, b, point_index)))
+            out = self._lazy_output_rows(A, b, point_index)
             self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
             np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
             return
@@ -402,6 +402,10 @@ class PointLP:
         LPs (points held to given ``patterns``, zonotopes, disjunctions) keep every row up front."""
         return (LAZY_OUTPUT_ROWS and self.opts.strategy != "full" and self.zono is None
                 and not self.disjunctive and not self.held)
+
+    def _lazy_output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> Rows:
+        """Store the points' output rows and enter those that must be in the LP at once."""
+        return self._enter_outputs(self._first_outputs(self._store_outputs(A, b, point_index)))
 
     def _store_outputs(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> np.ndarray:
         """Record output rows (none in the LP yet); returns their indices in the store."""
@@ -586,7 +590,7 @@ class PointLP:
                             self.boxed, self.u0, np.ones(self.n_points, dtype=bool), new)
         self.active[new] = True
         if self._lazy_outputs():
-            self._enter_outputs(self._first_outputs(self._store_outputs(A, b, point_index)))
+            self._lazy_output_rows(A, b, point_index)
             return
         out, rhs = self._output_rows(A, b, point_index)
         self.add_rows(out, lo=-np.inf, hi=rhs)
@@ -708,9 +712,9 @@ class PointLP:
     def check(self, x: np.ndarray) -> tuple[nn.Sequential, dict[int, np.ndarray]]:
         """The network the solution ``x`` stands for, and the pattern rows the LP lacks that it violates."""
         candidate = self.apply(x)
-        signed = _pattern_slack(self.suffix, candidate, self.pre)
+        signed, y = _pattern_slack(self.suffix, candidate, self.pre)
         if self.out_in is not None:
-            self.y_last = _fixed_pattern_outputs(self.suffix, candidate)
+            self.y_last = y
         if self.zono is not None:
             signed = {i: self.zono.worst_slack(v) for i, v in signed.items()}
         tol = self.opts.pattern_tol
@@ -1085,28 +1089,14 @@ def _row_scale(vals: np.ndarray) -> np.ndarray:
     return np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 1.0)
 
 
-def _pattern_slack(suffix: Suffix, candidate: nn.Sequential, pre: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+def _pattern_slack(suffix: Suffix, candidate: nn.Sequential,
+                   pre: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Slack of every activation-pattern row at the candidate, on the LP's own (pattern-fixed)
-    model: >= 0 where the pattern holds. With no negative slack the LP model and the network
+    model: >= 0 where the pattern holds; and that model's outputs (points, outputs), which the
+    lazy output rows are checked at. With no negative slack the LP model and the network
     coincide at every repair point."""
-    now = suffix.fixed_pattern_preactivations(copy.deepcopy(candidate).double().eval())
-    return {i: np.where(pre[i] > 0, now[i], np.where(pre[i] < 0, -now[i], -np.abs(now[i]))) for i in now}
-
-
-def _fixed_pattern_outputs(suffix: Suffix, candidate: nn.Sequential) -> np.ndarray:
-    """Outputs (points, outputs) of ``candidate`` run from the repair layer with every ReLU and
-    max-pool held to the points' patterns: the LP's own linear model of the output rows."""
-    net64 = copy.deepcopy(candidate).double().eval()
-    with torch.no_grad():
-        z = net64[suffix.k](suffix.acts[suffix.k])
-        for i in range(suffix.k + 1, len(suffix.modules)):
-            if i in suffix.sign:
-                z = z * (suffix.sign[i] > 0)
-            elif i in suffix.argmax:
-                _, z = suffix._pool_slack(i, z)
-            else:
-                z = net64[i](z)
-    return z.reshape(suffix.n_points, -1).numpy()
+    now, y = suffix.run_fixed_pattern(copy.deepcopy(candidate).double().eval())
+    return {i: np.where(pre[i] > 0, now[i], np.where(pre[i] < 0, -now[i], -np.abs(now[i]))) for i in now}, y
 
 
 def delta_norms(delta: np.ndarray, count: int | None = None) -> dict:

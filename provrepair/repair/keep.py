@@ -360,8 +360,7 @@ def _outputs64(net: nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
 def _flipped(slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> np.ndarray:
     """Keep points not in the LP whose spec fails at the candidate, the worst first."""
     worst = _worst(slack, keep.point_index, keep.n_points)
-    out = np.flatnonzero((worst <= 0) & ~entered)
-    return out[np.argsort(worst[out], kind="stable")]
+    return _worst_first(np.flatnonzero((worst <= 0) & ~entered), worst)
 
 
 def _near(slack: np.ndarray, keep: KeepSet, entered: np.ndarray, flipped: np.ndarray) -> np.ndarray:
@@ -371,9 +370,12 @@ def _near(slack: np.ndarray, keep: KeepSet, entered: np.ndarray, flipped: np.nda
     short = np.full(keep.n_points, np.inf)
     np.minimum.at(short, keep.point_index, slack - keep.need)
     short[flipped] = np.inf
-    out = np.flatnonzero((short < 0) & ~entered)
-    worst = _worst(slack, keep.point_index, keep.n_points)
-    return out[np.argsort(worst[out], kind="stable")]
+    return _worst_first(np.flatnonzero((short < 0) & ~entered), _worst(slack, keep.point_index, keep.n_points))
+
+
+def _worst_first(points: np.ndarray, worst: np.ndarray) -> np.ndarray:
+    """``points`` ordered by their worst row slack, the closest to flipping (or most flipped) first."""
+    return points[np.argsort(worst[points], kind="stable")]
 
 
 def _finish(report: KeepReport, slack: np.ndarray, keep: KeepSet, entered: np.ndarray) -> None:

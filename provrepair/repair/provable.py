@@ -237,12 +237,12 @@ class RegionRepairer:
                                keep=keep[1] if keep else None)
         t_repair = time.perf_counter() - t0
         certificate, t_cert = None, 0.0
-        if out.model is not None and options.certify_method == "none":  # the caller certifies it
+        if out.model is not None:
             set_meta(out.model, get_meta(net))
+        if out.model is not None and options.certify_method == "none":  # the caller certifies it
             status, message = NOT_CERTIFIED, ("the LP is solved; not certified here (certify_method='none': "
                                               "certify the repaired model yourself)")
         elif out.model is not None:
-            set_meta(out.model, get_meta(net))
             t1 = time.perf_counter()
             certificate = certify_regions(out.model, spec, method=options.certify_method,
                                           timeout=options.certify_timeout, solver=options.solver,

@@ -190,12 +190,13 @@ class Suffix:
         """Original input of ReLU module ``i``, flattened per point."""
         return self.acts[i].reshape(self.n_points, -1)
 
-    def fixed_pattern_preactivations(self, candidate: nn.Sequential) -> dict[int, np.ndarray]:
+    def run_fixed_pattern(self, candidate: nn.Sequential) -> tuple[dict[int, np.ndarray], np.ndarray]:
         """Inputs of the pattern ReLUs when ``candidate`` (same architecture, float64) is run from
-        the repair layer with every ReLU held to the original pattern: exactly the LP's own
-        linear model of those quantities. Checking signs here finds every violated pattern
-        row at once; a real forward pass would hide deeper violations behind shallower flips.
-        A max-pool's entry is ``chosen - member`` per unit (0 where no row exists)."""
+        the repair layer with every ReLU held to the original pattern, and the outputs (points,
+        outputs) of that run: exactly the LP's own linear model of those quantities. Checking
+        signs here finds every violated pattern row at once; a real forward pass would hide
+        deeper violations behind shallower flips. A max-pool's entry is ``chosen - member`` per
+        unit (0 where no row exists)."""
         want = set(self.pattern_relus)
         out: dict[int, np.ndarray] = {}
         with torch.no_grad():
@@ -209,7 +210,7 @@ class Suffix:
                     out[i], z = self._pool_slack(i, z)
                 else:
                     z = candidate[i](z)
-        return out
+        return out, z.reshape(self.n_points, -1).numpy()
 
     def _pool_slack(self, i: int, z: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """``chosen - member`` per (channel, window, member) of max-pool ``i`` at input ``z``, and
