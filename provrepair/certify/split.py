@@ -113,10 +113,10 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         queue.append((lo, hi, depth, pre, margin, coeff))
     per_box: float | None = None  # seconds per bounded child of the last step
     region_width = (region_hi - region_lo).reshape(-1)
+    tries = _candidate_count(region_width)
     while queue:
         if time.perf_counter() > deadline:
             return SplitOutcome("unknown", reason="time limit reached while splitting the input region", stats=stats)
-        tries = _candidate_count(region_width)
         # as many boxes as fit a share of the time left, so one step cannot overrun the deadline
         size = max(1, (batch if fwd is None else FAST_SPLIT_BATCH) // (2 * tries))
         left = deadline - time.perf_counter()
