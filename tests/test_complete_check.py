@@ -2,7 +2,7 @@
 
 Each test is one a wrong certificate would fail: bounds that miss a sampled value, a threshold
 just beyond the exact minimum of a 1-input network that is not found violated, or one just short
-of it that is not certified."""
+of it that is not certified, or a verdict against the certification engine's or sampling's."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from provrepair.certify import complete
+from provrepair.certify import certify_regions, complete
 from provrepair.certify.complete import affine_chain, certify_box_complete
+from provrepair.errors import UnsupportedLayerError
 from provrepair.models import normalize_model
+from provrepair.specs import RegionSpec
 from provrepair.specs.regions import Box, OutputProperty
 
 
@@ -28,16 +30,12 @@ def _net(seed: int, d: int, width: int = 16, depth: int = 4, out: int = 3) -> nn
     return normalize_model(nn.Sequential(*mods))
 
 
-def _layers(net):
-    return affine_chain(net)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_bounds_contain_every_sampled_value(seed, one_torch_thread):
     """Every hidden pre-activation and every property row of 2,000 sampled inputs per box lies
     within the batched bounds, with and without a parent's intervals intersected in."""
     net = _net(seed, d=4)
-    layers = _layers(net)
+    layers = affine_chain(net)
     tens = complete._tensors(layers)
     rng = np.random.default_rng(seed)
     c = rng.uniform(-1, 1, (8, 4))
@@ -67,7 +65,7 @@ def test_bounds_contain_every_sampled_value(seed, one_torch_thread):
 def _exact_min_1d(net, lo: float, hi: float, row: np.ndarray) -> tuple[float, float]:
     """min over [lo, hi] of row . y(x) for a 1-input network, within the returned error: a grid
     of 2,000,001 points and the network's Lipschitz bound (the product of the weights' norms)."""
-    layers = _layers(net)
+    layers = affine_chain(net)
     xs = np.linspace(lo, hi, 2_000_001)[:, None]
     h = xs
     for k, (W, b) in enumerate(layers):
@@ -91,7 +89,7 @@ def test_thresholds_either_side_of_the_exact_minimum(seed, one_torch_thread):
     v = certify_box_complete(net, box, hit, timeout=30)
     assert v.status == "violated"
     assert box.contains(v.counterexample)
-    y = complete._forward(_layers(net), v.counterexample[None])
+    y = complete._forward(affine_chain(net), v.counterexample[None])
     assert hit.violated(y)[0] >= 0
     miss = OutputProperty.unsafe([(row[None], np.array([m - err - 1e-4]))])
     v = certify_box_complete(net, box, miss, timeout=30)
@@ -105,7 +103,7 @@ def test_two_input_tight_threshold_split_agrees_with_one_exact_milp(one_torch_th
     box = Box(np.array([-1.0, -0.5]), np.array([0.5, 1.0]))
     row = np.array([0.0, 1.0, -1.0])
     x = box.sample(200_000, np.random.default_rng(0))
-    y = complete._forward(_layers(net), x)
+    y = complete._forward(affine_chain(net), x)
     m = float((y @ row).min())
     for t in (m + 1e-3, m - 0.05):
         prop = OutputProperty.unsafe([(row[None], np.array([t]))])
@@ -120,8 +118,69 @@ def test_a_wide_five_input_box_is_decided_by_splitting(one_torch_thread):
     box = Box(np.full(5, -1.0), np.full(5, 1.0))
     row = np.array([1.0, -1.0, 0.0])
     x = box.sample(100_000, np.random.default_rng(2))
-    m = float((complete._forward(_layers(net), x) @ row).min())
+    m = float((complete._forward(affine_chain(net), x) @ row).min())
     prop = OutputProperty.unsafe([(row[None], np.array([m - 0.2]))])
     v = certify_box_complete(net, box, prop, timeout=60)
     assert v.status == "certified"
     assert v.stats["boxes"] > 1
+
+
+def _sampled_violation(net, box: Box, prop: OutputProperty, n: int = 4000) -> bool:
+    x = box.sample(n, np.random.default_rng(0))
+    with torch.no_grad():
+        y = net.double()(torch.as_tensor(x)).numpy()
+    net.float()
+    return bool((prop.violated(y) >= 0).any())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_complete_check_agrees_with_the_engine_and_sampling(seed, one_torch_thread):
+    net = _net(seed, d=3, width=12, depth=3)
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-1, 1, 3)
+    r = rng.uniform(0.05, 0.6, 3)
+    box = Box(c - r, c + r)
+    label = int(rng.integers(3))
+    prop = OutputProperty.label(label, 3) if seed % 2 else OutputProperty.unsafe(
+        [(np.eye(3)[[label]] - np.eye(3)[[(label + 1) % 3]], np.array([0.0])),
+         (np.eye(3)[[label]] - np.eye(3)[[(label + 2) % 3]], np.array([-0.1]))])
+    v = certify_box_complete(net, box, prop, timeout=30)
+    ref = certify_regions(net, RegionSpec((box,), (prop,)), method="auto", timeout=30).verdicts[0]
+    assert v.status in ("certified", "violated")
+    if ref.status != "unknown":
+        assert v.status == ref.status
+    if _sampled_violation(net, box, prop):
+        assert v.status == "violated"
+    if v.status == "violated":  # re-validated inside the box
+        assert box.contains(v.counterexample)
+        with torch.no_grad():
+            y = net.double()(torch.as_tensor(v.counterexample[None])).numpy()
+        net.float()
+        assert prop.violated(y)[0] >= 0
+    else:
+        assert v.decided_by
+
+
+def test_complete_check_reaches_milp_leaves_and_reports_them(one_torch_thread):
+    net = _net(3, d=3, width=16, depth=3)
+    box = Box(np.full(3, -1.0), np.full(3, 1.0))
+    G = np.array([[1.0, -1.0, 0.0]])
+    x = box.sample(20000, np.random.default_rng(1))
+    with torch.no_grad():
+        gap = (net(torch.as_tensor(x, dtype=torch.float32)).numpy() @ G.T).min()
+    prop = OutputProperty.unsafe([(G, np.array([gap - 0.05]))])  # just below what the box reaches
+    v = certify_box_complete(net, box, prop, timeout=30, max_depth=0)  # the whole box to the MILP at once
+    ref = certify_regions(net, RegionSpec((box,), (prop,)), method="auto", timeout=30).verdicts[0]
+    assert v.status == ref.status == "certified"
+    assert v.stats["milp_leaves"] == 1 and "milp" in v.decided_by
+    hit = OutputProperty.unsafe([(G, np.array([gap + 0.05]))])  # reached: the MILP's solution re-validates
+    assert certify_box_complete(net, box, hit, timeout=30, max_depth=0).status == "violated"
+
+
+def test_complete_check_refuses_what_it_cannot_read():
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(UnsupportedLayerError, match="Tanh"):
+        affine_chain(net)
+    with pytest.raises(UnsupportedLayerError, match="boxes"):
+        from provrepair.specs.regions import VPolytope
+        certify_box_complete(_net(0, d=3, width=12, depth=3), VPolytope(np.eye(3)), OutputProperty.label(0, 3))
