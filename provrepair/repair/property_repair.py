@@ -394,27 +394,21 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     keep = _merge_points(keep, guard, domain.input_shape)
     spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
     say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
-    res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
-                 time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
-                 progress=lambda m: say("    " + m))
+    res = _hull_lp(net, spec, opts, say, keep)
     if res.status == "infeasible" and keep is not None and guard is not None and sampled is not None:
         say("  infeasible with the keep and guard points; again with the keep points only")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
                           "note": "infeasible with the keep and guard points", "seconds": time.perf_counter() - t0})
         keep = _merge_points(sampled, None, domain.input_shape)
         result.keep.update(guard_points=0, guard_dropped="the LP was infeasible with them")
-        res = repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
-                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
-                     progress=lambda m: say("    " + m))
+        res = _hull_lp(net, spec, opts, say, keep)
     if res.status == "infeasible" and keep is not None:
         say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
                           "note": "infeasible with the keep points", "seconds": time.perf_counter() - t0})
         keep = None
         result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
-        res = repair(net, spec, layer=-1, hull="interval", delta_bound=opts.delta_bound, margin=opts.margin,
-                     time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads, certify_method="none",
-                     progress=lambda m: say("    " + m))
+        res = _hull_lp(net, spec, opts, say)
     stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
     result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
                       "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
@@ -436,6 +430,16 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
         res = _refine(net, res, spec, keep, boxes, opts, domain, rng, result, say)
     result.delta = res.delta
     return res.model
+
+
+def _hull_lp(net: nn.Module, spec: RegionSpec, opts: PropertyRepairOptions, say: Say | None = None,
+             keep: PointSpec | None = None, time_limit: float | None = None) -> Any:
+    """The interval-hull LP at the last layer over ``spec``'s parts, uncertified (``certify_method
+    'none'``: the caller runs the independent complete check on the whole region)."""
+    return repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
+                  time_limit=opts.time_limit if time_limit is None else time_limit, solver=opts.solver,
+                  threads=opts.threads, certify_method="none",
+                  progress=None if say is None else (lambda m: say("    " + m)))
 
 
 def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRepairOptions, domain: Box, rng,
@@ -468,9 +472,7 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
                                      source="property repair: keep, guard and changed points")
         t0 = time.perf_counter()
         say(f"  {changed.size} of {len(pool)} pool decisions changed; again keeping {len(pick)} of them")
-        again = repair(net, spec, layer=-1, hull="interval", keep=more, delta_bound=opts.delta_bound,
-                       margin=opts.margin, time_limit=limit, solver=opts.solver, threads=opts.threads,
-                       certify_method="none")
+        again = _hull_lp(net, spec, opts, None, more, time_limit=limit)
         stage = next((s for s in again.lp.get("stages", []) if s["stage"] == "assert"), {})
         result.lp.append({"parts": len(boxes), "status": again.status, "refine": len(pick), "size": stage.get("size"),
                           "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
@@ -496,9 +498,7 @@ def _still_certified(certified_parts, parts):
 def _culprit(net, parts, opts: PropertyRepairOptions, limit: int = 20) -> dict[str, Any] | None:
     """The first part (of at most ``limit``) whose LP alone, without keep points, is infeasible."""
     for i, (name, box, prop) in enumerate(parts[:limit]):
-        res = repair(net, RegionSpec((box,), (prop,)), layer=-1, hull="interval", delta_bound=opts.delta_bound,
-                     margin=opts.margin, time_limit=opts.time_limit, solver=opts.solver, threads=opts.threads,
-                     certify_method="none")
+        res = _hull_lp(net, RegionSpec((box,), (prop,)), opts)
         if res.status == "infeasible":
             return dict(_part_record(name, box), index=i)
     return None
