@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,8 @@ BATCH = 4096
 ROUNDING = 1e-9
 
 _F = npt.NDArray[np.float64]
+#: The network's affine layers as float64 tensors (W, b), ReLU between them.
+_Net: TypeAlias = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -129,17 +131,12 @@ def _forward(layers: list[tuple[_F, _F]], x: _F) -> _F:
     return h
 
 
-def _tensors(layers: list[tuple[_F, _F]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per layer: ``W`` (float64), the stacked ``[[W+, W-], [W-, W+]]`` of the forward pass, ``b``."""
-    out = []
-    for W, b in layers:
-        Wt = torch.as_tensor(W, dtype=torch.float64)
-        Wp, Wn = Wt.clamp(min=0), Wt.clamp(max=0)
-        out.append((Wt, torch.cat([torch.cat([Wp, Wn], 1), torch.cat([Wn, Wp], 1)], 0), torch.as_tensor(b, dtype=torch.float64)))
-    return out
+def _tensors(layers: list[tuple[_F, _F]]) -> _Net:
+    """Per layer: ``W`` and ``b`` as float64 tensors."""
+    return [(torch.as_tensor(W, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)) for W, b in layers]
 
 
-def _pad(x: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+def _pad(mag: torch.Tensor) -> torch.Tensor:
     """The outward margin that covers float64 rounding in a sum of terms of total magnitude ``mag``."""
     return ROUNDING * (1.0 + mag)
 
@@ -154,14 +151,14 @@ def _relax(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return alpha, s, t
 
 
-def _back(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def _back(net: _Net,
           relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int, C: torch.Tensor, c: torch.Tensor,
           r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower bound over the boxes ``x = c + r e`` of ``C z_k`` (``C``: (1 or B, q, n_k); ``z_k`` the
     pre-activation of layer ``k``), by back-substitution through the relaxations ``relax[j] =
     (alpha, s, t)`` (each (B, n_j): ``alpha z <= relu(z) <= s z + t``) of the layers below.
     Returns the bound (B, q), widened to cover rounding, and its coefficients on ``x`` (B, q, d)."""
-    W, _, b = net[k]
+    W, b = net[k]
     const = C @ b
     mag = C.abs() @ b.abs()  # the sum of the absolute values of every term added so far, per row
     lam = C @ W
@@ -174,7 +171,7 @@ def _back(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
         tt = N[..., 0] - P[..., 0]  # lam- . t
         absrow = P[..., 1] - N[..., 1]  # sum_n |lam_new|
         lam = lam * s.unsqueeze(1) + lp * (alpha - s).unsqueeze(1)
-        W, _, b = net[j]
+        W, b = net[j]
         q = lam.shape[1]
         flat = lam.reshape(-1, lam.shape[2])  # one matrix product for every box and row
         const = const + tt + (flat @ b).reshape(-1, q)
@@ -185,10 +182,10 @@ def _back(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     rad = (la @ r.unsqueeze(-1)).squeeze(-1)
     mag = mag + rad + (la @ c.abs().unsqueeze(-1)).squeeze(-1)
     const = const + lc
-    return const - rad - _pad(const, mag), lam
+    return const - rad - _pad(mag), lam
 
 
-def _bounds(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], c: torch.Tensor, r: torch.Tensor,
+def _bounds(net: _Net, c: torch.Tensor, r: torch.Tensor,
             G: torch.Tensor, known: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
             ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Sound bounds over a batch of boxes ``x = c + r e``, ``e`` in ``[-1, 1]^d`` (``c``, ``r``: (B, d)).
@@ -205,7 +202,7 @@ def _bounds(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], c: torch
     pre: list[tuple[torch.Tensor, torch.Tensor]] = []
     relax: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for k in range(len(net) - 1):
-        W, _, b = net[k]
+        W, b = net[k]
         n = W.shape[0]
         if k:  # interval arithmetic from the layer below
             pl, pu = pre[-1]
@@ -214,7 +211,7 @@ def _bounds(net: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], c: torch
             al, au = c - r, c + r
         mid, half = (au + al) / 2, (au - al) / 2
         centre, spread = mid @ W.T + b, half @ W.abs().T
-        pad = _pad(centre, spread + mid.abs() @ W.abs().T + b.abs())
+        pad = _pad(spread + mid.abs() @ W.abs().T + b.abs())
         l, u = centre - spread - pad, centre + spread + pad
         if known is not None:
             l, u = torch.maximum(l, known[k][0]), torch.minimum(u, known[k][1])
@@ -338,7 +335,7 @@ def _bisect(lo: _F, hi: _F, dims: npt.NDArray[np.int64]) -> tuple[_F, _F]:
     return np.concatenate([lo, rlo]), np.concatenate([lhi, hi])
 
 
-def _best_dims(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], lo: _F, hi: _F,
+def _best_dims(tensors: _Net, lo: _F, hi: _F,
                known: list[tuple[_F, _F]], Gt: torch.Tensor, hb: _F, cands: npt.NDArray[np.int64],
                ) -> npt.NDArray[np.int64]:
     """Per sub-box, the one of its candidate inputs ``cands`` (S, k) whose bisection gives the best
@@ -372,7 +369,7 @@ def _first_violation(layers: list[tuple[_F, _F]], prop: OutputProperty, x: _F, l
     return int(np.flatnonzero(bad)[0]) if bad.any() else -1
 
 
-def _halve(tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], lo: _F, hi: _F, depth: npt.NDArray[np.int64], pre: list[tuple[_F, _F]],
+def _halve(tensors: _Net, lo: _F, hi: _F, depth: npt.NDArray[np.int64], pre: list[tuple[_F, _F]],
            s: npt.NDArray[np.int64], slack: _F, Lg: _F, Gt: torch.Tensor, hb: _F,
            scale: _F) -> tuple[_F, _F, npt.NDArray[np.int64], list[tuple[_F, _F]]]:
     """Both halves of the boxes ``s``, as a queue entry (their parents' intervals handed down), split
