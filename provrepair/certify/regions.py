@@ -31,7 +31,7 @@ from provrepair import solvers
 
 from ..errors import InputError, SolverUnavailableError
 from ..specs.regions import HPolytope, OutputProperty, Region, RegionSpec, VPolytope
-from .bounds import BoundPropagator, InputSet, as_tensor
+from .bounds import RELU, BoundPropagator, InputSet, as_tensor
 from .falsify import DEFAULT_SAMPLES, LOW_DIM, LOW_DIM_SAMPLES, falsify
 from .milp import CERTIFIED, UNKNOWN, VIOLATED, complete_check
 from .points import network_copy
@@ -174,6 +174,16 @@ def _bound_step(prop: BoundPropagator, items: list[_Open], method: str, tol: flo
                                                "unsafe disjunct", margin=min(it.margins))
 
 
+def _relu_pre(prop: BoundPropagator,
+              known: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The split search's ReLU-input intervals of a sub-box (layer by layer) keyed by op index, as
+    ``NetworkBounds.pre`` (the networks the lean bounds take have only Linear/ReLU ops)."""
+    relus = [i for i, op in enumerate(prop.ops) if op.kind == RELU]
+    assert len(relus) == len(known)
+    return {i: (lo.reshape(lo.shape[0], *prop.shapes[i]), hi.reshape(hi.shape[0], *prop.shapes[i]))
+            for i, (lo, hi) in zip(relus, known)}
+
+
 def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: _Open, *, tol: float,
                    timeout: float | None, solver: str, threads: int | None, max_depth: int) -> None:
     t0 = time.perf_counter()
@@ -192,11 +202,11 @@ def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: 
             it.verdict = RegionVerdict(it.index, UNKNOWN, "", "time limit reached")
             break
         if not isinstance(region, VPolytope) and free <= SPLIT_MAX_INPUTS:
-            def leaf(lo: torch.Tensor, hi: torch.Tensor, G: np.ndarray = G,
-                     h: np.ndarray = h) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+            def leaf(lo: torch.Tensor, hi: torch.Tensor, known: list[tuple[torch.Tensor, torch.Tensor]] | None,
+                     G: np.ndarray = G, h: np.ndarray = h) -> tuple[str, np.ndarray | None, np.ndarray | None]:
                 sub = InputSet(lo, hi)
-                nb = prop.bounds(sub, G, method="crown")
-                out = complete_check(net, prop, sub, nb.pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
+                pre = prop.bounds(sub, G, method="crown").pre if known is None else _relu_pre(prop, known)
+                out = complete_check(net, prop, sub, pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
                                      time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64,
                                      interior=interior)
                 return out.status, out.counterexample, out.output

@@ -43,13 +43,24 @@ PGD_BOXES = 64
 PGD_BOX_STEPS = 8
 #: Levels between hidden-layer CROWN recomputations of a sub-box (see ``_fast_bounds``).
 REFRESH_EVERY = 1
+#: A split must improve the box's margin by this share of it, or the relatively widest input is halved.
+MIN_GAIN = 1e-3
+#: Inputs narrower than this share of the box's relatively widest one are not halved.
+MIN_REL_WIDTH = 2.0**-8
+#: A sub-box with at most this many unstable ReLUs (and at least ``LEAF_MIN_DEPTH`` deep) goes to
+#: the complete check: a MILP with that few binaries is fast and exact, while the bounds of a box
+#: near a tight spec's boundary need many more halvings (ACAS Xu phi2 on N3,3).
+LEAF_UNSTABLE = 24
+LEAF_MIN_DEPTH = 10
 #: Inputs whose halving is tried (and bounded) per box before choosing the split.
 TRY_DIMS = 5
 
 #: An input array: numpy-like or a tensor (``bounds.as_tensor`` turns it into float64).
 _Array: TypeAlias = npt.ArrayLike | torch.Tensor
-#: ``leaf_check(lo, hi) -> (status, x, y)``: the complete check of one sub-box (lo, hi: (1, *input_shape)).
-LeafCheck: TypeAlias = Callable[[torch.Tensor, torch.Tensor], tuple[str, np.ndarray | None, np.ndarray | None]]
+#: ``leaf_check(lo, hi, pre) -> (status, x, y)``: the complete check of one sub-box (lo, hi: (1, *input_shape));
+#: ``pre``: sound intervals of the ReLU inputs on it ((1, N_k) each, layer by layer), or None.
+LeafCheck: TypeAlias = Callable[[torch.Tensor, torch.Tensor, list[Interval] | None],
+                                tuple[str, np.ndarray | None, np.ndarray | None]]
 #: Bounded open sub-boxes in the queue: lower, upper, depth, their packed hidden intervals (handed
 #: down to their halves), the bound of the unsafe set's margin and its input coefficients.
 _Boxes: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
@@ -125,10 +136,15 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         step_t0 = time.perf_counter()
         lo, hi, depth, packed, margin, coeff = _take(queue, size)
         stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
-        # 1. leaves at max depth go to the complete check
+        # 1. leaves at max depth, or with few unstable ReLUs, go to the complete check
         deep = depth >= max_depth
+        leaf_pre: list[Interval] | None = None
+        if packed is not None and fwd is not None and leaf_check is not None:
+            leaf_pre = _unpack(packed, [w.shape[0] for w in fwd.W[:-1]])
+            deep |= (_unstable(leaf_pre) <= LEAF_UNSTABLE) & (depth >= LEAF_MIN_DEPTH)
         if bool(deep.any()):
-            done = _check_leaves(lo[deep], hi[deep], leaf_check, max_depth, deadline, stats)
+            sub_pre = None if leaf_pre is None else [(a[deep], b[deep]) for a, b in leaf_pre]
+            done = _check_leaves(lo[deep], hi[deep], sub_pre, leaf_check, max_depth, deadline, stats)
             if done is not None:
                 return done
             keep = ~deep
@@ -213,8 +229,14 @@ def _box_bounds(prop: BoundPropagator, fwd: ForwardBounds | None, lo: torch.Tens
     return margin, coeff, pre, open_
 
 
-def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, leaf_check: LeafCheck | None, max_depth: int, deadline: float,
-                  stats: dict[str, int]) -> SplitOutcome | None:
+def _unstable(pre: list[Interval]) -> torch.Tensor:
+    """Unstable ReLUs per box."""
+    return sum((((a < 0) & (b > 0)).sum(1) for a, b in pre), torch.zeros(pre[0][0].shape[0], dtype=torch.long,
+                                                                          device=pre[0][0].device))
+
+
+def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, pre: list[Interval] | None, leaf_check: LeafCheck | None,
+                  max_depth: int, deadline: float, stats: dict[str, int]) -> SplitOutcome | None:
     """The complete check of sub-boxes at the depth limit: an outcome when one of them decides
     (a counterexample) or stops the search (unknown), None when every one is certified."""
     if leaf_check is None:
@@ -223,7 +245,8 @@ def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, leaf_check: LeafCheck | No
         if time.perf_counter() > deadline:
             return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats)
         stats["milp_leaves"] += 1
-        status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1])
+        status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1], None if pre is None else
+                                   [(a[j:j + 1], b[j:j + 1]) for a, b in pre])
         if status == "violated":
             return SplitOutcome("violated", x=x, y=yv, reason="found by the MILP on a sub-box", stats=stats)
         if status != "certified":
@@ -240,11 +263,15 @@ def _choose_split(c_margin: torch.Tensor, c_open: torch.Tensor, lo: torch.Tensor
     n, k = dims.shape
     score = torch.where(c_open, c_margin, torch.full_like(c_margin, float("inf"))).reshape(n, k, 2).amin(2)
     width = (hi - lo).reshape(n, -1).gather(1, dims)
-    score = torch.where(width > 0, score, torch.full_like(score, -float("inf")))
+    rel = width / region_width.clamp(min=1e-300)[dims]
+    # an input much narrower (relative to the region) than the box's widest is not halved again:
+    # a split that gains a rounding error's worth would otherwise win for ever (ACAS Xu phi2 on
+    # N3,3 halved one input 25 times, to 3e-8, and never another that was still as wide as the region)
+    narrow = rel < rel.amax(1, keepdim=True) * MIN_REL_WIDTH
+    score = torch.where((width > 0) & ~narrow, score, torch.full_like(score, -float("inf")))
     pick = score.argmax(1)
-    stuck = score.amax(1) <= margin
+    stuck = score.amax(1) <= margin + MIN_GAIN * margin.abs()
     if bool(stuck.any()):
-        rel = width / region_width.clamp(min=1e-300)[dims]
         pick = torch.where(stuck, rel.argmax(1), pick)
     chosen = (torch.arange(n, device=lo.device) * k + pick).repeat_interleave(2) * 2 + torch.arange(
         2, device=lo.device).repeat(n)
@@ -347,9 +374,22 @@ def _pgd_boxes(net64: nn.Module, lo: torch.Tensor, hi: torch.Tensor, margin: tor
 
 
 def _take(queue: list[_Boxes], batch: int) -> _Boxes:
-    """Up to ``batch`` boxes from the end of the queue (depth first keeps the queue short)."""
-    item = queue.pop()
-    if item[0].shape[0] > batch:
-        queue.append(tuple(None if t is None else t[batch:] for t in item))  # type: ignore[arg-type]
-        return tuple(None if t is None else t[:batch] for t in item)  # type: ignore[return-value]
-    return item
+    """Up to ``batch`` boxes from the end of the queue (depth first keeps the queue short), drawn
+    from as many queued groups as it takes to fill the batch: a step costs about the same for 8
+    boxes as for 200, and the groups near the boundary of a tight spec are small."""
+    parts: list[_Boxes] = []
+    got = 0
+    while queue and got < batch:
+        item = queue.pop()
+        n = item[0].shape[0]
+        if n > batch - got:
+            cut = batch - got
+            queue.append(tuple(None if t is None else t[cut:] for t in item))  # type: ignore[arg-type]
+            item = tuple(None if t is None else t[:cut] for t in item)  # type: ignore[assignment]
+            n = cut
+        parts.append(item)
+        got += n
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts])  # type: ignore[misc]
+                 for i in range(len(parts[0])))  # type: ignore[return-value]
