@@ -34,6 +34,8 @@ LOW_DIM_PGD_STARTS = 64
 #: Corners of a box tried as candidates (a box over many inputs has too many).
 MAX_CORNERS = 64
 _PGD_STARTS = 8
+#: The probability of each bound when samples are moved onto faces (``_on_faces``).
+FACE_SHARE = 0.2
 
 
 @dataclass
@@ -57,10 +59,23 @@ def _candidates(region: Region, n_samples: int, rng: np.random.Generator) -> np.
         s = region.sample(n_samples, rng)
         if len(s):
             pts.append(s)
+        if isinstance(region, (Box, HPolytope)) and len(s):
+            pts.append(_on_faces(region, s[: len(s) // 2], rng))
     x = np.concatenate([p.reshape(-1, *region.input_shape) for p in pts])
     if isinstance(region, HPolytope):
         x = x[np.asarray(region.contains(x), dtype=bool).reshape(-1)]
     return x
+
+
+def _on_faces(region: Box | HPolytope, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Copies of samples with each input moved onto its lower or upper bound with probability
+    ``FACE_SHARE`` each: unsafe pockets often touch the region's boundary (ACAS Xu phi7 on N1,9:
+    none in 4M uniform samples but 3, and 1 in 1,500 of these samples)."""
+    lo, hi = (np.asarray(v, dtype=np.float64).reshape(1, -1) for v in region.bounds())
+    flat = x.reshape(x.shape[0], -1)
+    u = rng.random(flat.shape)
+    out = np.where(u < FACE_SHARE, lo, np.where(u > 1 - FACE_SHARE, hi, flat))
+    return out.reshape(x.shape)
 
 
 def _first_violation(prop: OutputProperty, x: np.ndarray, y: np.ndarray, how: str) -> Counterexample | None:
