@@ -200,12 +200,17 @@ def main(argv=None) -> int:
         todo = [t for t in todo if (t[0], t[1]) in want]
     if args.limit:
         todo = todo[: args.limit]
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     rows = run_ours(todo, args.timeout)
     wall = time.perf_counter() - t0
+    load_after = os.getloadavg()
     result = {"benchmark": "VNN-COMP 2021 ACAS Xu (186 instances)", "timeout_per_region": args.timeout,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+                          "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                          # 1/5/15-minute load averages (the cores may be shared with other work)
+                          "load_before": [round(v, 2) for v in load_before],
+                          "load_after": [round(v, 2) for v in load_after]},
               "summary": dict(summary(rows), wall_seconds_including_loading=round(wall, 3)), "instances": rows}
     s = result["summary"]
     print(f"\n{s['decided']}/{s['instances']} decided, {s['unknown']} unknown, {s['disagree']} disagree, "

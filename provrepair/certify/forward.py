@@ -155,23 +155,26 @@ class ForwardBounds:
     def bounds(self, lower: npt.ArrayLike | torch.Tensor, upper: npt.ArrayLike | torch.Tensor,
                G: npt.ArrayLike | torch.Tensor, h: npt.ArrayLike | torch.Tensor,
                inherited: Sequence[Interval] | None = None, *, tol: float = 0.0, steps: int = ALPHA_STEPS,
-               refresh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
+               refresh: torch.Tensor | None = None,
+               any_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
         """Per box: a lower bound of ``max_r (G_r y - h_r)``'s certificate (> tol means the box
         cannot reach ``G y <= h``), the input coefficients of the bound (B, n) for choosing a split,
         and the hidden intervals (to hand down to sub-boxes). With inherited intervals, a cheap
         pass without hidden CROWN runs first; only the boxes it leaves open and ``refresh``
-        (a mask, default all) selects get their hidden intervals recomputed by CROWN."""
+        (a mask, default all) selects get their hidden intervals recomputed by CROWN. ``any_row``:
+        the unsafe set is the union of the rows (``G_r y <= h_r`` for some r), so the certificate
+        is the smallest row bound (no optimised slopes)."""
         lo, hi, G_t, h_t = (as_tensor(v, self.prop.device) for v in (lower, upper, G, h))
         if inherited is None:
-            return self._bounds(lo, hi, G_t, h_t, None, tol, steps, True)
-        margin, coeff, pre = self._bounds(lo, hi, G_t, h_t, inherited, tol, steps, False)
+            return self._bounds(lo, hi, G_t, h_t, None, tol, steps, True, any_row)
+        margin, coeff, pre = self._bounds(lo, hi, G_t, h_t, inherited, tol, steps, False, any_row)
         redo = margin <= tol
         if refresh is not None:
             redo &= refresh
         if bool(redo.any()):
             idx = redo.nonzero().flatten()
             m2, c2, p2 = self._bounds(lo[idx], hi[idx], G_t, h_t, [(a[idx], b[idx]) for a, b in pre], tol, steps,
-                                      True)
+                                      True, any_row)
             margin, coeff = margin.clone(), coeff.clone()
             margin[idx], coeff[idx] = m2, c2
             pre = [(a.index_put((idx,), a2), b.index_put((idx,), b2)) for (a, b), (a2, b2) in zip(pre, p2)]
@@ -179,7 +182,7 @@ class ForwardBounds:
 
     def _bounds(self, lower: torch.Tensor, upper: torch.Tensor, G: torch.Tensor, h: torch.Tensor,
                 inherited: Sequence[Interval] | None, tol: float, steps: int,
-                crown: bool) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
+                crown: bool, any_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Interval]]:
         b = lower.shape[0]
         lo_in, hi_in = lower.reshape(b, -1), upper.reshape(b, -1)
         c, r = (lo_in + hi_in) / 2, (hi_in - lo_in) / 2
@@ -188,10 +191,10 @@ class ForwardBounds:
         with torch.no_grad():  # each row alone, default slopes
             Gb = G.unsqueeze(0).expand(b, *G.shape)
             rows_lb, lam_in = self._back(Gb, -h.unsqueeze(0).expand(b, -1), k, relax, c, r)
-            best, arg = rows_lb.max(1)
+            best, arg = rows_lb.min(1) if any_row else rows_lb.max(1)
             coeff = lam_in[torch.arange(b), arg]
         open_ = best <= tol
-        if steps <= 0 or not bool(open_.any()):
+        if steps <= 0 or any_row or not bool(open_.any()):
             return best, coeff, pre
         idx = open_.nonzero().flatten()
         sub_relax = [(a[idx], s[idx], t[idx], u[idx]) for a, s, t, u in relax]

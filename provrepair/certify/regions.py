@@ -184,6 +184,42 @@ def _relu_pre(prop: BoundPropagator,
             for i, (lo, hi) in zip(relus, known)}
 
 
+def _split_unit(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: _Open, unit: list[int], *, tol: float,
+                deadline: float, solver: str, threads: int | None,
+                max_depth: int) -> tuple[str, np.ndarray | None, np.ndarray | None, str, int]:
+    """Input splitting on one unsafe disjunct, or on several single-row disjuncts at once (their
+    union: the sub-boxes share the hidden bounds, the search's main cost); the MILP decides its
+    leaves, disjunct by disjunct. Returns status, x, y, reason and the disjunct reached."""
+    region = it.region
+    h_rows = _h_rows(region)
+    interior = np.asarray(region.center()) if isinstance(region, HPolytope) else None  # h_rows is set
+    parts = [it.prop.disjuncts[d] for d in unit]
+
+    def leaf(lo: torch.Tensor, hi: torch.Tensor,
+             known: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+        sub = InputSet(lo, hi)
+        for G, h in parts:
+            pre = prop.bounds(sub, G, method="crown").pre if known is None else _relu_pre(prop, known)
+            out = complete_check(net, prop, sub, pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
+                                 time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64,
+                                 interior=interior)
+            if out.status != CERTIFIED:
+                return out.status, out.counterexample, out.output
+        return CERTIFIED, None, None
+
+    lo, hi = region.bounds()
+    G = np.concatenate([g for g, _ in parts])
+    h = np.concatenate([v for _, v in parts])
+    res = split_search(prop, net64, lo, hi, G, h, deadline=deadline, tol=tol, h_rows=h_rows, max_depth=max_depth,
+                       leaf_check=leaf, any_row=len(unit) > 1)
+    for k, v in res.stats.items():
+        it.stats[k] = it.stats.get(k, 0) + v if k != "max_depth" else max(it.stats.get(k, 0), v)
+    reached = unit[0]
+    if res.status == VIOLATED and res.y is not None:
+        reached = next((d for d, (Gd, hd) in zip(unit, parts) if np.all(Gd @ res.y <= hd)), unit[0])
+    return res.status, res.x, res.y, res.reason, reached
+
+
 def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: _Open, *, tol: float,
                    timeout: float | None, solver: str, threads: int | None, max_depth: int) -> None:
     t0 = time.perf_counter()
@@ -195,28 +231,23 @@ def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: 
     h_rows = _h_rows(region)
     interior = np.asarray(region.center()) if isinstance(region, HPolytope) else None  # h_rows is set
     decided_by: set[str] = set()
-    for d in list(it.open):
-        G, h = it.prop.disjuncts[d]
+    split = not isinstance(region, VPolytope) and free <= SPLIT_MAX_INPUTS
+    # single-row disjuncts are split together (their union), others one by one
+    single = [d for d in it.open if it.prop.disjuncts[d][0].shape[0] == 1]
+    units = ([single] if split and len(single) > 1 else []) + [[d] for d in it.open
+                                                              if not (split and len(single) > 1 and d in single)]
+    for unit in units:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             it.verdict = RegionVerdict(it.index, UNKNOWN, "", "time limit reached")
             break
-        if not isinstance(region, VPolytope) and free <= SPLIT_MAX_INPUTS:
-            def leaf(lo: torch.Tensor, hi: torch.Tensor, known: list[tuple[torch.Tensor, torch.Tensor]] | None,
-                     G: np.ndarray = G, h: np.ndarray = h) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-                sub = InputSet(lo, hi)
-                pre = prop.bounds(sub, G, method="crown").pre if known is None else _relu_pre(prop, known)
-                out = complete_check(net, prop, sub, pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
-                                     time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64,
-                                     interior=interior)
-                return out.status, out.counterexample, out.output
-            lo, hi = region.bounds()
-            res = split_search(prop, net64, lo, hi, G, h, deadline=deadline, tol=tol, h_rows=h_rows,
-                               max_depth=max_depth, leaf_check=leaf)
-            step, status, x, y, reason = "split", res.status, res.x, res.y, res.reason
-            for k, v in res.stats.items():
-                it.stats[k] = it.stats.get(k, 0) + v if k != "max_depth" else max(it.stats.get(k, 0), v)
+        if split:
+            status, x, y, reason, d = _split_unit(net, net64, prop, it, unit, tol=tol, deadline=deadline,
+                                                  solver=solver, threads=threads, max_depth=max_depth)
+            step = "split"
         else:
+            d = unit[0]
+            G, h = it.prop.disjuncts[d]
             nb = prop.bounds(inp, G, method="crown")
             out = complete_check(net, prop, inp, nb.pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
                                  time_limit=remaining, net64=net64, interior=interior)
@@ -230,7 +261,8 @@ def _complete_step(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: 
             it.verdict = RegionVerdict(it.index, UNKNOWN, "", reason)
             break
         decided_by.add(step)
-        it.open.remove(d)
+        for d in unit:
+            it.open.remove(d)
     if it.verdict is None and not it.open:
         it.verdict = RegionVerdict(it.index, CERTIFIED, "+".join(sorted(decided_by)),
                                    "no unsafe disjunct is reachable (complete check)",

@@ -80,9 +80,11 @@ class SplitOutcome:
 def split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: _Array, G: _Array, h: _Array, *,
                  deadline: float, tol: float, h_rows: tuple[np.ndarray, np.ndarray] | None = None,
                  max_depth: int = DEFAULT_MAX_DEPTH, batch: int = DEFAULT_SPLIT_BATCH,
-                 leaf_check: LeafCheck | None = None) -> SplitOutcome:
+                 leaf_check: LeafCheck | None = None, any_row: bool = False) -> SplitOutcome:
     """Decide whether some input of the box [lower, upper] (and ``A x <= b`` if ``h_rows``) reaches
-    ``G y <= h``. ``leaf_check(lo, hi) -> (status, x, y)`` decides a box at ``max_depth``.
+    ``G y <= h`` (with ``any_row``: some row ``G_r y <= h_r``, a disjunction of single rows, whose
+    sub-boxes share their hidden bounds). ``leaf_check(lo, hi, pre) -> (status, x, y)`` decides a
+    box at ``max_depth`` or with few unstable ReLUs.
 
     Runs on one torch thread: its many small batched products gain nothing from a second thread
     and lose up to 5x when the cores are shared (measured on ACAS Xu, 2 busy cores)."""
@@ -90,14 +92,14 @@ def split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: 
     torch.set_num_threads(SPLIT_THREADS)
     try:
         return _split_search(prop, net64, lower, upper, G, h, deadline=deadline, tol=tol, h_rows=h_rows,
-                             max_depth=max_depth, batch=batch, leaf_check=leaf_check)
+                             max_depth=max_depth, batch=batch, leaf_check=leaf_check, any_row=any_row)
     finally:
         torch.set_num_threads(threads)
 
 
 def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: _Array, G: _Array, h: _Array, *,
                   deadline: float, tol: float, h_rows: tuple[np.ndarray, np.ndarray] | None, max_depth: int,
-                  batch: int, leaf_check: LeafCheck | None) -> SplitOutcome:
+                  batch: int, leaf_check: LeafCheck | None, any_row: bool) -> SplitOutcome:
     shape = prop.input_shape
     lo = as_tensor(lower, prop.device).reshape(1, *shape)
     hi = as_tensor(upper, prop.device).reshape(1, *shape)
@@ -109,7 +111,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
     fwd = ForwardBounds(prop) if ForwardBounds.supports(prop) else None
     stats = {"boxes": 0, "max_depth": 0, "milp_leaves": 0}
 
-    oracle = _Oracle(net64, G_t, h_t, A_t, b_t, stats)
+    oracle = _Oracle(net64, G_t, h_t, A_t, b_t, stats, any_row)
     unsafe, centres = oracle.unsafe, oracle.centres
 
     # the root box, bounded once; the queue holds bounded boxes that are still open
@@ -117,7 +119,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
     found = centres(lo, hi)
     if found is not None:
         return found
-    margin, coeff, pre, open_ = _box_bounds(prop, fwd, lo, hi, depth, None, G_t, h_t, tol, A_t, b_t)
+    margin, coeff, pre, open_ = _box_bounds(prop, fwd, lo, hi, depth, None, G_t, h_t, tol, A_t, b_t, any_row)
     stats["boxes"] += 1
     queue: list[_Boxes] = []
     if bool(open_.any()):
@@ -137,11 +139,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         lo, hi, depth, packed, margin, coeff = _take(queue, size)
         stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
         # 1. leaves at max depth, or with few unstable ReLUs, go to the complete check
-        deep = depth >= max_depth
-        leaf_pre: list[Interval] | None = None
-        if packed is not None and fwd is not None and leaf_check is not None:
-            leaf_pre = _unpack(packed, [w.shape[0] for w in fwd.W[:-1]])
-            deep |= (_unstable(leaf_pre) <= LEAF_UNSTABLE) & (depth >= LEAF_MIN_DEPTH)
+        deep, leaf_pre = _leaves(fwd, packed, depth, max_depth, leaf_check is not None)
         if bool(deep.any()):
             sub_pre = None if leaf_pre is None else [(a[deep], b[deep]) for a, b in leaf_pre]
             done = _check_leaves(lo[deep], hi[deep], sub_pre, leaf_check, max_depth, deadline, stats)
@@ -153,7 +151,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
             if lo.shape[0] == 0:
                 continue
         # 2. a short gradient search from the least safe open boxes (between splits)
-        cex = _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t)
+        cex = _pgd_boxes(net64, lo, hi, margin, region_lo, region_hi, unsafe, G_t, h_t, any_row=any_row)
         if cex is not None:
             return SplitOutcome("violated", x=cex[0], y=cex[1], reason="a gradient search inside a sub-box reaches "
                                 "the unsafe set", stats=stats)
@@ -167,7 +165,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         c_depth = (depth + 1).repeat_interleave(2 * k)
         c_packed = None if packed is None else packed.repeat_interleave(2 * k, 0)
         c_margin, c_coeff, c_pre, c_open = _box_bounds(prop, fwd, c_lo, c_hi, c_depth, c_packed, G_t, h_t, tol,
-                                                      A_t, b_t)
+                                                      A_t, b_t, any_row)
         stats["boxes"] += c_lo.shape[0]
         per_box = (time.perf_counter() - step_t0) / c_lo.shape[0]
         chosen = _choose_split(c_margin, c_open, lo, hi, dims, margin, region_width)
@@ -185,8 +183,9 @@ class _Oracle:
     H-rows, if any), and the first sub-box centre that does."""
 
     def __init__(self, net64: nn.Module, G_t: torch.Tensor, h_t: torch.Tensor, A_t: torch.Tensor | None,
-                 b_t: torch.Tensor | None, stats: dict[str, int]):
+                 b_t: torch.Tensor | None, stats: dict[str, int], any_row: bool = False):
         self.net64, self.G_t, self.h_t, self.A_t, self.b_t, self.stats = net64, G_t, h_t, A_t, b_t, stats
+        self.any_row = any_row
 
     def inside(self, x: torch.Tensor) -> torch.Tensor:
         if self.A_t is None or self.b_t is None:  # both or neither
@@ -197,7 +196,8 @@ class _Oracle:
         """Inputs among ``x`` (all in the region's box) that the float64 forward pass puts in the unsafe set."""
         with torch.no_grad():
             y = self.net64(x).reshape(x.shape[0], -1)
-        return ((y @ self.G_t.T) <= self.h_t).all(1) & self.inside(x), y
+        met = (y @ self.G_t.T) <= self.h_t
+        return (met.any(1) if self.any_row else met.all(1)) & self.inside(x), y
 
     def centres(self, lo: torch.Tensor, hi: torch.Tensor) -> SplitOutcome | None:
         centre = (lo + hi) / 2
@@ -212,21 +212,34 @@ class _Oracle:
 def _box_bounds(prop: BoundPropagator, fwd: ForwardBounds | None, lo: torch.Tensor, hi: torch.Tensor,
                 depth: torch.Tensor, packed: torch.Tensor | None, G_t: torch.Tensor, h_t: torch.Tensor, tol: float,
                 A_t: torch.Tensor | None,
-                b_t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                b_t: torch.Tensor | None,
+                any_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per sub-box: the bound on the unsafe set's margin, the input coefficients (for the split),
     the hidden intervals to hand down, and whether the box is still open (not certified, and not
     entirely outside the H-polytope ``A x <= b``)."""
     if fwd is None:
         nb = prop.bounds(InputSet(lo, hi), G_t, method="crown")
         assert nb.coefficients is not None  # CROWN keeps them
-        margin, coeff, pre = (nb.lower - h_t).amax(1), nb.coefficients.abs().amax(1), None
+        rows = nb.lower - h_t
+        margin, coeff, pre = rows.amin(1) if any_row else rows.amax(1), nb.coefficients.abs().amax(1), None
     else:
-        margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed)
+        margin, coeff, pre = _fast_bounds(fwd, lo, hi, depth, G_t, h_t, tol, packed, any_row)
     open_ = margin <= tol
     if A_t is not None and b_t is not None:  # both or neither
         c, r = ((lo + hi) / 2).reshape(lo.shape[0], -1), ((hi - lo) / 2).reshape(lo.shape[0], -1)
         open_ &= ~((c @ A_t.T - r @ A_t.abs().T) > b_t).any(1)
     return margin, coeff, pre, open_
+
+
+def _leaves(fwd: ForwardBounds | None, packed: torch.Tensor | None, depth: torch.Tensor, max_depth: int,
+            can_check: bool) -> tuple[torch.Tensor, list[Interval] | None]:
+    """Which boxes go to the complete check (at ``max_depth``, or deep enough with few unstable
+    ReLUs), and the boxes' hidden intervals when they are known."""
+    deep = depth >= max_depth
+    if packed is None or fwd is None or not can_check:
+        return deep, None
+    pre = _unpack(packed, [w.shape[0] for w in fwd.W[:-1]])
+    return deep | ((_unstable(pre) <= LEAF_UNSTABLE) & (depth >= LEAF_MIN_DEPTH)), pre
 
 
 def _unstable(pre: list[Interval]) -> torch.Tensor:
@@ -327,7 +340,7 @@ def _unpack(packed: torch.Tensor, widths: list[int]) -> list[Interval]:
 
 def _fast_bounds(fwd: ForwardBounds, lo: torch.Tensor, hi: torch.Tensor, depth: torch.Tensor, G_t: torch.Tensor,
                  h_t: torch.Tensor, tol: float,
-                 packed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 packed: torch.Tensor | None, any_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lean CROWN (``forward.ForwardBounds``) with the hidden intervals inherited from the parent
     box; hidden CROWN is recomputed every ``REFRESH_EVERY`` levels (a box that the bounds cannot
     decide is split anyway, and its children start from these intervals)."""
@@ -336,15 +349,16 @@ def _fast_bounds(fwd: ForwardBounds, lo: torch.Tensor, hi: torch.Tensor, depth: 
     # optimised slopes and row weights pay off on conjunctions (ACAS Xu phi9 on N3,3 is not proved
     # in 60 s without them); on one row they never changed a decision (phi1 on N4,9 and N5,8:
     # the same sub-boxes with 0 or 8 steps) and cost up to half the time
-    steps = ALPHA_STEPS if G_t.shape[0] > 1 else 0
+    steps = ALPHA_STEPS if G_t.shape[0] > 1 and not any_row else 0
     margin, coeff, pre = fwd.bounds(lo, hi, G_t, h_t, inherited, tol=tol, steps=steps,
-                                    refresh=depth % REFRESH_EVERY == 0)
+                                    refresh=depth % REFRESH_EVERY == 0, any_row=any_row)
     return margin, coeff, _pack(pre)
 
 
 def _pgd_boxes(net64: nn.Module, lo: torch.Tensor, hi: torch.Tensor, margin: torch.Tensor, region_lo: torch.Tensor,
                region_hi: torch.Tensor, unsafe: _Unsafe, G_t: torch.Tensor, h_t: torch.Tensor, *,
-               starts: int = PGD_BOXES, steps: int = PGD_BOX_STEPS) -> tuple[np.ndarray, np.ndarray] | None:
+               starts: int = PGD_BOXES, steps: int = PGD_BOX_STEPS,
+               any_row: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Projected sign-gradient descent on ``max_r (G_r y - h_r)`` inside the least safe boxes; a
     hit is returned only after the plain float64 forward pass confirms it (x, y as numpy)."""
     k = min(starts, lo.shape[0])
@@ -362,7 +376,8 @@ def _pgd_boxes(net64: nn.Module, lo: torch.Tensor, hi: torch.Tensor, margin: tor
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             y = net64(x).reshape(k, -1)
-            (grad,) = torch.autograd.grad(unsafe_loss(y @ G_t.T - h_t).sum(), x)
+            v = y @ G_t.T - h_t
+            (grad,) = torch.autograd.grad((v.amin(1) if any_row else unsafe_loss(v)).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - step0 * (1 - t / steps) * grad.sign(), blo), bhi)
             x = torch.minimum(torch.maximum(x, region_lo), region_hi)
