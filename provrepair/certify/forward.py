@@ -35,6 +35,11 @@ FORWARD_MAX_WIDTH = 4096
 #: Gradient steps on the spec's lower slopes and row weights, and their step size.
 ALPHA_STEPS = 8
 ALPHA_LR = 0.2
+#: Groups of boxes (by their count of unstable neurons) per hidden-layer CROWN pass, and the
+#: fewest boxes per group: on 2,000 ACAS Xu sub-boxes of mixed sizes one hidden pass took 8.3 s in
+#: one group (every box padded to the largest count), 2.7 s in 8.
+CROWN_GROUPS = 8
+CROWN_GROUP_MIN = 64
 
 #: Sound bounds (lo, hi) of one ReLU layer's inputs, each (B, N_k).
 Interval: TypeAlias = tuple[torch.Tensor, torch.Tensor]
@@ -132,25 +137,41 @@ class ForwardBounds:
             if inherited is not None:
                 lo, hi = torch.maximum(lo, inherited[k][0]), torch.minimum(hi, inherited[k][1])
             if k > 0 and crown:
-                want = (lo < 0) & (hi > 0)
-                cnt = want.sum(1)
-                m = int(cnt.max())
-                if m:
-                    # each box's own unstable neurons (padded to the largest count), not the
-                    # batch's union: as boxes shrink, few neurons per box stay unstable
-                    idx = torch.sort(want.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]
-                    valid = torch.arange(m, device=lower.device).unsqueeze(0) < cnt.unsqueeze(1)
-                    w_rows, c_rows = W[idx], cb[idx]
-                    bound, _ = self._back(torch.cat([w_rows, -w_rows], 1), torch.cat([c_rows, -c_rows], 1), k, relax,
-                                          c, r, premultiplied=True)
-                    lo_sel, hi_sel = lo.gather(1, idx), hi.gather(1, idx)
-                    lo_sel = torch.where(valid, torch.maximum(lo_sel, bound[:, :m]), lo_sel)
-                    hi_sel = torch.where(valid, torch.minimum(hi_sel, -bound[:, m:]), hi_sel)
-                    lo, hi = lo.scatter(1, idx, lo_sel), hi.scatter(1, idx, hi_sel)
+                lo, hi = self._crown_layer(k, lo, hi, relax, c, r)
             lo = torch.minimum(lo, hi)  # equal bounds stay ordered despite rounding
             pre.append((lo, hi))
             relax.append(self._relax(lo, hi))
         return pre, relax
+
+    def _crown_layer(self, k: int, lo: torch.Tensor, hi: torch.Tensor, relax: Sequence[Relaxation], c: torch.Tensor,
+                     r: torch.Tensor) -> Interval:
+        """The interval bounds (lo, hi) of ReLU layer ``k``'s inputs tightened by CROWN for each
+        box's own unstable neurons (not the batch's union: as boxes shrink, few neurons per box
+        stay unstable). The rows are padded to the largest count of a group, so the boxes are
+        grouped by their count (up to ``CROWN_GROUPS`` groups of equal size) to pad less."""
+        W, cb = self.W[k], self.c[k]
+        want = (lo < 0) & (hi > 0)
+        cnt = want.sum(1)
+        if int(cnt.max()) == 0:
+            return lo, hi
+        order = torch.argsort(cnt)
+        lo, hi = lo.clone(), hi.clone()
+        for part in torch.tensor_split(order, max(1, min(CROWN_GROUPS, order.numel() // CROWN_GROUP_MIN))):
+            m = int(cnt[part].max())
+            if m == 0:
+                continue
+            idx = torch.sort(want[part].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :m]
+            valid = torch.arange(m, device=lo.device).unsqueeze(0) < cnt[part].unsqueeze(1)
+            w_rows, c_rows = W[idx], cb[idx]
+            bound, _ = self._back(torch.cat([w_rows, -w_rows], 1), torch.cat([c_rows, -c_rows], 1), k,
+                                  [tuple(t[part] for t in rl) for rl in relax],  # type: ignore[misc]
+                                  c[part], r[part], premultiplied=True)
+            lo_p, hi_p = lo[part], hi[part]
+            lo_sel, hi_sel = lo_p.gather(1, idx), hi_p.gather(1, idx)
+            lo_sel = torch.where(valid, torch.maximum(lo_sel, bound[:, :m]), lo_sel)
+            hi_sel = torch.where(valid, torch.minimum(hi_sel, -bound[:, m:]), hi_sel)
+            lo[part], hi[part] = lo_p.scatter(1, idx, lo_sel), hi_p.scatter(1, idx, hi_sel)
+        return lo, hi
 
     def bounds(self, lower: npt.ArrayLike | torch.Tensor, upper: npt.ArrayLike | torch.Tensor,
                G: npt.ArrayLike | torch.Tensor, h: npt.ArrayLike | torch.Tensor,

@@ -7,8 +7,10 @@ neurons: on ACAS Xu phi1 (N1,4, N5,5) bisecting by smear did not finish in 60 s,
 both halves along every input and keeping the split whose worse half is safest finished in
 under 2 s (about 10x the bounds per box, 100x fewer boxes). Open boxes are processed in
 batches: the centres of their halves are tried as counterexamples, the bounds decide what they
-can, and the rest are split again. Sub-boxes still open at ``max_depth`` go to the complete MILP check, so the search is
-complete whenever it finishes within its time.
+can, and the rest are split again. Sub-boxes still open at ``max_depth``, or deep enough with few
+unstable ReLUs (``LEAF_UNSTABLE``), go to the complete MILP check, so the search is complete
+whenever it finishes within its time. Single-row unsafe disjuncts may be searched together
+(``any_row``): a box is closed when every row's bound excludes it.
 """
 
 from __future__ import annotations
