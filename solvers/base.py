@@ -128,6 +128,23 @@ class Backend(ABC):
     def _add_cols(self, A: sp.csc_matrix, lb: np.ndarray, ub: np.ndarray, cost: np.ndarray) -> None:
         raise NotImplementedError(f"{self.name} cannot add columns to a model")
 
+    can_change_bounds = False
+
+    def set_bounds(self, cols: np.ndarray, lb: np.ndarray, ub: np.ndarray) -> None:
+        """Change the bounds of columns ``cols`` (the next solve starts warm from the last basis)."""
+        raise NotImplementedError(f"{self.name} cannot change bounds of a model")
+
+    def basis(self) -> Any:
+        """The current simplex basis (None where the backend has none to give), for ``set_basis``."""
+        return None
+
+    def set_basis(self, basis: Any) -> None:
+        """Start the next solve from ``basis`` (a ``basis()`` of this model with the same rows)."""
+
+    def column_duals(self) -> np.ndarray | None:
+        """Reduced costs of the columns at the last optimal LP solve, or None."""
+        return None
+
     def row_duals(self) -> np.ndarray | None:
         """Dual values of the rows at the last optimal LP solve (min c x: reduced cost of column
         ``j`` is ``c_j - A[:, j] @ duals``), or None where the backend does not give them."""

@@ -125,6 +125,28 @@ class HighsBackend(Backend):
         self._h.addCols(A.shape[1], cost, np.clip(lb, -inf, None), np.clip(ub, None, inf), A.nnz,
                         A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
 
+    can_change_bounds = True
+
+    def set_bounds(self, cols, lb, ub):
+        cols = np.asarray(cols, dtype=np.int32)
+        inf = highspy.kHighsInf
+        self._h.changeColsBounds(cols.size, cols, np.clip(np.asarray(lb, dtype=np.float64), -inf, None),
+                                 np.clip(np.asarray(ub, dtype=np.float64), None, inf))
+
+    def basis(self):
+        b = self._h.getBasis()
+        return b if b.valid else None
+
+    def set_basis(self, basis):
+        if basis is not None:
+            self._h.setBasis(basis)
+
+    def column_duals(self):
+        sol = self._h.getSolution()
+        if not sol.dual_valid:
+            return None
+        return np.asarray(sol.col_dual, dtype=np.float64)
+
     def row_duals(self):
         sol = self._h.getSolution()
         if not sol.dual_valid:

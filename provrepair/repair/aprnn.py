@@ -15,6 +15,9 @@ relaxation of it, hence optimal for the full LP: the same answer as building eve
 Exact reductions keep the LP small without changing its optimum: weights whose input is zero at
 every repair point are left out (they cannot affect any row; the L1 term still counts them), a
 unit the ReLU on ``u`` switches off needs no ``u`` column, and rows are built equilibrated.
+The L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in one dimension, each
+probe an L1 LP whose delta columns are bounded by ``s`` (``linf_search``; within 1e-7 of the optimum,
+proved by the probes' dual bounds).
 
 A point may carry *generators*: it then stands for the zonotope ``c + sum_i s_i g_i``, ``s`` in
 [-1, 1]^n (a box: its centre and half-widths). With the network affine on the zonotope up to
@@ -40,6 +43,7 @@ from provrepair import solvers
 
 from ..errors import InputError
 from ..models import affine_index_to_module_index, affine_layers, layer_inputs
+from .linf_search import BoundSearch
 from .options import PointRepairOptions
 from .suffix import Rows, Suffix
 
@@ -312,7 +316,9 @@ class PointLP:
             self.lazy_weights = False
             self.L = self._layout()
         self._add_columns()
-        _add_objective_rows(self.backend, self.L, opts)
+        self.search = self._bound_search()
+        if self.search is None:
+            _add_objective_rows(self.backend, self.L, opts)
         biased = np.ones(self.n_points, dtype=bool) if zono is None else np.arange(self.n_points) < zono.n_centres
         if not self.substituted:
             self.layer_rows = _add_layer_rows(self.backend, self.L, self.feats[:, :, self.live], self.neurons,
@@ -326,6 +332,18 @@ class PointLP:
         self.full_rows = (self.backend.n_rows + sum(int(v.sum()) for v in self.exists.values())
                           + (0 if self.out_in is None else int((~self.out_in).sum())))
         self.add_patterns(self.kept)
+
+    def _bound_search(self) -> BoundSearch | None:
+        """The L∞ term by a search over its bound (``linf_search``) instead of one row per delta,
+        where the LP has that term, is an LP (not the disjunctive MILP) and is re-solved by a
+        simplex that can change bounds warm."""
+        opts = self.opts
+        if (opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
+                or not self.backend.can_change_bounds):
+            return None
+        L = self.L
+        return BoundSearch(self.backend, L.s, self.scale, opts.delta_bound,
+                           lambda: np.concatenate([L.pcol[L.pcol >= 0], L.qcol[L.qcol >= 0]]))
 
     def _add_columns(self) -> None:
         """p, q and s (see ``_Layout``), then u of the active points (``_u_bounds``)."""
@@ -688,12 +706,13 @@ class PointLP:
         keep = v != 0
         indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
         P = sp.csc_matrix((v[keep], r[keep], indptr), shape=(backend.n_rows, d.size))
-        B = self.opts.delta_bound
+        B = self.opts.delta_bound if self.search is None else self.search.bound()
         cp = backend.add_columns(P, 0.0, B, self.delta_cost)
         cq = backend.add_columns(-P, 0.0, B, self.delta_cost)
         L.pcol[d], L.qcol[d] = cp, cq
         L.n_vars = backend.n_vars
-        _add_objective_rows(backend, L, self.opts, d)
+        if self.search is None:
+            _add_objective_rows(backend, L, self.opts, d)
 
     @property
     def weight_columns(self) -> int:
@@ -705,6 +724,8 @@ class PointLP:
 
     def solve_round(self, time_left: float | None = None) -> solvers.SolveResult:
         """Solve (warm after the first round) within ``time_left`` seconds, if given."""
+        if self.search is not None:
+            return self.search.solve(time_left)
         if time_left is not None:
             self.backend.set_time_limit(time_left)
         return self.backend.solve()
@@ -807,6 +828,7 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
         run.solve_time += result.solve_time
         backend = lp.backend
         info = {"round": rnd, "status": result.status, "variables": backend.n_vars, "rows": backend.n_rows,
+                **({} if lp.search is None else lp.search.summary()),
                 "nonzeros": backend.nnz, "pattern_rows": lp.pattern_rows, "weight_columns": lp.weight_columns,
                 "solve_time": result.solve_time,
                 "objective": None if result.objective is None else result.objective / lp.scale}

@@ -1,0 +1,229 @@
+"""The L∞ bound of the repair LP as a parameter, searched in one dimension.
+
+The APRNN objective ``‖δ‖_∞ + ‖δ‖_1 / n`` is usually an epigraph: a column ``s`` and one row
+``|δ_i| <= s`` per parameter. Those rows make HiGHS's simplex crawl: on the zoo MLP's layer 1
+(9,500 weights, 100 points) one solve takes ~25 s where the L1 LP alone takes ~2 s, and the L∞
+term alone ~275 s, because the optimum holds thousands of deltas at the bound (degenerate).
+
+With ``s`` fixed, the bound is a column bound (``p_i, q_i <= s``) and the LP is an L1 LP:
+``f(s) = n·s + L1*(s)`` is convex and piecewise linear in ``s``, and the duals of the bounds at
+each solve give a subgradient ``g = n + Σ reduced costs of the columns at the bound``. The same
+dual is feasible for every ``s`` (``s`` only enters bounds), so each probe's tangent is a rigorous
+lower bound on ``f``: the search below stops when the best probe is within ``rel_tol`` of the
+lower envelope, i.e. its objective is provably within ``rel_tol`` of the LP optimum. Each probe is
+a warm dual-simplex re-solve after a bound change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class Probe:
+    s: float
+    f: float  # the LP objective at bound s (includes the n·s term)
+    g: float  # a subgradient of f at s
+    peak: float  # the largest |δ| of the solution (<= s)
+    result: Any  # what the evaluation returned (a solver result)
+
+
+@dataclass
+class Search:
+    """The probes of one search and what it concluded."""
+
+    probes: list[Probe]
+    best: Probe | None
+    lower_bound: float  # of the optimum over every s the LP allows
+    status: str  # "optimal" (within rel_tol), "infeasible" (even at s_max), or the failing probe's status
+
+
+#: Probes one search may spend before it settles for the best so far.
+MAX_PROBES = 60
+
+
+def minimise(evaluate: Callable[[float], tuple[str, Probe | None, Any]], s_start: float, s_max: float,
+             rel_tol: float = 1e-7, curvature: float | None = None) -> Search:
+    """Minimise the convex ``f`` over ``s`` in (0, s_max].
+
+    ``curvature`` (how fast the slope grows with ``s`` near the optimum, e.g. from the last
+    search) turns the first probe's slope into a Newton step.
+
+    ``evaluate(s)`` returns ``(status, probe, result)``: status "optimal" with its probe, or
+    "infeasible" (every smaller ``s`` is infeasible too), or another status that ends the search.
+    """
+    probes: list[Probe] = []
+    lo = 0.0  # every s <= lo is infeasible
+    s = min(s_start, s_max)
+    k = 0  # evaluations so far
+    while True:
+        k += 1
+        status, probe, result = evaluate(s)
+        if status == "infeasible":
+            if s >= s_max:
+                return Search(probes, None, math.inf, "infeasible")
+            lo = max(lo, s)
+        elif status != "optimal" or probe is None:
+            return Search(probes, _best(probes), -math.inf, status)
+        else:
+            probes.append(probe)
+        best = _best(probes)
+        bound = _lower_bound(probes, lo)
+        if best is not None and (best.f - bound <= rel_tol * abs(best.f) or len(probes) >= MAX_PROBES):
+            return Search(probes, best, bound, "optimal")
+        s = _next(probes, lo, s_max, curvature, k)
+        if best is not None and any(abs(p.s - s) <= 1e-12 * s for p in probes):  # no step left to take
+            return Search(probes, best, bound, "optimal")
+
+
+def _best(probes: list[Probe]) -> Probe | None:
+    return min(probes, key=lambda p: p.f) if probes else None
+
+
+def _split(probes: list[Probe]) -> tuple[Probe | None, Probe | None]:
+    """The rightmost probe with a negative slope and the leftmost with a nonnegative one."""
+    left = [p for p in probes if p.g < 0]
+    right = [p for p in probes if p.g >= 0]
+    return (max(left, key=lambda p: p.s) if left else None,
+            min(right, key=lambda p: p.s) if right else None)
+
+
+def _lower_bound(probes: list[Probe], lo: float) -> float:
+    """min over s > lo of the largest tangent: the optimum is at least this."""
+    left, right = _split(probes)
+    if right is None:  # every tangent falls to the right; f is finite at s_max only
+        return -math.inf
+    if right.g == 0:
+        return right.f
+    if left is None:
+        return right.f - right.g * (right.s - lo)
+    s = _crossing(left, right)
+    return left.f + left.g * (s - left.s)
+
+
+def _crossing(left: Probe, right: Probe) -> float:
+    return (right.f - left.f + left.g * left.s - right.g * right.s) / (left.g - right.g)
+
+
+def _next(probes: list[Probe], lo: float, s_max: float, curvature: float | None, k: int) -> float:
+    """Kelley's step once the optimum is bracketed. Before that, a step towards the root of the
+    slope (the secant of the two probes nearest it, or a Newton step with ``curvature``), at least
+    ``_ratio(k)`` after ``k`` evaluations (5 %, 20 %, 80 %, then halving/doubling: a search that
+    starts at the last round's bound is usually near the optimum, the first one far from it),
+    and never past the infeasible ``lo``."""
+    left, right = _split(probes)
+    if left is not None and right is not None:
+        return _crossing(left, right)
+    if right is not None and right.peak < right.s * (1 - 1e-9):  # its solution is feasible at its own peak
+        return right.peak
+    r = _ratio(k)
+    if right is None:  # all probes infeasible or sloping down: the optimum lies to the right
+        base = lo if left is None else max(lo, left.s)
+        root = None if left is None else _slope_root(probes, left, curvature)
+        return min(s_max, 2.0 * base, max(base * r, root if root is not None else 0.0))
+    root = _slope_root(probes, right, curvature)
+    s = max(right.s / 2.0, min(right.s / r, root if root is not None else math.inf))
+    return max(s, math.sqrt(lo * right.s)) if lo > 0 else s
+
+
+def _slope_root(probes: list[Probe], last: Probe, curvature: float | None) -> float | None:
+    """Where the slope would reach zero: by the secant through the two probes nearest the
+    optimum on one side, else by ``curvature``; None without either."""
+    side = sorted((p for p in probes if (p.g < 0) == (last.g < 0) and p is not last),
+                  key=lambda p: abs(p.s - last.s))
+    root = None
+    if side and abs(side[0].g - last.g) > 1e-9 * abs(last.g):
+        other = side[0]
+        root = last.s - last.g * (last.s - other.s) / (last.g - other.g)
+    elif curvature and curvature > 0:
+        root = last.s - last.g / curvature
+    if root is None or (root - last.s) * last.g >= 0:  # the root lies against the slope: no step
+        return None
+    return root
+
+
+def _ratio(k: int) -> float:
+    return min(2.0, 1.0 + 0.05 * 4.0 ** max(k - 1, 0))
+
+
+def _curvature(probes: list[Probe]) -> float | None:
+    """The slope's growth across the final bracket (None if the search did not bracket)."""
+    left, right = _split(probes)
+    if left is None or right is None or right.s <= left.s:
+        return None
+    return (right.g - left.g) / (right.s - left.s)
+
+
+class BoundSearch:
+    """The search on a live backend: ``s`` is a fixed column (cost ``cost_s``), the delta columns
+    ``delta_cols()`` (p and q) are bounded by ``min(s, cap)``, and no L∞ row exists.
+    ``solve(time_left)`` runs one search and leaves the backend at its best probe."""
+
+    def __init__(self, backend, s_col: int, cost_s: float, cap: float, delta_cols: Callable[[], Any]):
+        self.backend, self.s_col, self.cost_s, self.cap = backend, int(s_col), float(cost_s), float(cap)
+        self.delta_cols = delta_cols
+        self.s = self.cap  # the bound the backend holds now; the next search starts here
+        self.last: Search | None = None
+        self.curvature: float | None = None
+
+    def bound(self) -> float:
+        """The upper bound of a delta column at the current ``s`` (columns added later get it too)."""
+        return min(self.s, self.cap)
+
+    def _set(self, s: float) -> None:
+        cols = self.delta_cols()
+        self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, min(s, self.cap)))
+        self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
+        self.s = s
+
+    def _evaluate(self, s: float, deadline: float | None, spent: list) -> tuple[str, Probe | None, Any]:
+        self._set(s)
+        if deadline is not None:
+            self.backend.set_time_limit(max(deadline - time.perf_counter(), 1e-3))
+        start = self.backend.basis()
+        res = self.backend.solve()
+        spent.append(res)
+        if not res.optimal:
+            # HiGHS re-solves slowly from the basis that proved infeasibility (once >300 s where the
+            # basis before it took 1 s): the next probe starts from the basis this one started from
+            self.backend.set_basis(start)
+            return res.status, None, res
+        cols = self.delta_cols()
+        size = res.x[cols]
+        g = self.cost_s
+        rc = self.backend.column_duals()
+        if s < self.cap and rc is not None:  # at-upper columns have reduced cost <= 0, the others >= 0 or 0
+            g += float(np.minimum(rc[cols], 0.0).sum())
+        return "optimal", Probe(s, float(res.objective), g, float(size.max(initial=0.0)), res), res
+
+    def solve(self, time_left: float | None = None, rel_tol: float = 1e-7):
+        """One search from the current ``s``; returns the best probe's solve result (its
+        ``solve_time`` and ``iterations`` summed over every probe)."""
+        deadline = None if time_left is None else time.perf_counter() + time_left
+        spent: list = []
+        search = self.last = minimise(lambda s: self._evaluate(s, deadline, spent), self.s, self.cap, rel_tol,
+                                      self.curvature)
+        self.curvature = _curvature(search.probes) or self.curvature
+        final = spent[-1]
+        if search.status == "optimal" and search.best is not None:
+            final = search.best.result
+            if search.best.s != self.s:  # put the backend back at the best probe (warm: no pivots)
+                self._evaluate(search.best.s, deadline, spent)
+                final = spent[-1] if spent[-1].optimal else final
+        return dataclasses.replace(final, solve_time=sum(r.solve_time for r in spent),
+                                   iterations=sum(r.iterations or 0 for r in spent))
+
+    def summary(self) -> dict:
+        """The last search, for a round's record: probes, the bound it settled on, its gap."""
+        if self.last is None:
+            return {}
+        best = self.last.best
+        gap = None if best is None or not math.isfinite(self.last.lower_bound) else best.f - self.last.lower_bound
+        return {"linf_probes": len(self.last.probes), "linf_bound": None if best is None else best.s,
+                "linf_gap": gap}
