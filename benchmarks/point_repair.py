@@ -51,6 +51,10 @@ TASKS = [
      "points": "fog"},
     {"name": "mlp_layer1", "kind": "ours", "layer": 1, "n": 100, "net": "zoo:mnist_mlp", "points": "fog"},
     {"name": "mlp_layer0", "kind": "ours", "layer": 0, "n": 100, "net": "zoo:mnist_mlp", "points": "fog"},
+    # the L∞ term by a search over its bound (--linf search) instead of epigraph rows, side by side
+    {"name": "mlp_layer1_search", "kind": "ours", "layer": 1, "n": 100, "net": "zoo:mnist_mlp", "points": "fog",
+     "linf": "search"},
+    {"name": "layer5_100_search", "kind": "ours", "layer": 5, "n": 100, "linf": "search", **ERAN100},
     *[{"name": f"{z}_layer{k}", "kind": "ours", "layer": k, "n": 50, "net": f"zoo:{z}", "points": "fog",
        "time_limit": CNN_LIMIT} for z in ("mnist_cnn", "fashion_cnn") for k in range(4)],
     # the same with a subset of the layer's rows/channels (APRNN's way to large layers)
@@ -137,7 +141,7 @@ def run_task(task: dict, bench: Path) -> dict:
     x_test, y_test = load_dataset(dataset_of(task), "test")
     x_test = x_test.reshape((len(x_test),) + tuple(get_meta(net).input_shape or (784,)))
     spec = provrepair.PointSpec.from_arrays(x_rep, labels=y_rep)
-    kw = {k: task[k] for k in ("rows", "channels", "time_limit") if k in task}
+    kw = {k: task[k] for k in ("rows", "channels", "time_limit", "linf") if k in task}
     result = provrepair.repair(net, spec, layer=task["layer"], **kw)
     out.update(status=result.status, certified=result.certified, objective=result.solver.get("objective"),
                lp=result.lp, timings=result.timings, delta=result.delta,

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-import provrepair.repair.aprnn as aprnn
 from provrepair.repair.linf_search import Probe, minimise
 from test_aprnn import _random_mlp, _repair, _wrong_points
 
@@ -61,11 +60,10 @@ def test_search_stops_on_a_failing_solve():
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
 @pytest.mark.parametrize("objective", ["linf+l1", "linf"])
-def test_bound_search_gives_the_epigraph_lps_optimum(monkeypatch, layer, objective):
+def test_bound_search_gives_the_epigraph_lps_optimum(layer, objective):
     net = _random_mlp(5, sizes=(6, 16, 16, 10))
     spec = _wrong_points(net, 30, 6, 6)
-    searched = _repair(net, spec, layer=layer, objective=objective)
-    monkeypatch.setattr(aprnn.PointLP, "_bound_search", lambda self: None)
+    searched = _repair(net, spec, layer=layer, objective=objective, linf="search")
     rows = _repair(net, spec, layer=layer, objective=objective)
     assert searched.status == rows.status
     if rows.status != "certified":
@@ -73,3 +71,11 @@ def test_bound_search_gives_the_epigraph_lps_optimum(monkeypatch, layer, objecti
     assert searched.solver["objective"] == pytest.approx(rows.solver["objective"], rel=1e-6)
     assert any(r.get("linf_probes", 0) > 1 for r in searched.lp["rounds"])  # the search ran
     assert searched.lp["final"]["rows"] < rows.lp["final"]["rows"]  # without the epigraph rows
+
+
+def test_an_unknown_linf_mode_is_refused():
+    from provrepair.errors import ProvRepairError
+    from provrepair.repair.options import PointRepairOptions
+
+    with pytest.raises(ProvRepairError, match="linf"):
+        PointRepairOptions(linf="bisect").validate()

@@ -15,9 +15,9 @@ relaxation of it, hence optimal for the full LP: the same answer as building eve
 Exact reductions keep the LP small without changing its optimum: weights whose input is zero at
 every repair point are left out (they cannot affect any row; the L1 term still counts them), a
 unit the ReLU on ``u`` switches off needs no ``u`` column, and rows are built equilibrated.
-The L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in one dimension, each
-probe an L1 LP whose delta columns are bounded by ``s`` (``linf_search``; within 1e-7 of the optimum,
-proved by the probes' dual bounds).
+With ``linf="search"`` the L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in
+one dimension, each probe an L1 LP whose delta columns are bounded by ``s`` (``linf_search``; within
+1e-7 of the optimum, proved by the probes' dual bounds).
 
 A point may carry *generators*: it then stands for the zonotope ``c + sum_i s_i g_i``, ``s`` in
 [-1, 1]^n (a box: its centre and half-widths). With the network affine on the zonotope up to
@@ -338,7 +338,7 @@ class PointLP:
         where the LP has that term, is an LP (not the disjunctive MILP) and is re-solved by a
         simplex that can change bounds warm."""
         opts = self.opts
-        if (opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
+        if (opts.linf != "search" or opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
                 or not self.backend.can_change_bounds):
             return None
         L = self.L
