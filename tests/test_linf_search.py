@@ -64,7 +64,7 @@ def test_bound_search_gives_the_epigraph_lps_optimum(layer, objective):
     net = _random_mlp(5, sizes=(6, 16, 16, 10))
     spec = _wrong_points(net, 30, 6, 6)
     searched = _repair(net, spec, layer=layer, objective=objective, linf="search")
-    rows = _repair(net, spec, layer=layer, objective=objective)
+    rows = _repair(net, spec, layer=layer, objective=objective, linf="rows")
     assert searched.status == rows.status
     if rows.status != "certified":
         return
@@ -79,3 +79,12 @@ def test_an_unknown_linf_mode_is_refused():
 
     with pytest.raises(ProvRepairError, match="linf"):
         PointRepairOptions(linf="bisect").validate()
+
+
+@pytest.mark.parametrize("layer, searched", [(0, False), (1, True), (2, False)])
+def test_auto_searches_only_where_no_pattern_after_the_layer_needs_rows(layer, searched):
+    # layer 1 feeds the output layer through the ReLU on u (a bound): the MLP case the search wins;
+    # layer 0 has a ReLU after u that needs rows; layer 2 is the last layer
+    net = _random_mlp(5, sizes=(6, 16, 16, 10))
+    res = _repair(net, _wrong_points(net, 30, 6, 6), layer=layer)
+    assert any("linf_probes" in r for r in res.lp["rounds"]) == searched

@@ -15,7 +15,7 @@ relaxation of it, hence optimal for the full LP: the same answer as building eve
 Exact reductions keep the LP small without changing its optimum: weights whose input is zero at
 every repair point are left out (they cannot affect any row; the L1 term still counts them), a
 unit the ReLU on ``u`` switches off needs no ``u`` column, and rows are built equilibrated.
-With ``linf="search"`` the L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in
+With ``linf="search"`` (and by default where no pattern after layer ``k`` needs rows) the L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in
 one dimension, each probe an L1 LP whose delta columns are bounded by ``s`` (``linf_search``; within
 1e-7 of the optimum, proved by the probes' dual bounds).
 
@@ -337,8 +337,10 @@ class PointLP:
         """The L∞ term by a search over its bound (``linf_search``) instead of one row per delta,
         where the LP has that term, is an LP (not the disjunctive MILP) and is re-solved by a
         simplex that can change bounds warm."""
-        opts = self.opts
-        if (opts.linf != "search" or opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
+        opts, suffix = self.opts, self.suffix
+        wanted = opts.linf == "search" or (opts.linf == "auto" and not suffix.pattern_modules
+                                           and bool(suffix.later_affine))
+        if (not wanted or opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
                 or not self.backend.can_change_bounds):
             return None
         L = self.L
