@@ -142,16 +142,14 @@ class HighsBackend(Backend):
             self._h.setBasis(basis)
 
     def column_duals(self):
-        sol = self._h.getSolution()
-        if not sol.dual_valid:
-            return None
-        return np.asarray(sol.col_dual, dtype=np.float64)
+        return self._duals("col_dual")
 
     def row_duals(self):
+        return self._duals("row_dual")
+
+    def _duals(self, name: str):
         sol = self._h.getSolution()
-        if not sol.dual_valid:
-            return None
-        return np.asarray(sol.row_dual, dtype=np.float64)
+        return np.asarray(getattr(sol, name), dtype=np.float64) if sol.dual_valid else None
 
     def _add_rows(self, A: sp.csr_matrix, lo, hi):
         inf = highspy.kHighsInf

@@ -19,11 +19,11 @@ def _convex(pieces, s_min, n=10.0):
     def evaluate(s):
         calls.append(s)
         if s < s_min:
-            return "infeasible", None, None
+            return "infeasible", None
         vals = [a + b * s for a, b in pieces]
         j = int(np.argmax(vals))
         f = n * s + vals[j]
-        return "optimal", Probe(s, f, n + pieces[j][1], s, None), None
+        return "optimal", Probe(s, f, n + pieces[j][1], s, None)
 
     def true_min(s_max):
         grid = np.concatenate([[s_min, s_max], [(a2 - a1) / (b1 - b2) for (a1, b1) in pieces for (a2, b2) in pieces
@@ -54,7 +54,7 @@ def test_search_reports_an_lp_infeasible_at_every_bound():
 
 
 def test_search_stops_on_a_failing_solve():
-    search = minimise(lambda s: ("time_limit", None, None), 1.0, 3.0)
+    search = minimise(lambda s: ("time_limit", None), 1.0, 3.0)
     assert search.status == "time_limit" and search.best is None
 
 

@@ -15,9 +15,10 @@ relaxation of it, hence optimal for the full LP: the same answer as building eve
 Exact reductions keep the LP small without changing its optimum: weights whose input is zero at
 every repair point are left out (they cannot affect any row; the L1 term still counts them), a
 unit the ReLU on ``u`` switches off needs no ``u`` column, and rows are built equilibrated.
-With ``linf="search"`` (and by default where no pattern after layer ``k`` needs rows) the L∞ term has no epigraph rows: its bound ``s`` is a parameter searched in
-one dimension, each probe an L1 LP whose delta columns are bounded by ``s`` (``linf_search``; within
-1e-7 of the optimum, proved by the probes' dual bounds).
+With ``linf="search"`` (and by default where no pattern after layer ``k`` needs rows) the L∞ term
+has no epigraph rows: its bound ``s`` is a parameter searched in one dimension, each probe an L1 LP
+whose delta columns are bounded by ``s`` (``linf_search``; within 1e-7 of the optimum, proved by
+the probes' dual bounds).
 
 A point may carry *generators*: it then stands for the zonotope ``c + sum_i s_i g_i``, ``s`` in
 [-1, 1]^n (a box: its centre and half-widths). With the network affine on the zonotope up to
@@ -340,8 +341,8 @@ class PointLP:
         opts, suffix = self.opts, self.suffix
         wanted = opts.linf == "search" or (opts.linf == "auto" and not suffix.pattern_modules
                                            and bool(suffix.later_affine))
-        if (not wanted or opts.objective not in _LINF_OBJECTIVES or self.disjunctive or opts.method not in ("auto", "simplex")
-                or not self.backend.can_change_bounds):
+        simplex = opts.method in ("auto", "simplex") and self.backend.can_change_bounds
+        if not wanted or not simplex or opts.objective not in _LINF_OBJECTIVES or self.disjunctive:
             return None
         L = self.L
         return BoundSearch(self.backend, L.s, self.scale, opts.delta_bound,

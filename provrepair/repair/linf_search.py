@@ -31,7 +31,7 @@ class Probe:
     f: float  # the LP objective at bound s (includes the n·s term)
     g: float  # a subgradient of f at s
     peak: float  # the largest |δ| of the solution (<= s)
-    result: Any  # what the evaluation returned (a solver result)
+    result: Any  # the solve behind it
 
 
 @dataclass
@@ -48,14 +48,14 @@ class Search:
 MAX_PROBES = 60
 
 
-def minimise(evaluate: Callable[[float], tuple[str, Probe | None, Any]], s_start: float, s_max: float,
+def minimise(evaluate: Callable[[float], tuple[str, Probe | None]], s_start: float, s_max: float,
              rel_tol: float = 1e-7, curvature: float | None = None) -> Search:
     """Minimise the convex ``f`` over ``s`` in (0, s_max].
 
     ``curvature`` (how fast the slope grows with ``s`` near the optimum, e.g. from the last
     search) turns the first probe's slope into a Newton step.
 
-    ``evaluate(s)`` returns ``(status, probe, result)``: status "optimal" with its probe, or
+    ``evaluate(s)`` returns ``(status, probe)``: status "optimal" with its probe, or
     "infeasible" (every smaller ``s`` is infeasible too), or another status that ends the search.
     """
     probes: list[Probe] = []
@@ -64,7 +64,7 @@ def minimise(evaluate: Callable[[float], tuple[str, Probe | None, Any]], s_start
     k = 0  # evaluations so far
     while True:
         k += 1
-        status, probe, result = evaluate(s)
+        status, probe = evaluate(s)
         if status == "infeasible":
             if s >= s_max:
                 return Search(probes, None, math.inf, "infeasible")
@@ -176,14 +176,11 @@ class BoundSearch:
         """The upper bound of a delta column at the current ``s`` (columns added later get it too)."""
         return min(self.s, self.cap)
 
-    def _set(self, s: float) -> None:
-        cols = self.delta_cols()
-        self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, min(s, self.cap)))
-        self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
+    def _evaluate(self, s: float, deadline: float | None, spent: list) -> tuple[str, Probe | None]:
         self.s = s
-
-    def _evaluate(self, s: float, deadline: float | None, spent: list) -> tuple[str, Probe | None, Any]:
-        self._set(s)
+        cols = self.delta_cols()
+        self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, self.bound()))
+        self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
         if deadline is not None:
             self.backend.set_time_limit(max(deadline - time.perf_counter(), 1e-3))
         start = self.backend.basis()
@@ -193,14 +190,12 @@ class BoundSearch:
             # HiGHS re-solves slowly from the basis that proved infeasibility (once >300 s where the
             # basis before it took 1 s): the next probe starts from the basis this one started from
             self.backend.set_basis(start)
-            return res.status, None, res
-        cols = self.delta_cols()
-        size = res.x[cols]
+            return res.status, None
         g = self.cost_s
         rc = self.backend.column_duals()
         if s < self.cap and rc is not None:  # at-upper columns have reduced cost <= 0, the others >= 0 or 0
             g += float(np.minimum(rc[cols], 0.0).sum())
-        return "optimal", Probe(s, float(res.objective), g, float(size.max(initial=0.0)), res), res
+        return "optimal", Probe(s, float(res.objective), g, float(res.x[cols].max(initial=0.0)), res)
 
     def solve(self, time_left: float | None = None, rel_tol: float = 1e-7):
         """One search from the current ``s``; returns the best probe's solve result (its
