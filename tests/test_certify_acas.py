@@ -79,6 +79,27 @@ def test_lean_crown_is_sound_against_samples(seed):
         assert np.all(pre[0][0].numpy()[:, None] <= z + SLACK) and np.all(z <= pre[0][1].numpy()[:, None] + SLACK)
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_union_of_rows_optimised_slopes_are_sound_and_never_looser(seed):
+    """For a union of rows (``any_row``) each open row's slopes are optimised on their own: the
+    certificate is at least the default slopes' and never above the sampled min over rows and
+    points of ``G_r y - h_r``."""
+    net = _mlp(seed, 3, 16)
+    fwd = ForwardBounds(BoundPropagator(net, (3,)))
+    rng = np.random.default_rng(seed)
+    lo, hi = _boxes(rng, 48, 3, 0.3)
+    G = torch.tensor(rng.normal(size=(3, 3)))
+    h = torch.tensor(rng.normal(size=3) - 2.0)
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    base, _, _ = fwd.bounds(lo_t, hi_t, G, h, tol=1e9, steps=0, any_row=True)
+    opt, _, _ = fwd.bounds(lo_t, hi_t, G, h, tol=1e9, steps=20, any_row=True)
+    assert torch.all(opt >= base - SLACK) and bool((opt > base + 1e-6).any())
+    x = lo[:, None] + (hi - lo)[:, None] * rng.uniform(size=(48, 400, 3))
+    y = _forward(net, x.reshape(-1, 3)).reshape(48, 400, -1)
+    worst = (y @ G.numpy().T - h.numpy()).min(2).min(1)
+    assert np.all(opt.numpy() <= worst + SLACK)
+
+
 def test_lean_crown_is_never_looser_than_its_parent_and_tightens_sub_boxes():
     net = _mlp(4, 2, 16)
     prop = BoundPropagator(net, (2,))

@@ -184,7 +184,7 @@ class ForwardBounds:
         pass without hidden CROWN runs first; only the boxes it leaves open and ``refresh``
         (a mask, default all) selects get their hidden intervals recomputed by CROWN. ``any_row``:
         the unsafe set is the union of the rows (``G_r y <= h_r`` for some r), so the certificate
-        is the smallest row bound (no optimised slopes)."""
+        is the smallest row bound (each open row's slopes optimised on their own)."""
         lo, hi, G_t, h_t = (as_tensor(v, self.prop.device) for v in (lower, upper, G, h))
         if inherited is None:
             return self._bounds(lo, hi, G_t, h_t, None, tol, steps, True, any_row)
@@ -215,41 +215,60 @@ class ForwardBounds:
             best, arg = rows_lb.min(1) if any_row else rows_lb.max(1)
             coeff = lam_in[torch.arange(b), arg]
         open_ = best <= tol
-        if steps <= 0 or any_row or not bool(open_.any()):
+        if steps <= 0 or not bool(open_.any()):
             return best, coeff, pre
-        idx = open_.nonzero().flatten()
+        best = best.clone()
+        if any_row:  # each (box, row) pair still open gets its own slopes: a box closes when every row does
+            box, row = (rows_lb <= tol).nonzero(as_tuple=True)
+            keep = open_[box]
+            box, row = box[keep], row[keep]
+            if box.numel():
+                got = self._optimise(k, relax, c, r, box, G[row].unsqueeze(1), h[row].unsqueeze(1),
+                                     torch.zeros_like(row), rows_lb[box, row], steps, tol)
+                rows_lb = rows_lb.index_put((box, row), torch.maximum(rows_lb[box, row], got))
+                best = rows_lb.amin(1)
+        else:
+            idx = open_.nonzero().flatten()
+            best[idx] = self._optimise(k, relax, c, r, idx, G.unsqueeze(0).expand(idx.numel(), *G.shape),
+                                       h.unsqueeze(0).expand(idx.numel(), -1), arg[idx], best[idx], steps, tol)
+        # the split direction keeps the default slopes' coefficients: on ACAS Xu φ1 the optimised
+        # ones chose worse inputs to halve (N2,4: 1807 sub-boxes instead of 275)
+        return best, coeff, pre
+
+    def _optimise(self, k: int, relax: Sequence[Relaxation], c: torch.Tensor, r: torch.Tensor, idx: torch.Tensor,
+                  G: torch.Tensor, h: torch.Tensor, arg: torch.Tensor, start: torch.Tensor, steps: int,
+                  tol: float) -> torch.Tensor:
+        """Lower bounds of ``sum_r lam_r (G_r y - h_r)`` for items ``idx`` (boxes, repeated when
+        one box has several items; ``G`` (P, R, n_out), ``h`` (P, R) per item) improved by Adam
+        steps on the lower slopes of the unstable ReLUs and on the row weights ``lam`` (softmax,
+        starting at row ``arg``); never below ``start``. Any slope in [0, 1] and any convex
+        combination give a sound bound, so the best one met is kept."""
         sub_relax = [(a[idx], s[idx], t[idx], u[idx]) for a, s, t, u in relax]
         cs, rs = c[idx], r[idx]
-        # parameters: lower slopes of unstable neurons (start at the default), and row weights
         alpha = [rl[0].clone().requires_grad_(True) for rl in sub_relax]
-        logits = torch.zeros(idx.numel(), G.shape[0], dtype=DTYPE, device=G.device)
-        logits[torch.arange(idx.numel()), arg[idx]] = 2.0
-        logits.requires_grad_(True)
-        params = alpha + [logits]
+        logits = torch.zeros(idx.numel(), G.shape[1], dtype=DTYPE, device=G.device)
+        logits[torch.arange(idx.numel()), arg] = 2.0
+        logits.requires_grad_(G.shape[1] > 1)
+        params = alpha + ([logits] if G.shape[1] > 1 else [])
         moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
-        got = best[idx].clone()
+        got = start.clone()
         for it in range(steps):
             with torch.enable_grad():
                 w = torch.softmax(logits, 1)
-                lam = (w @ G).unsqueeze(1)
+                lam = w.unsqueeze(1) @ G
                 bias = -(w * h).sum(1, keepdim=True)
                 lb, _ = self._back(lam, bias, k, sub_relax, cs, rs, alphas=alpha)
                 lb = lb[:, 0]
                 (-lb.sum()).backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is unannotated
             with torch.no_grad():
-                better = lb > got
-                got = torch.where(better, lb.detach(), got)
+                got = torch.where(lb > got, lb.detach(), got)
                 _adam_step(params, moments, it + 1)
                 for j, al in enumerate(alpha):  # project: a in [0, 1], stable neurons keep theirs
                     al.clamp_(0.0, 1.0)
                     al.copy_(torch.where(sub_relax[j][3], al, sub_relax[j][0]))
                 if bool((got > tol).all()):
                     break
-        # the split direction keeps the default slopes' coefficients: on ACAS Xu φ1 the optimised
-        # ones chose worse inputs to halve (N2,4: 1807 sub-boxes instead of 275)
-        best = best.clone()
-        best[idx] = got
-        return best, coeff, pre
+        return got
 
 
 def _adam_step(params: Sequence[torch.Tensor], moments: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int,

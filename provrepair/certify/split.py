@@ -348,10 +348,10 @@ def _fast_bounds(fwd: ForwardBounds, lo: torch.Tensor, hi: torch.Tensor, depth: 
     decide is split anyway, and its children start from these intervals)."""
     widths = [w.shape[0] for w in fwd.W[:-1]]
     inherited = None if packed is None else _unpack(packed, widths)
-    # optimised slopes and row weights pay off on conjunctions (ACAS Xu phi9 on N3,3 is not proved
-    # in 60 s without them); on one row they never changed a decision (phi1 on N4,9 and N5,8:
+    # optimised slopes pay off on conjunctions (row weights and slopes) and on unions of rows (each
+    # open row's slopes alone); on one row they never changed a decision (phi1 on N4,9 and N5,8:
     # the same sub-boxes with 0 or 8 steps) and cost up to half the time
-    steps = ALPHA_STEPS if G_t.shape[0] > 1 and not any_row else 0
+    steps = ALPHA_STEPS if G_t.shape[0] > 1 else 0
     margin, coeff, pre = fwd.bounds(lo, hi, G_t, h_t, inherited, tol=tol, steps=steps,
                                     refresh=depth % REFRESH_EVERY == 0, any_row=any_row)
     return margin, coeff, _pack(pre)
