@@ -165,8 +165,10 @@ class Backend(ABC):
     def _apply_time_limit(self, seconds: float | None) -> None: ...
 
     @abstractmethod
-    def solve(self) -> SolveResult:
-        """Solve (warm from the previous solve where the backend can)."""
+    def solve(self, retry: bool = True) -> SolveResult:
+        """Solve (warm from the previous solve where the backend can). ``retry=False``: return a
+        numerical failure as it is, without the backend's cold re-solves (a caller with a
+        cheaper way out, e.g. another basis, takes it)."""
 
     @property
     @abstractmethod

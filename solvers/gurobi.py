@@ -88,7 +88,7 @@ class GurobiBackend(Backend):
             if mask.any():
                 self._m.addMConstr(A[mask], x, sense, rhs[mask])
 
-    def solve(self) -> SolveResult:
+    def solve(self, retry: bool = True) -> SolveResult:
         m = self._m
         t0 = time.perf_counter()
         try:

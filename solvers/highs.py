@@ -156,13 +156,13 @@ class HighsBackend(Backend):
         self._h.addRows(A.shape[0], np.clip(lo, -inf, None), np.clip(hi, None, inf), A.nnz,
                         A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
 
-    def solve(self) -> SolveResult:
+    def solve(self, retry: bool = True) -> SolveResult:
         h = self._h
         t0 = time.perf_counter()
         h.run()
         status = h.getModelStatus()
         retried = 0
-        while _status_name(status) == ERROR and not self._integer and retried < len(_RETRIES):
+        while retry and _status_name(status) == ERROR and not self._integer and retried < len(_RETRIES):
             if not self._retry(_RETRIES[retried], time.perf_counter() - t0):
                 break
             retried += 1

@@ -44,7 +44,7 @@ from provrepair import solvers
 
 from ..errors import InputError
 from ..models import affine_index_to_module_index, affine_layers, layer_inputs
-from .linf_search import BoundSearch
+from .linf_search import REL_TOL, ROUND_REL_TOL, BoundSearch
 from .options import PointRepairOptions
 from .suffix import Rows, Suffix
 
@@ -258,6 +258,7 @@ class PointLP:
         self.later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
         # Weight columns are generated lazily (priced by the layer rows' duals) where the backend can
         # add columns; the full strategy, MILPs and zonotopes keep every column up front.
+        self.u_patterns_only = not suffix.pattern_modules  # no pattern after k but the ReLU on u (if any)
         self.substituted = self._substitute()
         self.lazy_weights = (opts.columns == "lazy" and opts.strategy != "full" and zono is None
                              and not self.disjunctive and not self.substituted and bool(self.active.all()))
@@ -294,8 +295,10 @@ class PointLP:
             return False
         if f == "substituted":
             return True
-        last = not self.suffix.later_affine and not self.suffix.pattern_modules and self._lazy_outputs()
-        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS or last
+        # the last layer, or the one before it with only the ReLU on u between (an MLP's last hidden
+        # layer): a label row then names every weight, but one or two per point bind
+        head = self.u_patterns_only and len(self.suffix.later_affine) <= 1 and self._lazy_outputs()
+        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS or head
 
     def _layout(self) -> _Layout:
         n_sel = self.neurons.size
@@ -339,7 +342,7 @@ class PointLP:
         where the LP has that term, is an LP (not the disjunctive MILP) and is re-solved by a
         simplex that can change bounds warm."""
         opts, suffix = self.opts, self.suffix
-        wanted = opts.linf == "search" or (opts.linf == "auto" and not suffix.pattern_modules
+        wanted = opts.linf == "search" or (opts.linf == "auto" and self.u_patterns_only
                                            and bool(suffix.later_affine))
         simplex = opts.method in ("auto", "simplex") and self.backend.can_change_bounds
         if not wanted or not simplex or opts.objective not in _LINF_OBJECTIVES or self.disjunctive:
@@ -725,10 +728,13 @@ class PointLP:
     def pattern_rows(self) -> int:
         return int(sum(v.sum() for v in self.kept.values()))
 
-    def solve_round(self, time_left: float | None = None) -> solvers.SolveResult:
-        """Solve (warm after the first round) within ``time_left`` seconds, if given."""
+    def solve_round(self, time_left: float | None = None, final: bool = True,
+                    resume: bool = False) -> solvers.SolveResult:
+        """Solve (warm after the first round) within ``time_left`` seconds, if given; ``final``
+        False: a round that will add rows, whose L∞ bound search may stop at ``ROUND_REL_TOL``;
+        ``resume``: the LP is unchanged since the last solve, whose search goes on."""
         if self.search is not None:
-            return self.search.solve(time_left)
+            return self.search.solve(time_left, REL_TOL if final else ROUND_REL_TOL, resume)
         if time_left is not None:
             self.backend.set_time_limit(time_left)
         return self.backend.solve()
@@ -822,12 +828,14 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
     """Solve, check every pattern at the solution, add the violated rows, re-solve warm, until none
     is violated, the rounds run out or ``deadline`` (a ``perf_counter`` time) passes."""
     run = Generation(build_time=build_time)
+    final = lp.search is None  # a round searched loosely that violates nothing is searched on tightly
+    resume = False
     for rnd in range(lp.opts.max_rounds):
         time_left = None if deadline is None else deadline - time.perf_counter()
         if time_left is not None and time_left <= 0:
             run.timed_out = True
             break
-        result = run.result = lp.solve_round(time_left)
+        result = run.result = lp.solve_round(time_left, final, resume)
         run.solve_time += result.solve_time
         backend = lp.backend
         info = {"round": rnd, "status": result.status, "variables": backend.n_vars, "rows": backend.n_rows,
@@ -853,6 +861,9 @@ def generate_constraints(lp: PointLP, deadline: float | None, say: Callable[[str
             + (f", {outputs.size} output rows violated" if lp.out_in is not None else "")
             + (f", {priced.size} weight columns priced in" if lp.lazy_weights else ""))
         if n_viol == 0 and priced.size == 0 and outputs.size == 0:
+            if not final:
+                final = resume = True
+                continue
             run.converged = True
             break
         t0 = time.perf_counter()

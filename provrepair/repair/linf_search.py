@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from provrepair.solvers.base import ERROR
+
 
 @dataclass
 class Probe:
@@ -41,45 +43,56 @@ class Search:
     probes: list[Probe]
     best: Probe | None
     lower_bound: float  # of the optimum over every s the LP allows
-    status: str  # "optimal" (within rel_tol), "infeasible" (even at s_max), or the failing probe's status
+    status: str  # "optimal" (within rel_tol), "infeasible" (even at s_max), "stopped" (a probe failed
+    # numerically after others: the best so far, ``lower_bound`` says how good), or the failing status
+    lo: float = 0.0  # every s <= lo is infeasible
 
 
 #: Probes one search may spend before it settles for the best so far.
 MAX_PROBES = 60
+#: The search's relative tolerance for the answer, and for a round of constraint generation that
+#: will add rows anyway (its solution only picks the rows; the last round is searched to REL_TOL).
+REL_TOL = 1e-7
+ROUND_REL_TOL = 1e-4
+#: A probe that fails numerically gets HiGHS's cold re-solves for at most this many times the
+#: longest probe of the search so far.
+RETRY_BUDGET = 3.0
 
 
 def minimise(evaluate: Callable[[float], tuple[str, Probe | None]], s_start: float, s_max: float,
-             rel_tol: float = 1e-7, curvature: float | None = None) -> Search:
+             rel_tol: float = REL_TOL, curvature: float | None = None, resume: Search | None = None) -> Search:
     """Minimise the convex ``f`` over ``s`` in (0, s_max].
 
     ``curvature`` (how fast the slope grows with ``s`` near the optimum, e.g. from the last
-    search) turns the first probe's slope into a Newton step.
+    search) turns the first probe's slope into a Newton step. ``resume``: an earlier search of
+    the same ``f`` (to a looser tolerance), whose probes and infeasible bound still hold.
 
     ``evaluate(s)`` returns ``(status, probe)``: status "optimal" with its probe, or
     "infeasible" (every smaller ``s`` is infeasible too), or another status that ends the search.
     """
-    probes: list[Probe] = []
-    lo = 0.0  # every s <= lo is infeasible
-    s = min(s_start, s_max)
-    k = 0  # evaluations so far
+    probes: list[Probe] = [] if resume is None else list(resume.probes)
+    lo = 0.0 if resume is None else resume.lo  # every s <= lo is infeasible
+    k = len(probes)  # evaluations so far (infeasible ones of a resumed search aside)
     while True:
+        best = _best(probes)
+        bound = _lower_bound(probes, lo)
+        if best is not None and (best.f - bound <= rel_tol * abs(best.f) or len(probes) >= MAX_PROBES):
+            return Search(probes, best, bound, "optimal", lo)
+        s = min(s_start, s_max) if k == 0 else _next(probes, lo, s_max, curvature, k)
+        if best is not None and any(abs(p.s - s) <= 1e-12 * s for p in probes):  # no step left to take
+            return Search(probes, best, bound, "optimal", lo)
         k += 1
         status, probe = evaluate(s)
         if status == "infeasible":
             if s >= s_max:
-                return Search(probes, None, math.inf, "infeasible")
+                return Search(probes, None, math.inf, "infeasible", lo)
             lo = max(lo, s)
         elif status != "optimal" or probe is None:
-            return Search(probes, _best(probes), -math.inf, status)
+            if status == ERROR and probes:  # settle for the best probe; the bound says how far it may be
+                return Search(probes, best, bound, "stopped", lo)
+            return Search(probes, best, -math.inf, status, lo)
         else:
             probes.append(probe)
-        best = _best(probes)
-        bound = _lower_bound(probes, lo)
-        if best is not None and (best.f - bound <= rel_tol * abs(best.f) or len(probes) >= MAX_PROBES):
-            return Search(probes, best, bound, "optimal")
-        s = _next(probes, lo, s_max, curvature, k)
-        if best is not None and any(abs(p.s - s) <= 1e-12 * s for p in probes):  # no step left to take
-            return Search(probes, best, bound, "optimal")
 
 
 def _best(probes: list[Probe]) -> Probe | None:
@@ -177,40 +190,65 @@ class BoundSearch:
         return min(self.s, self.cap)
 
     def _evaluate(self, s: float, deadline: float | None, spent: list) -> tuple[str, Probe | None]:
-        self.s = s
-        cols = self.delta_cols()
-        self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, self.bound()))
-        self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
-        if deadline is not None:
-            self.backend.set_time_limit(max(deadline - time.perf_counter(), 1e-3))
         start = self.backend.basis()
-        res = self.backend.solve()
-        spent.append(res)
+        res = self._solve_at(s, deadline, spent, start, retry=self.last is None and not spent)
+        if res.status == ERROR:
+            # a numerical failure on a warm probe (HiGHS: "Unknown" near the feasibility edge): once
+            # more from the basis before it, then a hair to the side, then HiGHS's cold re-solves on
+            # a budget (unbounded, they once took >200 s on the zoo MLP's layer 0)
+            for s_try, retry in ((s, False), (s * (1 + 1e-3) if s * (1 + 1e-3) <= self.cap else s * (1 - 1e-3), False),
+                                 (s, True)):
+                self.backend.set_basis(start)
+                res = self._solve_at(s_try, deadline, spent, start, retry, budget=True)
+                if res.status != ERROR:
+                    s = s_try
+                    break
         if not res.optimal:
             # HiGHS re-solves slowly from the basis that proved infeasibility (once >300 s where the
             # basis before it took 1 s): the next probe starts from the basis this one started from
             self.backend.set_basis(start)
             return res.status, None
+        cols = self.delta_cols()
         g = self.cost_s
         rc = self.backend.column_duals()
         if s < self.cap and rc is not None:  # at-upper columns have reduced cost <= 0, the others >= 0 or 0
             g += float(np.minimum(rc[cols], 0.0).sum())
         return "optimal", Probe(s, float(res.objective), g, float(res.x[cols].max(initial=0.0)), res)
 
-    def solve(self, time_left: float | None = None, rel_tol: float = 1e-7):
-        """One search from the current ``s``; returns the best probe's solve result (its
-        ``solve_time`` and ``iterations`` summed over every probe)."""
+    def _solve_at(self, s: float, deadline: float | None, spent: list, start, retry: bool, budget: bool = False):
+        """One solve with the delta columns bounded by ``min(s, cap)``; ``budget``: within
+        ``RETRY_BUDGET`` times the longest probe so far (at least a second)."""
+        self.s = s
+        cols = self.delta_cols()
+        self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, self.bound()))
+        self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
+        limit = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+        if budget:
+            cap = max(1.0, RETRY_BUDGET * max((r.solve_time for r in spent), default=0.0))
+            limit = cap if limit is None else min(limit, cap)
+        self.backend.set_time_limit(limit)
+        res = self.backend.solve(retry=retry)
+        spent.append(res)
+        if budget and res.status not in ("optimal", "infeasible", ERROR):
+            res = dataclasses.replace(res, status=ERROR)  # the budget ran out: still the numerical failure
+        return res
+
+    def solve(self, time_left: float | None = None, rel_tol: float = REL_TOL, resume: bool = False):
+        """One search from the current ``s`` (``resume``: carrying on the last one, the LP being
+        unchanged since); returns the best probe's solve result (``solve_time`` and
+        ``iterations`` summed over this call's probes)."""
         deadline = None if time_left is None else time.perf_counter() + time_left
         spent: list = []
         search = self.last = minimise(lambda s: self._evaluate(s, deadline, spent), self.s, self.cap, rel_tol,
-                                      self.curvature)
+                                      self.curvature, self.last if resume else None)
         self.curvature = _curvature(search.probes) or self.curvature
-        final = spent[-1]
-        if search.status == "optimal" and search.best is not None:
+        if search.status in ("optimal", "stopped") and search.best is not None:
             final = search.best.result
             if search.best.s != self.s:  # put the backend back at the best probe (warm: no pivots)
                 self._evaluate(search.best.s, deadline, spent)
                 final = spent[-1] if spent[-1].optimal else final
+        else:
+            final = spent[-1]
         return dataclasses.replace(final, solve_time=sum(r.solve_time for r in spent),
                                    iterations=sum(r.iterations or 0 for r in spent))
 
