@@ -194,12 +194,14 @@ class BoundSearch:
         res = self._solve_at(s, deadline, spent, start, retry=self.last is None and not spent)
         if res.status == ERROR:
             # a numerical failure on a warm probe (HiGHS: "Unknown" near the feasibility edge): once
-            # more from the basis before it, then a hair to the side, then HiGHS's cold re-solves on
-            # a budget (unbounded, they once took >200 s on the zoo MLP's layer 0)
+            # more from the basis before it, then a hair to the side, then HiGHS's cold re-solves,
+            # on a budget where the search has a probe to settle for (they once took >200 s on the
+            # zoo MLP's layer 0), else as long as the deadline allows (nothing else can go on)
+            budget = any(r.optimal for r in spent)
             for s_try, retry in ((s, False), (s * (1 + 1e-3) if s * (1 + 1e-3) <= self.cap else s * (1 - 1e-3), False),
                                  (s, True)):
                 self.backend.set_basis(start)
-                res = self._solve_at(s_try, deadline, spent, start, retry, budget=True)
+                res = self._solve_at(s_try, deadline, spent, start, retry, budget)
                 if res.status != ERROR:
                     s = s_try
                     break
