@@ -65,11 +65,11 @@ def test_dense_encoding_decides_as_the_sparse_one(seed):
 
 
 def _leaf(net: nn.Module, prop: BoundPropagator, parts: list[tuple[np.ndarray, np.ndarray]]) -> split.LeafCheck:
-    def check(lo: torch.Tensor, hi: torch.Tensor, known: list | None) -> tuple:
+    def check(lo: torch.Tensor, hi: torch.Tensor, known: list | None, seconds: float = 60.0) -> tuple:
         sub = InputSet(lo, hi)
         for G, h in parts:
             pre = prop.bounds(sub, G, method="crown").pre if known is None else _relu_pre(prop, known)
-            out = milp.complete_check(net, prop, sub, pre, G, h)
+            out = milp.complete_check(net, prop, sub, pre, G, h, time_limit=seconds)
             if out.status != milp.CERTIFIED:
                 return out.status, out.counterexample, out.output
         return milp.CERTIFIED, None, None
@@ -157,3 +157,75 @@ def test_falsifier_tries_samples_on_the_faces():
     cex = falsify(net64, box, prop, pgd_steps=0, seed=1)
     assert cex is not None
     assert np.all(cex.x >= -1) and np.all(cex.x <= 1) and cex.y[0] <= -1.0 + 1e-9
+
+
+def test_leaf_policy_learns_the_threshold_from_milp_times():
+    """Fast decided MILPs raise the unstable-ReLU threshold one by one up to its cap; a slow or
+    undecided one lowers it below that leaf's count, never below the base."""
+    policy = split._LeafPolicy()
+    base = split.LEAF_UNSTABLE
+    for _ in range(100):
+        policy.update(policy.threshold, split.LEAF_FAST / 10, decided=True)
+    assert policy.threshold == split.LEAF_MAX_UNSTABLE
+    policy.update(base + 6, split.LEAF_TRY_SECONDS, decided=False)
+    assert policy.threshold == base + 5
+    policy.update(base + 1, 0.0, decided=False)
+    assert policy.threshold == base
+    assert policy.seconds(base) == split.LEAF_SECONDS and policy.seconds(base + 1) == split.LEAF_TRY_SECONDS
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_undecided_leaves_are_split_again_and_the_verdict_matches_the_milp(seed, monkeypatch):
+    """A leaf whose MILP runs out of time (here: every other one) is split again, not reported
+    unknown; the verdict still agrees with the exact MILP on the whole box, and with or without
+    the slope steps before the MILP."""
+    monkeypatch.setattr(split, "LEAF_MIN_DEPTH", 1)
+    monkeypatch.setattr(split, "LEAF_UNSTABLE", 64)
+    net = _mlp(seed + 20, n_in=2, width=12)
+    prop = BoundPropagator(net, (2,))
+    net64 = copy.deepcopy(net).double()
+    rng = np.random.default_rng(seed)
+    lo, hi = -np.ones(2), np.ones(2)
+    G = np.array([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]])
+    h = _tight(net, G, lo, hi, rng, rng.uniform(-0.01, 0.002))
+    whole = InputSet.box(lo[None], hi[None])
+    exact = milp.complete_check(net, prop, whole, prop.bounds(whole, G, method="crown").pre, G, h).status
+    assert exact != milp.UNKNOWN
+    check, calls = _leaf(net, prop, [(G, h)]), [0]
+
+    def flaky(lo_t, hi_t, known, seconds):
+        calls[0] += 1
+        return ("unknown", None, None) if calls[0] % 2 else check(lo_t, hi_t, known, seconds)
+
+    for steps in (0, split.LEAF_ALPHA_STEPS):
+        monkeypatch.setattr(split, "LEAF_ALPHA_STEPS", steps)
+        out = split.split_search(prop, net64, lo, hi, G, h, deadline=time.perf_counter() + 60, tol=1e-9,
+                                 leaf_check=flaky)
+        assert out.status == ("violated" if exact == milp.VIOLATED else "certified"), out.reason
+        if out.status == "violated":
+            x = np.asarray(out.x).reshape(-1)
+            assert np.all(x >= lo) and np.all(x <= hi) and np.all(G @ _forward(net, x[None])[0] <= h)
+    assert calls[0] >= 2  # the leaves were reached, and one was split again
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tighten_is_sound_and_never_looser_than_the_split_bound(seed):
+    """The leaf bound with many slope steps on inherited intervals is at least the default
+    slopes' and never above the sampled truth (conjunction and union of rows)."""
+    from provrepair.certify.forward import ForwardBounds
+
+    net = _mlp(seed, n_in=3, width=14)
+    fwd = ForwardBounds(BoundPropagator(net, (3,)))
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-1, 0.7, (32, 3))
+    hi = lo + rng.uniform(0, 0.3, (32, 3))
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    G = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    h = torch.tensor(rng.normal(size=2) - 0.5)
+    x = lo[:, None] + (hi - lo)[:, None] * rng.uniform(size=(32, 300, 3))
+    v = _forward(net, x.reshape(-1, 3)).reshape(32, 300, -1) @ G.numpy().T - h.numpy()
+    for any_row, truth in ((False, v.max(2).min(1)), (True, v.min(2).min(1))):
+        base, _, pre = fwd.bounds(lo_t, hi_t, G, h, tol=1e9, steps=0, any_row=any_row)
+        tight = fwd.tighten(lo_t, hi_t, G, h, pre, tol=1e9, steps=40, any_row=any_row)
+        assert torch.all(tight >= base - 1e-9)
+        assert np.all(tight.numpy() <= truth + 1e-9)

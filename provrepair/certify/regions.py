@@ -195,13 +195,14 @@ def _split_unit(net: nn.Module, net64: nn.Module, prop: BoundPropagator, it: _Op
     interior = np.asarray(region.center()) if isinstance(region, HPolytope) else None  # h_rows is set
     parts = [it.prop.disjuncts[d] for d in unit]
 
-    def leaf(lo: torch.Tensor, hi: torch.Tensor,
-             known: list[tuple[torch.Tensor, torch.Tensor]] | None) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    def leaf(lo: torch.Tensor, hi: torch.Tensor, known: list[tuple[torch.Tensor, torch.Tensor]] | None,
+             seconds: float) -> tuple[str, np.ndarray | None, np.ndarray | None]:
         sub = InputSet(lo, hi)
+        end = min(deadline, time.perf_counter() + seconds)
         for G, h in parts:
             pre = prop.bounds(sub, G, method="crown").pre if known is None else _relu_pre(prop, known)
             out = complete_check(net, prop, sub, pre, G, h, h_rows=h_rows, solver=solver, threads=threads,
-                                 time_limit=max(1e-3, deadline - time.perf_counter()), net64=net64,
+                                 time_limit=max(1e-3, end - time.perf_counter()), net64=net64,
                                  interior=interior)
             if out.status != CERTIFIED:
                 return out.status, out.counterexample, out.output

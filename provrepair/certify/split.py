@@ -54,14 +54,30 @@ MIN_REL_WIDTH = 2.0**-8
 #: near a tight spec's boundary need many more halvings (ACAS Xu phi2 on N3,3).
 LEAF_UNSTABLE = 24
 LEAF_MIN_DEPTH = 10
-#: Inputs whose halving is tried (and bounded) per box before choosing the split.
-TRY_DIMS = 5
+#: Above ``LEAF_UNSTABLE`` the leaf threshold adapts to the instance (see ``_LeafPolicy``) up to
+#: this many unstable ReLUs: a MILP with 28-32 binaries took 15 ms on ACAS Xu phi6 (N1,1) but
+#: 0.2-1.9 s on phi2 (N4,2), so a fixed threshold is either too timid or too costly.
+LEAF_MAX_UNSTABLE = 40
+#: Seconds a leaf's MILP may take before the leaf is split again instead (above ``LEAF_UNSTABLE``
+#: unstable ReLUs; at most that many: ``LEAF_SECONDS``); a MILP faster than ``LEAF_FAST`` raises
+#: the threshold by one, a slower one lowers it below the leaf's count.
+LEAF_TRY_SECONDS = 0.25
+LEAF_SECONDS = 2.0
+LEAF_FAST = 0.05
+#: Slope steps on a leaf before its MILP (see ``_settle_leaves``).
+LEAF_ALPHA_STEPS = 40
+#: Inputs whose halving is tried (and bounded) per box before choosing the split, ranked by relative
+#: width plus relative smear: on ACAS Xu phi6 (N1,1, second region) three of the five proved it in
+#: 9 s where all five had not in 90 s (the split whose worse half gains most is greedy: it kept
+#: halving inputs that paid off for one level only).
+TRY_DIMS = 3
 
 #: An input array: numpy-like or a tensor (``bounds.as_tensor`` turns it into float64).
 _Array: TypeAlias = npt.ArrayLike | torch.Tensor
-#: ``leaf_check(lo, hi, pre) -> (status, x, y)``: the complete check of one sub-box (lo, hi: (1, *input_shape));
-#: ``pre``: sound intervals of the ReLU inputs on it ((1, N_k) each, layer by layer), or None.
-LeafCheck: TypeAlias = Callable[[torch.Tensor, torch.Tensor, list[Interval] | None],
+#: ``leaf_check(lo, hi, pre, seconds) -> (status, x, y)``: the complete check of one sub-box (lo, hi:
+#: (1, *input_shape)) within ``seconds``; ``pre``: sound intervals of the ReLU inputs on it ((1, N_k)
+#: each, layer by layer), or None.
+LeafCheck: TypeAlias = Callable[[torch.Tensor, torch.Tensor, list[Interval] | None, float],
                                 tuple[str, np.ndarray | None, np.ndarray | None]]
 #: Bounded open sub-boxes in the queue: lower, upper, depth, their packed hidden intervals (handed
 #: down to their halves), the bound of the unsafe set's margin and its input coefficients.
@@ -85,8 +101,9 @@ def split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper: 
                  leaf_check: LeafCheck | None = None, any_row: bool = False) -> SplitOutcome:
     """Decide whether some input of the box [lower, upper] (and ``A x <= b`` if ``h_rows``) reaches
     ``G y <= h`` (with ``any_row``: some row ``G_r y <= h_r``, a disjunction of single rows, whose
-    sub-boxes share their hidden bounds). ``leaf_check(lo, hi, pre) -> (status, x, y)`` decides a
-    box at ``max_depth`` or with few unstable ReLUs.
+    sub-boxes share their hidden bounds). ``leaf_check(lo, hi, pre, seconds) -> (status, x, y)``
+    decides a box at ``max_depth`` or with few unstable ReLUs; one it leaves undecided above
+    ``max_depth`` is split again.
 
     Runs on one torch thread: its many small batched products gain nothing from a second thread
     and lose up to 5x when the cores are shared (measured on ACAS Xu, 2 busy cores)."""
@@ -127,6 +144,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
     if bool(open_.any()):
         queue.append((lo, hi, depth, pre, margin, coeff))
     per_box: float | None = None  # seconds per bounded child of the last step
+    policy = _LeafPolicy()
     region_width = (region_hi - region_lo).reshape(-1)
     tries = _candidate_count(region_width)
     while queue:
@@ -141,13 +159,12 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
         lo, hi, depth, packed, margin, coeff = _take(queue, size)
         stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
         # 1. leaves at max depth, or with few unstable ReLUs, go to the complete check
-        deep, leaf_pre = _leaves(fwd, packed, depth, max_depth, leaf_check is not None)
+        deep, leaf_pre = _leaves(fwd, packed, depth, max_depth, leaf_check is not None, policy.threshold)
         if bool(deep.any()):
-            sub_pre = None if leaf_pre is None else [(a[deep], b[deep]) for a, b in leaf_pre]
-            done = _check_leaves(lo[deep], hi[deep], sub_pre, leaf_check, max_depth, deadline, stats)
+            done, keep = _settle_leaves(fwd, lo, hi, depth, deep, leaf_pre, G_t, h_t, tol, any_row, leaf_check,
+                                        max_depth, deadline, stats, policy)
             if done is not None:
                 return done
-            keep = ~deep
             lo, hi, depth, margin, coeff = lo[keep], hi[keep], depth[keep], margin[keep], coeff[keep]
             packed = None if packed is None else packed[keep]
             if lo.shape[0] == 0:
@@ -234,14 +251,36 @@ def _box_bounds(prop: BoundPropagator, fwd: ForwardBounds | None, lo: torch.Tens
 
 
 def _leaves(fwd: ForwardBounds | None, packed: torch.Tensor | None, depth: torch.Tensor, max_depth: int,
-            can_check: bool) -> tuple[torch.Tensor, list[Interval] | None]:
-    """Which boxes go to the complete check (at ``max_depth``, or deep enough with few unstable
-    ReLUs), and the boxes' hidden intervals when they are known."""
+            can_check: bool, threshold: int = LEAF_UNSTABLE) -> tuple[torch.Tensor, list[Interval] | None]:
+    """Which boxes go to the complete check (at ``max_depth``, or deep enough with at most
+    ``threshold`` unstable ReLUs), and the boxes' hidden intervals when they are known."""
     deep = depth >= max_depth
     if packed is None or fwd is None or not can_check:
         return deep, None
     pre = _unpack(packed, [w.shape[0] for w in fwd.W[:-1]])
-    return deep | ((_unstable(pre) <= LEAF_UNSTABLE) & (depth >= LEAF_MIN_DEPTH)), pre
+    return deep | ((_unstable(pre) <= threshold) & (depth >= LEAF_MIN_DEPTH)), pre
+
+
+class _LeafPolicy:
+    """The unstable-ReLU count up to which a sub-box goes to the MILP, learnt on the instance: how
+    hard a MILP of a given size is differs by orders of magnitude between instances, while the
+    split's cost per box does not. A leaf above ``LEAF_UNSTABLE`` gets ``LEAF_TRY_SECONDS``; a
+    fast MILP raises the threshold by one (up to ``LEAF_MAX_UNSTABLE``), a slow or unfinished one
+    lowers it below the leaf's count (not below ``LEAF_UNSTABLE``)."""
+
+    def __init__(self) -> None:
+        self.threshold = LEAF_UNSTABLE
+
+    @staticmethod
+    def seconds(unstable: int) -> float:
+        return LEAF_TRY_SECONDS if unstable > LEAF_UNSTABLE else LEAF_SECONDS
+
+    def update(self, unstable: int, seconds: float, decided: bool) -> None:
+        if decided and seconds < LEAF_FAST:
+            if unstable >= self.threshold - 1:
+                self.threshold = min(LEAF_MAX_UNSTABLE, self.threshold + 1)
+        elif unstable > LEAF_UNSTABLE and (not decided or seconds > LEAF_TRY_SECONDS / 2):
+            self.threshold = max(LEAF_UNSTABLE, min(self.threshold, unstable - 1))
 
 
 def _unstable(pre: list[Interval]) -> torch.Tensor:
@@ -250,23 +289,60 @@ def _unstable(pre: list[Interval]) -> torch.Tensor:
                                                                           device=pre[0][0].device))
 
 
-def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, pre: list[Interval] | None, leaf_check: LeafCheck | None,
-                  max_depth: int, deadline: float, stats: dict[str, int]) -> SplitOutcome | None:
-    """The complete check of sub-boxes at the depth limit: an outcome when one of them decides
-    (a counterexample) or stops the search (unknown), None when every one is certified."""
+def _settle_leaves(fwd: ForwardBounds | None, lo: torch.Tensor, hi: torch.Tensor, depth: torch.Tensor,
+                   deep: torch.Tensor, pre: list[Interval] | None, G_t: torch.Tensor, h_t: torch.Tensor, tol: float,
+                   any_row: bool, leaf_check: LeafCheck | None, max_depth: int, deadline: float,
+                   stats: dict[str, int], policy: _LeafPolicy) -> tuple[SplitOutcome | None, torch.Tensor]:
+    """The leaves ``deep`` of a step: first bounded again with ``LEAF_ALPHA_STEPS`` slope steps (a
+    MILP costs 10-200 ms, the steps well under 1 ms per box: on ACAS Xu phi2 they close a third of
+    the leaves), then the complete check. Returns an outcome that ends the search, or None and
+    which boxes of the step stay open to be split (the non-leaves and the leaves to split again)."""
+    idx = deep.nonzero().flatten()
+    sub_pre = None if pre is None else [(a[idx], b[idx]) for a, b in pre]
+    if fwd is not None and sub_pre is not None and LEAF_ALPHA_STEPS > 0:
+        margin = fwd.tighten(lo[idx], hi[idx], G_t, h_t, sub_pre, tol=tol, steps=LEAF_ALPHA_STEPS, any_row=any_row)
+        stats["alpha_closed"] = stats.get("alpha_closed", 0) + int((margin > tol).sum())
+        idx = idx[margin <= tol]
+        sub_pre = [(a[margin <= tol], b[margin <= tol]) for a, b in sub_pre]
+    keep = ~deep
+    if idx.numel() == 0:
+        return None, keep
+    done, again = _check_leaves(lo[idx], hi[idx], sub_pre, depth[idx], leaf_check, max_depth, deadline, stats,
+                                policy)
+    keep[idx[again]] = True
+    return done, keep
+
+
+def _check_leaves(lo: torch.Tensor, hi: torch.Tensor, pre: list[Interval] | None, depth: torch.Tensor,
+                  leaf_check: LeafCheck | None, max_depth: int, deadline: float, stats: dict[str, int],
+                  policy: _LeafPolicy | None = None) -> tuple[SplitOutcome | None, torch.Tensor]:
+    """The complete check of the leaves: an outcome when one of them decides (a counterexample) or
+    stops the search (unknown), else None and which leaves to split again (undecided in their
+    time, above ``max_depth``); every other leaf is certified."""
+    again = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
     if leaf_check is None:
-        return SplitOutcome("unknown", reason=f"sub-boxes remain open at depth {max_depth}", stats=stats)
+        return SplitOutcome("unknown", reason=f"sub-boxes remain open at depth {max_depth}", stats=stats), again
+    policy = policy or _LeafPolicy()
+    counts = _unstable(pre).tolist() if pre is not None else [LEAF_UNSTABLE] * lo.shape[0]
     for j in range(lo.shape[0]):
-        if time.perf_counter() > deadline:
-            return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats)
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return SplitOutcome("unknown", reason="time limit reached in the MILP on sub-boxes", stats=stats), again
         stats["milp_leaves"] += 1
+        splittable = int(depth[j]) < max_depth
+        t0 = time.perf_counter()
         status, x, yv = leaf_check(lo[j:j + 1], hi[j:j + 1], None if pre is None else
-                                   [(a[j:j + 1], b[j:j + 1]) for a, b in pre])
+                                   [(a[j:j + 1], b[j:j + 1]) for a, b in pre],
+                                   min(left, policy.seconds(counts[j])) if splittable else left)
+        policy.update(counts[j], time.perf_counter() - t0, status in ("certified", "violated"))
         if status == "violated":
-            return SplitOutcome("violated", x=x, y=yv, reason="found by the MILP on a sub-box", stats=stats)
+            return SplitOutcome("violated", x=x, y=yv, reason="found by the MILP on a sub-box", stats=stats), again
         if status != "certified":
-            return SplitOutcome("unknown", reason=f"the MILP on a sub-box was inconclusive ({status})", stats=stats)
-    return None
+            if not splittable or time.perf_counter() > deadline:
+                return SplitOutcome("unknown", reason=f"the MILP on a sub-box was inconclusive ({status})",
+                                    stats=stats), again
+            again[j] = True  # too slow, or a solution only within the solver's slack: look closer
+    return None, again
 
 
 def _choose_split(c_margin: torch.Tensor, c_open: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
