@@ -67,10 +67,13 @@ LEAF_FAST = 0.05
 #: Slope steps on a leaf before its MILP (see ``_settle_leaves``).
 LEAF_ALPHA_STEPS = 40
 #: Inputs whose halving is tried (and bounded) per box before choosing the split, ranked by relative
-#: width plus relative smear: on ACAS Xu phi6 (N1,1, second region) three of the five proved it in
-#: 9 s where all five had not in 90 s (the split whose worse half gains most is greedy: it kept
-#: halving inputs that paid off for one level only).
-TRY_DIMS = 3
+#: width plus relative smear: all five of ACAS Xu's for a single-row unsafe set (phi1 on N4,6 took
+#: 2.6 s with five, over 80 s with three), three for several rows (phi6 on N1,1, second region: 9 s
+#: with three, unknown at 40 s with five; phi2 on N4,2: 66 s with three, 6.6e-6 of the region
+#: still open at 30 s with five, 5.5e-6 at 100 s with two), where the split whose worse half gains
+#: most is greedy and kept halving inputs that paid off for one level only.
+TRY_DIMS = 5
+TRY_DIMS_ROWS = 3
 
 #: An input array: numpy-like or a tensor (``bounds.as_tensor`` turns it into float64).
 _Array: TypeAlias = npt.ArrayLike | torch.Tensor
@@ -146,7 +149,7 @@ def _split_search(prop: BoundPropagator, net64: nn.Module, lower: _Array, upper:
     per_box: float | None = None  # seconds per bounded child of the last step
     policy = _LeafPolicy()
     region_width = (region_hi - region_lo).reshape(-1)
-    tries = _candidate_count(region_width)
+    tries = _candidate_count(region_width, TRY_DIMS if G_t.shape[0] == 1 else TRY_DIMS_ROWS)
     while queue:
         if time.perf_counter() > deadline:
             return SplitOutcome("unknown", reason="time limit reached while splitting the input region", stats=stats)
@@ -369,8 +372,8 @@ def _choose_split(c_margin: torch.Tensor, c_open: torch.Tensor, lo: torch.Tensor
     return chosen[c_open[chosen]]
 
 
-def _candidate_count(region_width: torch.Tensor) -> int:
-    return max(1, min(TRY_DIMS, int((region_width > 0).sum())))
+def _candidate_count(region_width: torch.Tensor, most: int = TRY_DIMS) -> int:
+    return max(1, min(most, int((region_width > 0).sum())))
 
 
 def _candidates(lo: torch.Tensor, hi: torch.Tensor, coeff: torch.Tensor, region_width: torch.Tensor,
