@@ -241,10 +241,12 @@ def main(argv=None) -> int:
         print(_row(r), flush=True)
         results.append(r)
     by = {r["name"]: r for r in results}  # this run's rows: the speed-ups compare rows of one run only
-    if args.only and args.out.exists():  # a partial run updates its rows and keeps the others
-        old = {r["name"]: r for r in json.loads(args.out.read_text()).get("tasks", [])}
-        results = list({**old, **by}.values())
     summary = {}
+    if args.only and args.out.exists():  # a partial run updates its rows (and ratios) and keeps the others
+        before = json.loads(args.out.read_text())
+        old = {r["name"]: r for r in before.get("tasks", [])}
+        results = list({**old, **by}.values())
+        summary = {k: v for k, v in before.get("summary", {}).items() if k not in by}
     for ours_name, ref_name in (("layer5_100", "reference_layer5_100"), ("9x200_layer6", "reference_9x200_layer6")):
         ours, ref = by.get(ours_name), by.get(ref_name)
         if ours and ref and ref.get("status") == "optimal" and ours.get("objective") is not None:
