@@ -53,16 +53,20 @@ SLOW_SECONDS = 300.0
 #: Measurements of the real point repairer (HiGHS, 2 cores): (first-round nonzeros, total seconds).
 #: ``--layer auto`` keeps a layer when ``estimate_seconds`` of its predicted LP fits the time limit
 #: (heuristics.select). Refresh with ``python benchmarks/point_repair.py --calibrate`` after a full
-#: benchmark run on a quiet machine; the last three (issue 18) were measured on a busy one.
+#: benchmark run on a quiet machine; the last five were measured on a busy one (load ~2). Size
+#: alone misses how many rounds a layer needs: ERAN 9x100 layer 2 (758k nonzeros, 5 rounds) took
+#: 56.3 s, six times this fit, and is left out of it.
 TIMING_MEASUREMENTS = (
     (145_000, 1.2),
     (657_000, 4.8),
     (1_020_000, 4.5),
     (1_160_000, 12.9),
     (663_000, 15.0),  # MLP layer 1, 50 points
-    (1_266_250, 74.0),  # zoo MLP layer 1, 100 fog failures
-    (1_725_681, 30.5),  # zoo mnist_cnn fc1 (layer 2), 16 of 64 rows, 50 fog failures
     (38_500, 0.17),  # zoo mnist_cnn fc2 (layer 3), 50 fog failures
+    (1_725_681, 30.5),  # zoo mnist_cnn fc1 (layer 2), 16 of 64 rows, 50 fog failures
+    (885_204, 11.9),  # zoo MLP layer 1, 100 fog failures (u substituted, L-inf searched)
+    (3_552_708, 20.4),  # zoo mnist_cnn fc1 whole, 50 fog failures (the same)
+    (4_687_710, 111.1),  # zoo fashion_cnn fc1 whole, 50 fog failures (the same)
 )
 # Points are pushed through the network in chunks of this many (bounds the memory of conv patches).
 _CHUNK = 32
@@ -179,7 +183,9 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
 
     ``formulation`` "auto" follows the repairer's default (``PointRepairOptions.formulation``): a conv
     layer's ``u`` is substituted out, leaving ``2*n_delta + 1`` variables, ``n_delta + R`` rows,
-    output rows dense over the deltas, and rows for its ReLU (counted all, though they come lazily).
+    output rows dense over the deltas, and rows for its ReLU (counted all, though they come lazily);
+    so is the last layer's and the last hidden one's (``_is_head``), starting from one output row per
+    point over the weights that point reaches.
 
     ``variables`` and ``rows`` are exact for the first round; ``nonzeros`` is an upper-leaning
     estimate (the output rows' ``u`` coefficients are not split into p/q, and zero coefficients of the
@@ -204,6 +210,17 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     R = int(spec.output_constraints(n_out)[0].shape[0])
 
     n_delta = n_rows * live + n_rows + later_bias
+    if formulation == "auto" and positions == 1 and _is_head(net64, mi):
+        # u substituted out at the last layer or the last hidden one (the repairer's auto): one
+        # output row per point to start (the others come lazily), over the weights of the point's
+        # active units and nonzero inputs; at the last layer one L∞ row per delta, which the
+        # layer before it searches instead
+        last = not later_bias
+        units = 2.0 if last else (active / max(1, n_points)) * n_rows / n_all  # a label row: two units at the last
+        per_row = 2.0 * units * (patch_nnz / max(1, n_points) + 1)
+        linf_rows = n_delta if last else 0
+        return {"variables": int(2 * n_delta + 1), "rows": int(n_points + linf_rows),
+                "nonzeros": int(round(n_points * (per_row + 2 * later_bias) + 3 * linf_rows))}
     if formulation != "u" and (formulation == "substituted" or positions > 1):
         # counted as if every row of the ReLU on u came in (they come lazily, but the first rounds
         # of a conv layer break tens of thousands of them): each as wide as a patch, twice (p, q)
@@ -219,6 +236,14 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     out_nnz = 2.0 * R * (active / n_points + later_bias)
     nonzeros = 3 * n_delta + unit_nnz + int(round(out_nnz))
     return {"variables": int(variables), "rows": int(rows), "nonzeros": int(nonzeros)}
+
+
+def _is_head(net64: nn.Sequential, mi: int) -> bool:
+    """Whether module ``mi`` is the last affine layer, or the last hidden one with only its ReLU
+    between it and the last (where the repairer substitutes u out by default)."""
+    later = [m for m in list(net64)[mi + 1:] if not isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout))]
+    return not later or (len(later) == 2 and isinstance(later[0], nn.ReLU)
+                         and isinstance(later[1], (nn.Linear, nn.Conv2d)))
 
 
 def _layer_counts(net64: nn.Sequential, mi: int, x: np.ndarray, relu: bool) -> tuple[int, int, int, int, int, int]:

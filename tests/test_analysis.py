@@ -153,3 +153,17 @@ def test_estimate_seconds_order_of_magnitude():
 def test_format_without_network():
     text = format_analysis(analyze(_spec([[0, 0], [1, 1]], [0, 1])))
     assert "points" in text and "balance" in text and "Predicted" not in text
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_auto_prediction_follows_the_substituted_head(layer):
+    # an MLP's last two layers: u substituted out, one output row per point to start
+    from test_aprnn import _random_mlp, _repair, _wrong_points
+
+    net = _random_mlp(5, sizes=(6, 16, 16, 10))
+    spec = _wrong_points(net, 30, 6, 6)
+    size = predict_lp_size(net, spec, layer, formulation="auto")
+    first = _repair(net, spec, layer=layer).lp["rounds"][0]
+    assert (size["variables"], size["rows"]) == (first["variables"], first["rows"])
+    assert first["nonzeros"] <= size["nonzeros"] <= 1.5 * first["nonzeros"]
+    assert predict_lp_size(net, spec, layer, formulation="u")["rows"] > 2 * size["rows"]
