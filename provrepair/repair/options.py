@@ -211,8 +211,9 @@ class PointRepairOptions:
                            choices=STRATEGIES)
     linf: str = option("auto", "how the LP holds the L-inf term: rows (one epigraph row per parameter), search (a "
                                "1-D search over the bound, each probe an L1 LP), or auto: search where no activation "
-                               "pattern after the layer needs rows and a later layer exists (the zoo MLP's layer 1: "
-                               "2.8x faster; ERAN 9x100 layer 2: far slower; benchmarks/results/point_repair.json)",
+                               "pattern after the layer needs rows and a later layer exists, i.e. at a network's last "
+                               "hidden layer (the zoo MLP's layer 1: 2.8x faster than rows; deeper in a network the "
+                               "rows were faster; benchmarks/results/point_repair.json)",
                        choices=LINF_MODES)
     pattern_tol: float = 1e-7  # a pattern counts as kept while the pre-activation is off by less
     # weight columns of W_k: "all" up front, or "lazy" (start with the best-ranked share, add those
@@ -221,7 +222,8 @@ class PointRepairOptions:
     # slow: 31 s against 27 s there, 152 s against 74 s on the MLP's layer 1 (57% of its weights move).
     columns: str = "all"
     # "u": an auxiliary u_p per point (rows u_p = (W_k + ΔW_k) h_p + b_k + Δb_k); "substituted": u
-    # substituted out, every row over the deltas; "auto": substituted for a conv layer (aprnn.PointLP._substitute)
+    # substituted out, every row over the deltas; "auto": substituted for a conv layer, the last layer and
+    # the last hidden one (aprnn.PointLP._substitute)
     formulation: str = "auto"
     max_pattern_rows: int | None = None  # pattern rows added per round at most, the most violated first
     price_tol: float = 1e-9  # a column prices in below -price_tol * max(its cost, 1)
