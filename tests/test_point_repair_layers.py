@@ -174,3 +174,15 @@ def test_layer_auto_falls_back_to_a_row_subset(monkeypatch):
     assert all(c["rows"] is None or c["rows"] < net[[0, 3, 7, 9][k]].weight.shape[0] for k, c in plan.items())
     rows = select.pick_rows(net, spec, 1, 2)
     assert len(rows) == 2 and all(0 <= r < 4 for r in rows)
+
+
+def test_a_cnns_last_hidden_layer_starts_from_one_row_per_point_and_searches_the_bound():
+    # fc1 after the pools: u substituted out (no row per point and unit) and the L-inf bound searched
+    net = _cnn()
+    spec = _spec(net)
+    res = provrepair.repair(net, spec, layer=2)
+    first = res.lp["rounds"][0]
+    assert res.certified and first["rows"] == spec.n_points and first["linf_probes"] > 1
+    u_form = provrepair.repair(net, spec, layer=2, formulation="u", linf="rows")
+    assert u_form.lp["rounds"][0]["rows"] > 10 * spec.n_points
+    assert res.solver["objective"] == pytest.approx(u_form.solver["objective"], rel=1e-6)
