@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated a_b:prop instances, e.g. 1_4:1,1_9:7")
     ap.add_argument("--limit", type=int, help="the first N instances of the CSV")
-    ap.add_argument("--timeout", type=float, default=60.0, help="complete-check budget per region (s)")
+    ap.add_argument("--timeout", type=float, default=80.0, help="complete-check budget per region (s)")
     ap.add_argument("--cli-sample", type=int, default=0, metavar="N", help="also run N instances via the CLI")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (small batched ops run best on one)")
     ap.add_argument("--no-marabou", action="store_true", help="skip the optional Marabou baseline")
