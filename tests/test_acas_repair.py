@@ -168,3 +168,52 @@ def test_decisions_of_an_empty_pool_are_empty():
 
     out = _decide(_tiny(), np.zeros((0, 2)), "argmin")
     assert out.shape == (0,) and out.dtype == np.int64
+
+
+def test_before_asks_the_engine_where_the_independent_check_is_unknown(tmp_path, one_torch_thread, monkeypatch):
+    """ACAS Xu N3,3 phi2 holds, but the independent check ended unknown at its 10 s before budget,
+    so it was 'repaired' (and phi9 broken): where that check is unknown the engine decides, and
+    a property it certifies is a no-op; its verdict is recorded as the engine's."""
+    import provrepair.repair.property_repair as pr
+
+    net = normalize_model(_tiny(), input_shape=(2,))
+    holds = pr.load_targets(net, [str(_write(tmp_path, "holds.vnnlib", VNNLIB_2D.format(
+        lo0=-1, hi0=1, lo1=-1, hi1=1, rhs="1000.0")))])
+    broken = pr.load_targets(net, [str(_prop_y0_below_y1(tmp_path))])
+    monkeypatch.setattr(pr, "_complete", lambda *a, **k: {"status": "unknown", "decided_by": "", "seconds": 0.0,
+                                                          "stats": {}, "reason": "time limit", "counterexample": None})
+    rec = pr._before(net, holds[0], pr.PropertyRepairOptions())
+    assert rec["status"] == "certified" and rec["decided_by"].startswith("engine")
+    assert rec["independent"]["status"] == "unknown"
+    assert pr.repair_properties(net, holds, (), pr.PropertyRepairOptions()).status == "already holds"
+    assert pr._before(net, holds[0], pr.PropertyRepairOptions(before_engine_timeout=0))["status"] == "unknown"
+    bad = pr._before(net, broken[0], pr.PropertyRepairOptions())
+    assert bad["status"] == "violated"
+    with torch.no_grad():
+        y = net(torch.as_tensor([bad["counterexample"]], dtype=torch.float32))[0]
+    assert y[0] >= y[1]  # a real counterexample
+
+
+def test_a_target_that_held_is_guarded_and_its_broken_parts_repaired(tmp_path, one_torch_thread):
+    """N1,7: phi2 held, phi3/phi4 were repaired, and the repair broke phi2; the held target was
+    neither guarded nor partitioned (it had no parts), so the run ended 'not certified' with no
+    second round. Here q (unsafe y1 >= y0 on a box where y0 > y1) holds and contradicts p's repair
+    there: it is now re-partitioned on the repaired model and joins the next round, whose LP
+    (p and q on the same points) is infeasible: reported as such, not as a silently broken q."""
+    from provrepair.repair.property_repair import INFEASIBLE, PropertyRepairOptions, load_targets, repair_properties
+
+    net = normalize_model(_tiny(), input_shape=(2,))
+    x = torch.rand(20000, 2) * 2 - 1
+    with torch.no_grad():
+        c = x[(net(x)[:, 0] - net(x)[:, 1]).argmax()].numpy()
+    box = (c[0] - 0.01, c[0] + 0.01, c[1] - 0.01, c[1] + 0.01)
+    q = _write(tmp_path, "q.vnnlib", VNNLIB_2D.replace("(>= Y_0 {rhs})", "(>= Y_1 Y_0)").format(
+        lo0=box[0], hi0=box[1], lo1=box[2], hi1=box[3]))
+    targets = load_targets(net, [str(_prop_y0_below_y1(tmp_path)), str(q)])
+    opts = PropertyRepairOptions(split_depth=4, keep_samples=100, fidelity_samples=1000, decision="argmax",
+                                 rounds=2, before_engine_timeout=0)
+    res = repair_properties(net, targets, (), opts)
+    rec = {p["property"]: p for p in res.properties}
+    assert rec["q"]["before"]["status"] == "certified" and rec["p"]["before"]["status"] == "violated"
+    assert rec["q"]["after"]["status"] == "violated"  # round 1 (its guard points dropped as infeasible)
+    assert res.status == INFEASIBLE and len(res.lp) >= 2 and res.lp[-1]["parts"] > res.lp[0]["parts"]

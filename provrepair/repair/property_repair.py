@@ -4,7 +4,8 @@ A property's input region (an ACAS Xu property is one box) is usually far too wi
 activation pattern or one tight interval hull, and most of it already holds. So:
 
 1. **Before**: the independent complete check (``certify.complete``) on each target's whole
-   region, with a short budget: a target that it certifies needs no repair (a no-op).
+   region, with a short budget, then the engine where it ends unknown: a target that holds needs
+   no repair (a no-op), and is guarded during the others' repair like a property to preserve.
 2. **Partition**: each target's region is bisected adaptively (widest input first); a part that
    CROWN (with falsification) certifies on the original network is left alone, a part that is
    violated or undecided is split again, down to ``split_depth``; what is still open there is a
@@ -62,6 +63,7 @@ class PropertyRepairOptions:
     decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
     domain: Box | None = None  # where keep and fidelity samples come from (default: the regions' bounding box)
     before_timeout: float = 10.0  # independent check of each target before any repair
+    before_engine_timeout: float = 80.0  # the engine, where that check ends unknown (0: none)
     certify_timeout: float = 120.0  # independent check of each target after the repair
     preserve_timeout: float = 60.0  # each property to preserve (the independent check, then the engine)
     engine_timeout: float = 5.0  # the engine's second opinion on each repaired target (0: none)
@@ -277,6 +279,21 @@ def _complete(net: nn.Module, t: Target, timeout: float) -> dict[str, Any]:
             "counterexample": None if cex is None else np.asarray(cex).reshape(-1).tolist()}
 
 
+def _before(net: nn.Module, t: Target, opts: PropertyRepairOptions) -> dict[str, Any]:
+    """Does ``t`` hold before any repair? The independent check, then, where its short budget ends
+    unknown, the engine (sound as well; nothing is imposed yet, so the repairer's hulls play no
+    part). A target left unknown is repaired for nothing and the repair can break what held: ACAS
+    Xu N3,3 phi2 holds (the engine: 29 s), was unknown at 10 s, and its repair broke phi9."""
+    rec = _complete(net, t, opts.before_timeout)
+    if rec["status"] != UNKNOWN or opts.before_engine_timeout <= 0:
+        return rec
+    eng = _engine(net, t, opts.before_engine_timeout)
+    if eng["status"] == UNKNOWN:
+        return dict(rec, engine=eng)
+    return dict(eng, decided_by=f"engine: {eng['decided_by']}", seconds=rec["seconds"] + eng["seconds"],
+                independent=rec)
+
+
 def _engine(net: nn.Module, t: Target, timeout: float) -> dict[str, Any]:
     cert = certify_regions(net, t.spec, method="auto", timeout=timeout)
     bad = [v for v in cert.verdicts if v.status != CERTIFIED]
@@ -305,11 +322,14 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     todo: list[Target] = []
     for t in targets:
         _boxes(t)
-        before = _complete(net, t, opts.before_timeout)
+        before = _before(net, t, opts)
         records[t.name] = {"property": t.name, "role": "repair", "before": before}
-        say(f"{t.name} before the repair: {before['status']} ({before['seconds']:.1f} s, independent check)")
+        say(f"{t.name} before the repair: {before['status']} ({before['seconds']:.1f} s, "
+            f"{before['decided_by'] or 'undecided'})")
         if before["status"] != CERTIFIED:
             todo.append(t)
+    # a target that held is guarded like a property to preserve: repairing the others can break it (N1,7 phi2)
+    kept = [t for t in targets if t.name not in {u.name for u in todo}]
     timings = {"before": time.perf_counter() - t_all}
     if not todo:
         return PropertyRepairResult(HOLDS, None, "every target property already holds on its whole region "
@@ -332,7 +352,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                         "max_parts")
     timings["partition"] = time.perf_counter() - t0
     n_aff = len(affine_layers(net))
-    held = [(t.name, b, p) for t in preserve for b, p in _boxes(t)]  # regions of the properties to preserve
+    held = [(t.name, b, p) for t in list(preserve) + kept for b, p in _boxes(t)]  # regions that must keep holding
     result = PropertyRepairResult(NOT_CERTIFIED, None, "", layer=n_aff - 1, timings=timings)
     rng = np.random.default_rng(opts.seed)
     for rnd in range(opts.rounds):
@@ -350,7 +370,8 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                               + (f"; {len(preserve)} preserved properties still certified" if preserve else ""))
             break
         violated = [n for n in broken if records[n]["after"]["status"] == VIOLATED]
-        more = _parts_to_add(model, violated, certified_parts, parts, targets, preserve, opts, scale, say, records)
+        more = _parts_to_add(model, violated, certified_parts, parts, todo, list(preserve) + kept, opts, scale, say,
+                             records)
         if not more or rnd == opts.rounds - 1:
             result.model = model
             result.message = ("not certified: " + "; ".join(f"{name}: {records[name]['after']['status']} "
@@ -538,14 +559,15 @@ def _inside_any_each(x: np.ndarray, cands) -> np.ndarray:
 
 
 def _parts_to_add(model, broken, certified_parts, parts, targets, preserve, opts, scale, say, records) -> list:
-    """Parts to add to the repair after a round broke ``broken``: the certified parts (of targets)
-    that hold a counterexample, and the open parts of a broken preserved property's region."""
+    """Parts to add to the repair after a round broke ``broken``: the certified parts (of the
+    repaired ``targets``) that hold a counterexample, and the open parts, on the repaired model, of
+    the region of a broken property of ``preserve`` (which includes the targets that held before)."""
     more = []
     by_name = {t.name: t for t in list(targets) + list(preserve)}
     repaired = {(n, tuple(b.lower.reshape(-1)), tuple(b.upper.reshape(-1))) for n, b, _ in parts}
     for name in broken:
         t = by_name[name]
-        if t in targets:
+        if any(name == u.name for u in targets):  # a repaired target: its parts that CROWN had certified
             cands = [(n, b, p) for n, b, p in certified_parts if n == name]
             # the certified parts that no longer hold: a counterexample in them (the independent
             # check's, or the falsifier's on the repaired model)
