@@ -185,7 +185,8 @@ def test_before_asks_the_engine_where_the_independent_check_is_unknown(tmp_path,
     rec = pr._before(net, holds[0], pr.PropertyRepairOptions())
     assert rec["status"] == "certified" and rec["decided_by"].startswith("engine")
     assert rec["independent"]["status"] == "unknown"
-    assert pr.repair_properties(net, holds, (), pr.PropertyRepairOptions()).status == "already holds"
+    res = pr.repair_properties(net, holds, (), pr.PropertyRepairOptions())
+    assert res.status == "already holds" and "holds: engine" in res.message
     assert pr._before(net, holds[0], pr.PropertyRepairOptions(before_engine_timeout=0))["status"] == "unknown"
     bad = pr._before(net, broken[0], pr.PropertyRepairOptions())
     assert bad["status"] == "violated"

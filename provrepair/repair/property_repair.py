@@ -332,8 +332,9 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
     kept = [t for t in targets if t.name not in {u.name for u in todo}]
     timings = {"before": time.perf_counter() - t_all}
     if not todo:
-        return PropertyRepairResult(HOLDS, None, "every target property already holds on its whole region "
-                                    "(independent complete check); nothing to repair",
+        how = "; ".join(f"{n}: {r['before']['decided_by']}" for n, r in records.items())
+        return PropertyRepairResult(HOLDS, None, f"every target property already holds on its whole region ({how}); "
+                                    "nothing to repair",
                                     properties=list(records.values()), timings=dict(timings, total=timings["before"]))
     # partition
     t0 = time.perf_counter()
