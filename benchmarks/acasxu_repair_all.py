@@ -142,7 +142,7 @@ def main() -> None:
                                                              for q in held_before(r))})
     for i in instances:  # the issue's acceptance, per instance (the 45 s is a median, reported below)
         if i["network_status"] == "infeasible":  # a later round failed: no model, whatever round 1 certified
-            i["after"] = None
+            i["after"] = i["engine_after"] = None
         i["meets_acceptance"] = bool(i["after"] == "certified" and i["preserved_certified"]
                                      and i["advisory_changed"] is not None and i["advisory_changed"] <= 0.01)
     violated = [i for i in instances if i["before"] != "certified"]
@@ -175,7 +175,7 @@ def main() -> None:
     md = (f"# ACAS Xu repair (issue 21)\n\n{summary['networks_run']} of {len(todo)} planned networks run; "
           f"{summary['instances_repaired_and_certified']} of {summary['instances_needing_repair']} instances that "
           f"needed repair repaired and certified on their whole region; {summary['instances_already_holding']} "
-          "targets already held (independent check).\n\n" + markdown(records))
+          "targets already held (the independent check, or the engine where it was unknown).\n\n" + markdown(records))
     write_text_atomic(args.out.with_suffix(".md"), md)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
