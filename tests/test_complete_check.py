@@ -161,6 +161,25 @@ def test_complete_check_agrees_with_the_engine_and_sampling(seed, one_torch_thre
         assert v.decided_by
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("offset, expected", [(-0.02, "certified"), (0.02, "violated")])
+def test_the_leaf_threshold_changes_the_route_not_the_verdict(seed, offset, expected, one_torch_thread):
+    # a threshold just either side of what the box reaches: split down to stable boxes (0, the
+    # default), MILPs on boxes with a dozen unstable ReLUs, or one MILP on the whole box: one verdict
+    net = _net(seed, d=3, width=16, depth=3)
+    box = Box(np.full(3, -1.0), np.full(3, 1.0))
+    G = np.array([[1.0, -1.0, 0.0]])
+    with torch.no_grad():
+        gap = (net(torch.as_tensor(box.sample(20000, np.random.default_rng(seed)), dtype=torch.float32)).numpy()
+               @ G.T).min()
+    prop = OutputProperty.unsafe([(G, np.array([gap + offset]))])
+    verdicts = {k: certify_box_complete(net, box, prop, timeout=30, leaf_unstable=k)
+                for k in (0, 12, 10_000)}
+    assert {v.status for v in verdicts.values()} == {expected}
+    if expected == "certified":  # the whole box to one MILP instead of dozens of sub-boxes
+        assert verdicts[10_000].stats["milp_leaves"] == 1 and verdicts[0].stats["boxes"] > 10
+
+
 def test_complete_check_reaches_milp_leaves_and_reports_them(one_torch_thread):
     net = _net(3, d=3, width=16, depth=3)
     box = Box(np.full(3, -1.0), np.full(3, 1.0))
