@@ -197,17 +197,18 @@ class BoundSearch:
 
     def _evaluate(self, s: float, deadline: float | None, spent: list) -> tuple[str, Probe | None]:
         start = self.backend.basis()
-        res = self._solve_at(s, deadline, spent, start, retry=self.last is None and not spent)
+        cols = self.delta_cols()
+        res = self._solve_at(s, cols, deadline, spent, retry=self.last is None and not spent)
         if res.status == ERROR:
             # a numerical failure on a warm probe (HiGHS: "Unknown" near the feasibility edge): once
             # more from the basis before it, then a hair to the side, then HiGHS's cold re-solves,
             # on a budget where the search has a probe to settle for (they once took >200 s on the
             # zoo MLP's layer 0), else as long as the deadline allows (nothing else can go on)
             budget = any(r.optimal for r in spent)
-            for s_try, retry in ((s, False), (s * (1 + 1e-3) if s * (1 + 1e-3) <= self.cap else s * (1 - 1e-3), False),
-                                 (s, True)):
+            beside = s * (1 + 1e-3) if s * (1 + 1e-3) <= self.cap else s * (1 - 1e-3)
+            for s_try, retry in ((s, False), (beside, False), (s, True)):
                 self.backend.set_basis(start)
-                res = self._solve_at(s_try, deadline, spent, start, retry, budget)
+                res = self._solve_at(s_try, cols, deadline, spent, retry, budget)
                 if res.status != ERROR:
                     s = s_try
                     break
@@ -216,18 +217,16 @@ class BoundSearch:
             # basis before it took 1 s): the next probe starts from the basis this one started from
             self.backend.set_basis(start)
             return res.status, None
-        cols = self.delta_cols()
         g = self.cost_s
         rc = self.backend.column_duals()
         if s < self.cap and rc is not None:  # at-upper columns have reduced cost <= 0, the others >= 0 or 0
             g += float(np.minimum(rc[cols], 0.0).sum())
         return "optimal", Probe(s, float(res.objective), g, float(res.x[cols].max(initial=0.0)), res)
 
-    def _solve_at(self, s: float, deadline: float | None, spent: list, start, retry: bool, budget: bool = False):
-        """One solve with the delta columns bounded by ``min(s, cap)``; ``budget``: within
+    def _solve_at(self, s: float, cols, deadline: float | None, spent: list, retry: bool, budget: bool = False):
+        """One solve with the delta columns ``cols`` bounded by ``min(s, cap)``; ``budget``: within
         ``RETRY_BUDGET`` times the longest probe so far (at least a second)."""
         self.s = s
-        cols = self.delta_cols()
         self.backend.set_bounds(cols, np.zeros(cols.size), np.full(cols.size, self.bound()))
         self.backend.set_bounds(np.array([self.s_col]), np.array([s]), np.array([s]))
         limit = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
