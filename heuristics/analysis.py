@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from provrepair.errors import InputError
-from provrepair.models import affine_index_to_module_index, affine_layers, layer_inputs
+from provrepair.models import affine_index_to_module_index, affine_layers, is_head, layer_inputs
 from provrepair.specs import PointSpec
 
 from .scorers import representations
@@ -184,7 +184,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     ``formulation`` "auto" follows the repairer's default (``PointRepairOptions.formulation``): a conv
     layer's ``u`` is substituted out, leaving ``2*n_delta + 1`` variables, ``n_delta + R`` rows,
     output rows dense over the deltas, and rows for its ReLU (counted all, though they come lazily);
-    so is the last layer's and the last hidden one's (``_is_head``), starting from one output row per
+    so is the last layer's and the last hidden one's (``models.is_head``), starting from one output row per
     point over the weights that point reaches.
 
     ``variables`` and ``rows`` are exact for the first round; ``nonzeros`` is an upper-leaning
@@ -210,7 +210,7 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     R = int(spec.output_constraints(n_out)[0].shape[0])
 
     n_delta = n_rows * live + n_rows + later_bias
-    if formulation == "auto" and positions == 1 and _is_head(net64, mi):
+    if formulation == "auto" and positions == 1 and is_head(net64, mi):
         # u substituted out at the last layer or the last hidden one (the repairer's auto): one
         # output row per point to start (the others come lazily), over the weights of the point's
         # active units and nonzero inputs; at the last layer one L∞ row per delta, which the
@@ -236,14 +236,6 @@ def predict_lp_size(net: nn.Module, spec: PointSpec, layer: int, rows: int | Non
     out_nnz = 2.0 * R * (active / n_points + later_bias)
     nonzeros = 3 * n_delta + unit_nnz + int(round(out_nnz))
     return {"variables": int(variables), "rows": int(rows), "nonzeros": int(nonzeros)}
-
-
-def _is_head(net64: nn.Sequential, mi: int) -> bool:
-    """Whether module ``mi`` is the last affine layer, or the last hidden one with only its ReLU
-    between it and the last (where the repairer substitutes u out by default)."""
-    later = [m for m in list(net64)[mi + 1:] if not isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout))]
-    return not later or (len(later) == 2 and isinstance(later[0], nn.ReLU)
-                         and isinstance(later[1], (nn.Linear, nn.Conv2d)))
 
 
 def _layer_counts(net64: nn.Sequential, mi: int, x: np.ndarray, relu: bool) -> tuple[int, int, int, int, int, int]:

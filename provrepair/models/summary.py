@@ -22,6 +22,20 @@ def affine_layers(net: nn.Module) -> list[int]:
     return [i for i, m in enumerate(_layers(net)) if type(m) in AFFINE_TYPES]
 
 
+def patterns_after(net: nn.Module, mi: int) -> bool:
+    """Whether a module after ``mi`` needs activation-pattern rows in a repair LP at ``mi``: a
+    max-pool, or a ReLU other than the one acting directly on ``mi``'s output."""
+    later = _layers(net)[mi + 1:]
+    first = next((j for j, m in enumerate(later) if not isinstance(m, nn.Flatten)), None)
+    return any(isinstance(m, nn.MaxPool2d) or (isinstance(m, nn.ReLU) and j != first) for j, m in enumerate(later))
+
+
+def is_head(net: nn.Module, mi: int) -> bool:
+    """Whether module ``mi`` is the last affine layer, or the last hidden one with nothing after it
+    that needs pattern rows: where the point repair substitutes u out by default."""
+    return not patterns_after(net, mi) and sum(type(m) in AFFINE_TYPES for m in _layers(net)[mi + 1:]) <= 1
+
+
 def affine_index_to_module_index(net: nn.Module, k: int) -> int:
     """The module index of affine layer ``k`` (negative ``k`` counts from the end)."""
     idx = affine_layers(net)

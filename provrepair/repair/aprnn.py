@@ -43,7 +43,7 @@ from torch import nn
 from provrepair import solvers
 
 from ..errors import InputError
-from ..models import affine_index_to_module_index, affine_layers, layer_inputs
+from ..models import affine_index_to_module_index, affine_layers, is_head, layer_inputs, patterns_after
 from .linf_search import REL_TOL, ROUND_REL_TOL, BoundSearch
 from .options import PointRepairOptions
 from .suffix import Rows, Suffix
@@ -258,7 +258,6 @@ class PointLP:
         self.later = {j: int(suffix.modules[j].bias.numel()) for j in suffix.later_affine} if opts.later_biases else {}
         # Weight columns are generated lazily (priced by the layer rows' duals) where the backend can
         # add columns; the full strategy, MILPs and zonotopes keep every column up front.
-        self.u_patterns_only = not suffix.pattern_modules  # no pattern after k but the ReLU on u (if any)
         self.substituted = self._substitute()
         self.lazy_weights = (opts.columns == "lazy" and opts.strategy != "full" and zono is None
                              and not self.disjunctive and not self.substituted and bool(self.active.all()))
@@ -297,8 +296,7 @@ class PointLP:
             return True
         # the last layer, or the one before it with only the ReLU on u between (an MLP's last hidden
         # layer): a label row then names every weight, but one or two per point bind
-        head = self.u_patterns_only and len(self.suffix.later_affine) <= 1 and self._lazy_outputs()
-        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS or head
+        return self.feats.shape[1] > _SUBSTITUTE_POSITIONS or (is_head(self.net, self.k) and self._lazy_outputs())
 
     def _layout(self) -> _Layout:
         n_sel = self.neurons.size
@@ -342,7 +340,7 @@ class PointLP:
         where the LP has that term, is an LP (not the disjunctive MILP) and is re-solved by a
         simplex that can change bounds warm."""
         opts, suffix = self.opts, self.suffix
-        wanted = opts.linf == "search" or (opts.linf == "auto" and self.u_patterns_only
+        wanted = opts.linf == "search" or (opts.linf == "auto" and not patterns_after(self.net, self.k)
                                            and bool(suffix.later_affine))
         simplex = opts.method in ("auto", "simplex") and self.backend.can_change_bounds
         if not wanted or not simplex or opts.objective not in _LINF_OBJECTIVES or self.disjunctive:
