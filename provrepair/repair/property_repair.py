@@ -329,7 +329,8 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
         if before["status"] != CERTIFIED:
             todo.append(t)
     # a target that held is guarded like a property to preserve: repairing the others can break it (N1,7 phi2)
-    kept = [t for t in targets if t.name not in {u.name for u in todo}]
+    to_repair = {u.name for u in todo}
+    guarded = list(preserve) + [t for t in targets if t.name not in to_repair]
     timings = {"before": time.perf_counter() - t_all}
     if not todo:
         how = "; ".join(f"{n}: {r['before']['decided_by']}" for n, r in records.items())
@@ -353,7 +354,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                         "max_parts")
     timings["partition"] = time.perf_counter() - t0
     n_aff = len(affine_layers(net))
-    held = [(t.name, b, p) for t in list(preserve) + kept for b, p in _boxes(t)]  # regions that must keep holding
+    held = [(t.name, b, p) for t in guarded for b, p in _boxes(t)]  # regions that must keep holding
     result = PropertyRepairResult(NOT_CERTIFIED, None, "", layer=n_aff - 1, timings=timings)
     rng = np.random.default_rng(opts.seed)
     for rnd in range(opts.rounds):
@@ -371,8 +372,7 @@ def repair_properties(net: nn.Sequential, targets: Sequence[Target], preserve: S
                               + (f"; {len(preserve)} preserved properties still certified" if preserve else ""))
             break
         violated = [n for n in broken if records[n]["after"]["status"] == VIOLATED]
-        more = _parts_to_add(model, violated, certified_parts, parts, todo, list(preserve) + kept, opts, scale, say,
-                             records)
+        more = _parts_to_add(model, violated, certified_parts, parts, todo, guarded, opts, scale, say, records)
         if not more or rnd == opts.rounds - 1:
             result.model = model
             result.message = ("not certified: " + "; ".join(f"{name}: {records[name]['after']['status']} "
