@@ -203,3 +203,87 @@ def test_complete_check_refuses_what_it_cannot_read():
     with pytest.raises(UnsupportedLayerError, match="boxes"):
         from provrepair.specs.regions import VPolytope
         certify_box_complete(_net(0, d=3, width=12, depth=3), VPolytope(np.eye(3)), OutputProperty.label(0, 3))
+
+
+def _rows_and_bounds(seed: int, q: int, steps: int):
+    """A 3-input network, 6 boxes, ``q`` random rows ``G y - h``: the default-slope margins of the
+    rows (and of their mean when q > 1) and the optimised ones."""
+    net = _net(seed, d=3, width=16, depth=3, out=4)
+    layers = affine_chain(net)
+    tens = complete._tensors(layers)
+    rng = np.random.default_rng(seed)
+    G, h = rng.normal(size=(q, 4)), rng.normal(size=q) * 0.1
+    c, r = rng.uniform(-1, 1, (6, 3)), rng.uniform(0.05, 0.6, (6, 3))
+    Gb, hb = (np.vstack([G, G.mean(0)]), np.append(h, h.mean())) if q > 1 else (G, h)
+    ct, rt = torch.as_tensor(c), torch.as_tensor(r)
+    with torch.no_grad():
+        low, _, pre = complete._bounds(tens, ct, rt, torch.as_tensor(Gb))
+    opt = complete._optimised(tens, pre, ct, rt, torch.as_tensor(G), torch.as_tensor(h), steps).numpy()
+    return layers, G, h, c, r, low.numpy() - hb, opt
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("q", [1, 3])
+def test_optimised_slopes_are_sound_and_never_looser(seed, q, one_torch_thread):
+    """Optimised lower ReLU slopes (and row weights): every margin stays below the smallest value
+    of its row over 3,000 sampled inputs per box (the weighted row below the largest row's), and
+    never below the default slopes' margin (the search stops once every box is decided)."""
+    layers, G, h, c, r, default, opt = _rows_and_bounds(seed, q, steps=20)
+    assert opt.shape == default.shape
+    assert np.all(opt >= default - 1e-9)
+    rng = np.random.default_rng(seed + 100)
+    for b in range(len(c)):
+        x = np.vstack([c[b] + r[b] * rng.uniform(-1, 1, (3000, 3)), c[b] - r[b], c[b] + r[b]])
+        rows = complete._forward(layers, x) @ G.T - h  # (n, q)
+        assert np.all(opt[b, :q] <= rows.min(0) + 1e-12)
+        if q > 1:  # some convex combination of the rows: never above the largest row
+            assert opt[b, q] <= rows.max(1).min() + 1e-12
+
+
+@pytest.mark.parametrize("seed, q", [(3, 1), (7, 3)])
+def test_optimised_slopes_decide_at_the_root_what_the_default_ones_split(seed, q, one_torch_thread):
+    """A threshold between the default slopes' bound and the optimised one over the root box: with
+    optimised slopes the check certifies it on the root box alone; with the default slopes only
+    (``alpha_steps=0``) it has to split it, and certifies it as well."""
+    net = _net(seed, d=3, width=16, depth=3, out=4)
+    tens = complete._tensors(affine_chain(net))
+    rng = np.random.default_rng(seed)
+    G, h = rng.normal(size=(q, 4)), np.zeros(q)
+    c, r = torch.zeros(1, 3, dtype=torch.float64), torch.full((1, 3), 0.5, dtype=torch.float64)
+    Gb = np.vstack([G, G.mean(0)]) if q > 1 else G
+    with torch.no_grad():
+        low, _, pre = complete._bounds(tens, c, r, torch.as_tensor(Gb))
+    d0 = float(low.max())
+    d1 = float(complete._optimised(tens, pre, c, r, torch.as_tensor(G), torch.as_tensor(h),
+                                   complete.ALPHA_STEPS).max())
+    assert d1 > d0 + 1e-3  # this case: the optimised slopes gain
+    prop = OutputProperty.unsafe([(G, h + (d0 + d1) / 2)])  # every margin shifted into the gap
+    box = Box(np.full(3, -0.5), np.full(3, 0.5))
+    fast = certify_box_complete(net, box, prop, timeout=60)
+    slow = certify_box_complete(net, box, prop, timeout=60, alpha_steps=0)
+    assert fast.status == slow.status == "certified"
+    assert fast.stats["boxes"] == 1 < slow.stats["boxes"]
+    assert not _sampled_violation(net, box, prop)
+
+
+def test_a_row_that_no_relaxation_loses_is_certified_on_the_root_box(one_torch_thread):
+    """``y1 - y0 = v . relu(z) + 0.001`` with ``v >= 0``: at least 0.001 on every input, which
+    interval arithmetic on the last hidden layer shows at once, while the back-substitution
+    through the relaxations below it (slopes default or optimised) is far looser on a wide box."""
+    net = _net(5, d=4, width=24, depth=4, out=2)
+    last = net[-1]
+    with torch.no_grad():
+        last.weight[1] = last.weight[0] + torch.rand(24)
+        last.bias[1] = last.bias[0] + 1e-3
+    box = Box(np.full(4, -3.0), np.full(4, 3.0))
+    prop = OutputProperty.unsafe([(np.array([[-1.0, 1.0]]), np.array([0.0]))])  # y1 - y0 <= 0
+    v = certify_box_complete(net, box, prop, timeout=60)
+    assert v.status == "certified" and v.stats["boxes"] == 1
+    tens = complete._tensors(affine_chain(net))
+    c, r = torch.zeros(1, 4, dtype=torch.float64), torch.full((1, 4), 3.0, dtype=torch.float64)
+    with torch.no_grad():
+        _, _, pre = complete._bounds(tens, c, r, torch.tensor([[-1.0, 1.0]], dtype=torch.float64))
+        relax = [complete._relax(l, u) for l, u in pre]
+        plain, _ = complete._back(tens, relax, len(tens) - 1, torch.tensor([[[-1.0, 1.0]]], dtype=torch.float64), c, r)
+        both, _ = complete._back(tens, relax, len(tens) - 1, torch.tensor([[[-1.0, 1.0]]], dtype=torch.float64), c, r, pre)
+    assert float(plain) < 0 < 1e-3 - 1e-6 < float(both)
