@@ -8,10 +8,37 @@ from provrepair.errors import InputError
 from provrepair.models import affine_layers
 
 from .analysis import estimate_seconds, predict_lp_size
+from .predict import (
+    ProbeFn,
+    linear_drawdowns,
+    order_by_prediction,
+    predict_drawdowns,
+    reference_inputs,
+)
 from .scorers import NEEDS, SCORERS, rank
 
+#: ``linear``: the drawdown of a least-change repair of the network linearised at the repair points,
+#: measured on reference inputs (``predict.linear_drawdowns``; seconds, no LP). ``probe``: a small LP
+#: repair at every candidate, measured the same way (``predict.predict_drawdowns``; it needs the
+#: repair function, so ``rank_by_prediction`` runs both, not ``rank_layers``).
+LINEAR = "linear"
+PROBE = "probe"
+PREDICTORS = (LINEAR, PROBE)
+#: Every name ``--heuristic`` takes: the predictors and the scorers (the paper's and ours).
+HEURISTICS = (*PREDICTORS, *SCORERS)
 # The heuristic that benchmarks/layer_selection.py found best (see benchmarks/results/layer_selection.json).
-DEFAULT_HEURISTIC = "similarity"
+DEFAULT_HEURISTIC = LINEAR
+#: What the predictors fall back to where no reference inputs fit the model.
+FALLBACK_HEURISTIC = "similarity"
+#: The first affine layer's repair takes several times what ``estimate_seconds`` says (every pattern
+#: of the network follows it): zoo MNIST MLP, 10 fog points, predicted 22 s whole, 9.6 s with 50 rows
+#: and 4.4 s with 25 rows, measured out of 60 s, out of 40 s and 18 s; its first conv predicted 31 s,
+#: out of 60 s (benchmarks/layer_selection.py, 2 busy cores). Its prediction is multiplied by this.
+FIRST_LAYER_FACTOR = 8.0
+#: ``--layer auto`` first gives each candidate this multiple of its predicted seconds (at least
+#: ``ATTEMPT_MIN_SECONDS``); where none certifies so, the ranking is retried with the budget left.
+ATTEMPT_FACTOR = 3.0
+ATTEMPT_MIN_SECONDS = 10.0
 #: Without a time limit, ``--layer auto`` tries the layers whose repair is predicted to take at most
 #: this many seconds (``analysis.estimate_seconds``, calibrated by benchmarks/point_repair.py).
 DEFAULT_BUDGET_SECONDS = 300.0
@@ -32,6 +59,7 @@ def candidate_plan(net, spec, *, time_limit: float | None = None) -> list[dict]:
         rows, count = None, n_rows
         while True:
             secs = estimate_seconds(predict_lp_size(net, spec, k, rows=rows, formulation="auto"))
+            secs *= FIRST_LAYER_FACTOR if k == 0 else 1.0
             if secs <= budget:
                 plan.append({"layer": k, "rows": rows, "seconds": secs})
                 break
@@ -76,9 +104,12 @@ def pick_rows(net, spec, layer: int, count: int) -> tuple[int, ...]:
 
 def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: list[int] | None = None,
                 pairs: np.ndarray | None = None, time_limit: float | None = None) -> list[int]:
-    """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``)."""
+    """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``; the probe
+    ranks through ``rank_by_probe``)."""
+    if heuristic in PREDICTORS:
+        raise InputError(f"the {heuristic} heuristic predicts drawdowns; rank with rank_by_prediction")
     if heuristic not in SCORERS:
-        raise InputError(f"unknown layer heuristic {heuristic!r}; choose one of {', '.join(SCORERS)}")
+        raise InputError(f"unknown layer heuristic {heuristic!r}; choose one of {', '.join(HEURISTICS)}")
     if NEEDS.get(heuristic) == "pairs" and pairs is None:
         raise InputError(f"the {heuristic!r} heuristic needs the original inputs paired with the repair points")
     labels = spec.labels if spec.labels is not None and np.all(spec.labels >= 0) else None
@@ -87,3 +118,33 @@ def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: li
     candidates = candidate_layers(net, spec, time_limit=time_limit) if candidates is None else candidates
     scores = SCORERS[heuristic](net, spec.inputs, labels=labels, pairs=pairs)
     return rank(scores, candidates)
+
+
+def attempt_seconds(predicted_seconds: float) -> float:
+    """How long ``--layer auto`` first lets a candidate predicted at ``predicted_seconds`` run."""
+    return max(ATTEMPT_MIN_SECONDS, ATTEMPT_FACTOR * float(predicted_seconds))
+
+
+def rank_by_prediction(net, spec, plan: list[dict], *, heuristic: str = LINEAR, input_shape: tuple | None,
+                       probe_fn: ProbeFn | None = None, reference: tuple | None = None
+                       ) -> tuple[list[int], dict]:
+    """The layers of ``plan`` ordered by the drawdown ``heuristic`` (``linear`` or ``probe``, which
+    needs ``probe_fn``) predicts on reference inputs, and what was measured: ``{"ranked_by",
+    "reference", "predictions"}``. Without reference inputs (none given and no shipped dataset fits
+    the model) the ``FALLBACK_HEURISTIC`` ranks them."""
+    name = "given"
+    if reference is None:
+        found = reference_inputs(net, input_shape)
+        reference, name = (None, None) if found is None else (found[:2], found[2])
+    layers = [c["layer"] for c in plan]
+    if reference is None:
+        return (rank_layers(net, spec, heuristic=FALLBACK_HEURISTIC, candidates=layers),
+                {"ranked_by": FALLBACK_HEURISTIC, "reference": None})
+    labels = spec.labels if spec.labels is not None and np.all(spec.labels >= 0) else None
+    if heuristic == PROBE:
+        if probe_fn is None:
+            raise InputError("the probe heuristic needs the repair function (probe_fn)")
+        preds = predict_drawdowns(probe_fn, net, plan, labels, spec.n_points, reference)
+    else:
+        preds = linear_drawdowns(net, spec, plan, reference, lambda k, count: pick_rows(net, spec, k, count))
+    return order_by_prediction(preds), {"ranked_by": heuristic, "reference": name, "predictions": preds}

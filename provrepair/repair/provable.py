@@ -14,13 +14,15 @@ from typing import Any, Callable
 
 from torch import nn
 
+from provrepair.heuristics import select
 from provrepair.heuristics.select import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_HEURISTIC,
+    PREDICTORS,
+    attempt_seconds,
     candidate_layers,
     candidate_plan,
     pick_rows,
-    rank_layers,
 )
 
 from ..certify import certify_points, certify_regions
@@ -78,17 +80,38 @@ def _record(options: Any) -> dict:
     return out
 
 
-def _try_layers(ranking: list[int], attempt: Callable[[int], RepairResult], selection: dict,
-                progress: Progress | None, t0: float) -> RepairResult:
+def _rows_of(net: nn.Sequential, spec: PointSpec, k: int, plan: dict, options: PointRepairOptions
+             ) -> PointRepairOptions:
+    """``options`` with the row subset that ``plan`` gives layer ``k`` (none: the layer whole, or the
+    caller's own rows)."""
+    rows = plan.get(k, {}).get("rows")
+    if rows is None or options.selected_rows() is not None:
+        return options
+    return dataclasses.replace(options, rows=",".join(map(str, pick_rows(net, spec, k, rows))))
+
+
+def _try_layers(ranking: list[int], attempt: Callable[..., RepairResult], selection: dict,
+                progress: Progress | None, t0: float, retry: float | None = None) -> RepairResult:
     """``attempt`` each layer in order until one certifies (layer auto), and record
-    what was tried in ``result.layer_selection`` (``t0``: when the choice began)."""
+    what was tried in ``result.layer_selection`` (``t0``: when the choice began). With ``retry`` (the
+    budget, seconds) the first pass is ``attempt(k, first=True)`` (a capped time) and the layers that
+    ran out of it are tried again, in order, while the budget lasts."""
     tried, result = [], None
-    for k in ranking:
-        result = attempt(k)
-        tried.append({"layer": k, "status": result.status, "seconds": result.timings["total"]})
-        if result.certified:
+    passes = [(ranking, True), (None, False)] if retry is not None else [(ranking, None)]
+    for layers, first in passes:
+        if layers is None:  # the second pass: the layers that ran out of time, with what is left
+            layers = [t["layer"] for t in tried if t["status"] == TIME_LIMIT]
+            if result is None or result.certified or time.perf_counter() - t0 >= retry - 1.0:
+                break
+        for k in layers:
+            result = attempt(k) if first is None else attempt(k, first=first)
+            tried.append({"layer": k, "status": result.status, "seconds": result.timings["total"]})
+            if result.certified:
+                break
+            say(progress)(f"layer {k}: {result.status}; falling back to the next candidate")
+        if result is not None and result.certified:
             break
-        say(progress)(f"layer {k}: {result.status}; falling back to the next candidate")
+    assert result is not None
     result.layer_selection = {**selection, "ranking": ranking, "tried": tried,
                               "chosen": result.layer if result.certified else None,
                               "seconds": time.perf_counter() - t0}
@@ -125,22 +148,41 @@ class PointRepairer:
         plan = {c["layer"]: c for c in candidate_plan(net, spec, time_limit=options.time_limit)}
         if not plan:
             candidate_layers(net, spec, time_limit=options.time_limit)  # raises, saying what to do
-        ranking = rank_layers(net, spec, heuristic=heuristic, candidates=sorted(plan))
-        say(progress)(f"layer auto ({heuristic}): trying layers {ranking} in this order")
+        selection = {"heuristic": heuristic, "plan": list(plan.values())}
+        ranking = self._rank(net, spec, n_out, plan, options, keep, selection)
+        say(progress)(f"layer auto ({selection.get('ranked_by', heuristic)}): trying layers {ranking} in this order")
 
         budget = DEFAULT_BUDGET_SECONDS if options.time_limit is None else options.time_limit
 
-        def attempt(k: int) -> RepairResult:
-            rows = plan.get(k, {}).get("rows")
-            # the budget covers every layer tried, so a slow first choice cannot run unbounded
-            opts = dataclasses.replace(options, time_limit=max(1.0, budget - (time.perf_counter() - t0)))
-            if rows is not None and options.selected_rows() is None:
-                picked = pick_rows(net, spec, k, rows)
-                say(progress)(f"layer {k}: too slow whole; repairing {rows} of its rows")
-                opts = dataclasses.replace(opts, rows=",".join(map(str, picked)))
-            return self._at(net, spec, n_out, k, opts, progress, keep)
+        def attempt(k: int, first: bool = False) -> RepairResult:
+            # the budget covers every layer tried, so a slow first choice cannot run unbounded; on the
+            # first pass a layer gets a few times its predicted seconds, so a mispredicted one cannot
+            # eat the budget of the others
+            left = max(1.0, budget - (time.perf_counter() - t0))
+            limit = min(left, attempt_seconds(plan[k]["seconds"])) if first and k in plan else left
+            opts = dataclasses.replace(options, time_limit=limit)
+            if plan.get(k, {}).get("rows") is not None and options.selected_rows() is None:
+                say(progress)(f"layer {k}: too slow whole; repairing {plan[k]['rows']} of its rows")
+            return self._at(net, spec, n_out, k, _rows_of(net, spec, k, plan, opts), progress, keep)
 
-        return _try_layers(ranking, attempt, {"heuristic": heuristic, "plan": list(plan.values())}, progress, t0)
+        return _try_layers(ranking, attempt, selection, progress, t0, retry=budget)
+
+    def _rank(self, net: nn.Sequential, spec: PointSpec, n_out: int, plan: dict, options: PointRepairOptions,
+              keep: KeepSet | None, selection: dict) -> list[int]:
+        """The candidates of ``plan``, best first, by ``selection["heuristic"]``; the probe's
+        predictions (or its fallback) go into ``selection``."""
+        if selection["heuristic"] not in PREDICTORS:
+            return select.rank_layers(net, spec, heuristic=selection["heuristic"], candidates=sorted(plan))
+
+        def probe(k: int, rows: Any, idx: Any, limit: float) -> nn.Module | None:
+            opts = _rows_of(net, spec, k, plan, dataclasses.replace(options, time_limit=limit))
+            res = self._at(net, spec.subset(idx), n_out, k, opts, None, keep)
+            return res.model if res.certified else None
+
+        ranking, info = select.rank_by_prediction(net, spec, list(plan.values()), heuristic=selection["heuristic"],
+                                                  probe_fn=probe, input_shape=get_meta(net).input_shape)
+        selection.update(info)
+        return ranking
 
     def _at(self, net: nn.Sequential, spec: PointSpec, n_out: int, layer: int, options: PointRepairOptions,
             progress: Progress | None, keep: KeepSet | None = None) -> RepairResult:
