@@ -80,6 +80,19 @@ def test_maxpool_pattern_rows_are_generated_when_violated():
     assert sum(int(violated[i].sum()) for i in pools) > 0
 
 
+def test_pattern_rows_per_round_cap_changes_the_rounds_not_the_optimum():
+    net = _cnn()
+    spec = _spec(net, n=12, seed=3)
+    capped = provrepair.repair(net, spec, layer=0, max_pattern_rows=5)
+    every = provrepair.repair(net, spec, layer=0, max_pattern_rows=None)
+    assert capped.certified and every.certified
+    assert capped.solver["objective"] == pytest.approx(every.solver["objective"], rel=1e-6)
+    added = [r["pattern_rows"] for r in capped.lp["rounds"]]
+    assert all(b - a <= 5 for a, b in zip(added, added[1:]))  # never more than the cap in one round
+    assert len(capped.lp["rounds"]) > len(every.lp["rounds"])
+    assert PointRepairOptions().max_pattern_rows == 300  # point repair caps by default
+
+
 def test_avgpool_and_adaptive_avgpool_suffix():
     net = _cnn(avg=True)
     spec = _spec(net)
