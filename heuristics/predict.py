@@ -6,7 +6,7 @@ representations predicts it well (benchmarks/layer_selection.py: the paper's sco
 miss by about as much as the spread between layers). The probe measures it instead: at each
 candidate, repair a subset of the points (``probe_indices``; a handful, so each LP is a small fraction
 of the real one) and count how much accuracy the probed network loses on reference inputs the network
-classifies (``reference_inputs``: training images of a shipped dataset that fits the model, or inputs
+classifies (``reference_inputs``: validation images of a shipped dataset that fits the model, or inputs
 the caller gives). The repair of all N points moves the weights further than the probe's m points
 did; the probe's loss is scaled by ``(N / m) ** PROBE_EXPONENT`` to predict it.
 
@@ -44,6 +44,8 @@ TIE_PP = 0.4
 #: Reference inputs: at most this many, and a shipped dataset counts only where the network
 #: classifies at least this share of them right (it is then the data the network was made for).
 REFERENCE_POINTS = 2000
+#: Which dataset is the network's is decided on this many of its images.
+REFERENCE_CHECK = 300
 MIN_REFERENCE_ACCURACY = 0.8
 
 ProbeFn = Callable[[int, Any, np.ndarray, float], Any]
@@ -70,26 +72,30 @@ def probe_time_limit(predicted_seconds: float) -> float:
 
 def reference_inputs(net: nn.Module, input_shape: tuple | None, n: int = REFERENCE_POINTS
                      ) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """The last ``n`` training images of the shipped dataset that fits the model's input and that the
-    network classifies best, if it gets at least ``MIN_REFERENCE_ACCURACY`` of them right; else None."""
+    """Up to ``n`` validation images (held out of the training split, never the test set) of the
+    shipped dataset that fits the model's input and that the network classifies best, if it gets
+    at least ``MIN_REFERENCE_ACCURACY`` of them right; else None."""
     from provrepair.data import load_dataset
-    from provrepair.data.datasets import DATASETS
+    from provrepair.data.datasets import DATASETS, dataset_info
     from provrepair.errors import ProvRepairError
 
     if input_shape is None:
         return None
     best = None
     for name in DATASETS:
+        info = dataset_info(name)
+        if not info["available"] or int(np.prod(info["shape"])) != int(np.prod(input_shape)):
+            continue  # not loaded: loading digits imports scikit-learn (5 s)
         try:
-            x, y = load_dataset(name, "train")
+            x, y = load_dataset(name, "val")
         except ProvRepairError:  # a dataset that is not installed is no reference
             continue
         if int(np.prod(x.shape[1:])) != int(np.prod(input_shape)):
             continue
-        x, y = x[-n:].reshape((-1, *input_shape)), y[-n:]
-        acc = accuracy(net, x, y)
+        x, y = x[:n].reshape((-1, *input_shape)), y[:n]
+        acc = accuracy(net, x[:REFERENCE_CHECK], y[:REFERENCE_CHECK])
         if acc >= MIN_REFERENCE_ACCURACY and (best is None or acc > best[3]):
-            best = (x, y, f"{name}:train: last {len(y)} images", acc)
+            best = (x, y, f"{name}:val: {len(y)} images", acc)
     return None if best is None else best[:3]
 
 
@@ -140,6 +146,59 @@ LINEAR_MARGIN = 1e-3
 LINEAR_ROUNDS = 4
 #: Predicted drawdown = LINEAR_SCALE * the drawdown of the linearised repair on the reference inputs.
 LINEAR_SCALE = 1.0
+#: Which change is scored: ``l2`` (the least-squares one) or ``linf`` (its signs, all of one size,
+#: scaled until the violated rows hold: the shape of the LP's L-inf-led optimum, where most changed
+#: parameters sit at the bound).
+LINEAR_NORM = "linf"
+
+
+def _lost(net: nn.Module, k: int, dw: np.ndarray, db: np.ndarray, shape: tuple, ref: dict, before: float) -> float:
+    """Accuracy lost on the reference inputs (pp) when affine layer ``k`` changes by ``-dw``, ``-db``:
+    only the modules from layer ``k`` on run, on their stored inputs ``ref["inputs"][k]``."""
+    import copy
+
+    import torch
+
+    from provrepair.models import affine_layers
+
+    mi = affine_layers(net)[k]
+    tail = copy.deepcopy(net[mi:]).eval()
+    with torch.no_grad():
+        tail[0].weight -= torch.as_tensor(dw.reshape(shape), dtype=tail[0].weight.dtype)
+        tail[0].bias -= torch.as_tensor(db, dtype=tail[0].bias.dtype)
+        pred = tail(ref["inputs"][k]).argmax(1).numpy()
+    return 100.0 * (before - float(np.mean(pred == ref["labels"])))
+
+
+def _layer_inputs(net: nn.Module, x: np.ndarray, layers: list[int]) -> dict[int, Any]:
+    """The input of each affine layer in ``layers`` for the inputs ``x`` (one forward pass)."""
+    import torch
+
+    from provrepair.models import affine_layers
+
+    want = {affine_layers(net)[k]: k for k in layers}
+    out, h = {}, torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    with torch.no_grad():
+        for i, m in enumerate(net):
+            if i in want:
+                out[want[i]] = h
+            h = m(h)
+    return out
+
+
+def _spread(Gw: np.ndarray, Gb: np.ndarray, lam: np.ndarray, dw: np.ndarray, db: np.ndarray, cols: np.ndarray,
+            rows: np.ndarray, slack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The least-squares change's signs, every entry of one size ``s``: the smallest ``s`` that lifts
+    every row the least-squares change lifts (rows the signs cannot lift are left out)."""
+    sw, sb = np.sign(dw[cols]).astype(np.float32), np.sign(db[rows]).astype(np.float32)
+    # a change -dw moves the slacks by -Gw @ dw (G = d slack / d theta): the gain per unit of s
+    gain = -(Gw @ sw + Gb @ sb).astype(np.float64)
+    need = LINEAR_MARGIN - slack
+    lift = (lam != 0) & (need > 0) & (gain > 0)
+    size = float(need[lift] @ gain[lift] / (gain[lift] @ gain[lift])) if lift.any() else 0.0
+    out_w, out_b = np.zeros_like(dw), np.zeros_like(db)
+    out_w[cols], out_b[rows] = size * sw, size * sb
+    return out_w, out_b
 
 
 def _point_jacobians(net: nn.Module, inputs: np.ndarray, params: list) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -198,8 +257,6 @@ def linear_drawdowns(net: nn.Module, spec, plan: list[dict], reference: tuple[np
     ``rows_of(layer, count)``), times ``LINEAR_SCALE``. Seconds, not minutes: no LP is solved."""
     import copy
 
-    import torch
-
     from provrepair.models import affine_layers
 
     work = copy.deepcopy(net).eval()
@@ -212,8 +269,8 @@ def linear_drawdowns(net: nn.Module, spec, plan: list[dict], reference: tuple[np
     y, jac = _point_jacobians(work, spec.inputs, params)
     A, b, point = spec.output_constraints(y.shape[1])
     slack = b - np.einsum("rc,rc->r", A, y[point])
-    rx, ry = reference
-    before = accuracy(net, rx, ry)
+    before = accuracy(net, *reference)
+    ref = {"inputs": _layer_inputs(net, reference[0], layers), "labels": np.asarray(reference[1]).reshape(-1)}
     shared = (time.perf_counter() - t0) / len(plan)
     out = []
     for c in plan:
@@ -229,14 +286,12 @@ def linear_drawdowns(net: nn.Module, spec, plan: list[dict], reference: tuple[np
         dw, db = np.zeros(int(np.prod(shape))), np.zeros(shape[0])
         lam32 = lam.astype(np.float32)
         dw[cols], db[rows] = Gw.T @ lam32, Gb.T @ lam32
-        moved = copy.deepcopy(net).eval()
-        m = moved[affine_layers(moved)[k]]
-        with torch.no_grad():
-            m.weight -= torch.as_tensor(dw.reshape(shape), dtype=m.weight.dtype)
-            m.bias -= torch.as_tensor(db, dtype=m.bias.dtype)
-        lost = 100.0 * (before - accuracy(moved, rx, ry))
+        lost = {"l2": _lost(net, k, dw, db, shape, ref, before)}
+        dw, db = _spread(Gw, Gb, lam, dw, db, cols, rows, slack)
+        lost["linf"] = _lost(net, k, dw, db, shape, ref, before)
         out.append({"layer": k, "rows": c.get("rows"), "predicted_seconds": c["seconds"],
-                    "linear_drawdown_pp": lost, "predicted_drawdown_pp": LINEAR_SCALE * lost,
+                    "linear_drawdown_pp": lost[LINEAR_NORM], "predicted_drawdown_pp": LINEAR_SCALE * lost[LINEAR_NORM],
+                    "l2_drawdown_pp": lost["l2"], "linf_drawdown_pp": lost["linf"],
                     "delta_l2": float(np.sqrt(np.sum(dw ** 2) + np.sum(db ** 2))),
                     "delta_linf": float(max(np.abs(dw).max(), np.abs(db).max())),
                     "seconds": time.perf_counter() - t1 + shared})
