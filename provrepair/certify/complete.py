@@ -74,6 +74,8 @@ NARROW = 64.0
 #: the two bounds its halves better (both tried).
 TRY_DEPTH = 6
 BATCH = 4096
+#: Near the deadline a batch shrinks to what the time left allows, down to this many sub-boxes.
+MIN_BATCH = 64
 #: Every concretised bound is widened by this times its magnitude (the sum of the absolute values of
 #: its terms): float64's accumulated rounding for these sizes is orders of magnitude below it.
 ROUNDING = 1e-9
@@ -518,6 +520,27 @@ def _milp_leaves(layers: list[tuple[_F, _F]], prop: OutputProperty, lo: _F, hi: 
     return None
 
 
+_Entry: TypeAlias = tuple[_F, _F, npt.NDArray[np.int64], list[tuple[_F, _F]] | None]
+
+
+def _batch_size(now: float, pace: list[float], deadline: float, batch: int) -> int:
+    """At most ``batch``, and no more sub-boxes than the time left allows at the pace of the last
+    batch (``pace``: when it started, its size), down to ``MIN_BATCH``: the deadline is checked
+    between batches only (a batch of 4,096 ACAS Xu sub-boxes took up to 30 s on busy cores)."""
+    per_box = (now - pace[0]) / pace[1] if pace[1] else 0.0
+    return batch if per_box <= 0 else int(min(batch, max(MIN_BATCH, (deadline - now) / per_box)))
+
+
+def _take(queue: list[_Entry], n: int) -> _Entry:
+    """The last entry of ``queue``, its first ``n`` sub-boxes only (the rest put back)."""
+    lo, hi, depth, known = queue.pop()
+    if lo.shape[0] > n:
+        queue.append((lo[n:], hi[n:], depth[n:], None if known is None else [(l[n:], u[n:]) for l, u in known]))
+        lo, hi, depth = lo[:n], hi[:n], depth[:n]
+        known = None if known is None else [(l[:n], u[:n]) for l, u in known]
+    return lo, hi, depth, known
+
+
 def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *, timeout: float = 60.0,
                          leaf_unstable: int = LEAF_UNSTABLE, max_depth: int = MAX_DEPTH,
                          batch: int = BATCH, alpha_steps: int = ALPHA_STEPS) -> CompleteVerdict:
@@ -551,17 +574,15 @@ def certify_box_complete(net: nn.Module, region: Region, prop: OutputProperty, *
         Gb, hb = (np.vstack([G, G.mean(0)]), np.append(h, h.mean())) if G.shape[0] > 1 else (G, h)
         Gt = torch.tensor(Gb, dtype=torch.float64)
         tally = [0, 0]  # sub-boxes given optimised slopes, and closed by them
-        queue: list[tuple[_F, _F, npt.NDArray[np.int64], list[tuple[_F, _F]] | None]] = [
+        queue: list[_Entry] = [
             (lo0[None], hi0[None], np.zeros(1, dtype=np.int64), None)]
+        pace = [time.perf_counter(), 0.0]  # when the last batch started, and its size
         while queue:
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if now > deadline:
                 return done("unknown", f"time limit ({timeout:g} s) reached after {stats['boxes']} sub-boxes")
-            lo, hi, depth, known = queue.pop()  # known: the parents' intervals (valid on a sub-box)
-            if lo.shape[0] > batch:
-                queue.append((lo[batch:], hi[batch:], depth[batch:],
-                              None if known is None else [(l[batch:], u[batch:]) for l, u in known]))
-                lo, hi, depth = lo[:batch], hi[:batch], depth[:batch]
-                known = None if known is None else [(l[:batch], u[:batch]) for l, u in known]
+            lo, hi, depth, known = _take(queue, _batch_size(now, pace, deadline, batch))  # known: parents' intervals
+            pace = [now, float(lo.shape[0])]
             stats["boxes"] += lo.shape[0]
             stats["max_depth"] = max(stats["max_depth"], int(depth.max()))
             centre = (lo + hi) / 2
