@@ -90,7 +90,9 @@ def test_pattern_rows_per_round_cap_changes_the_rounds_not_the_optimum():
     added = [r["pattern_rows"] for r in capped.lp["rounds"]]
     assert all(b - a <= 5 for a, b in zip(added, added[1:]))  # never more than the cap in one round
     assert len(capped.lp["rounds"]) > len(every.lp["rounds"])
-    assert PointRepairOptions().max_pattern_rows == 300  # point repair caps by default
+    assert PointRepairOptions().max_pattern_rows == "auto"  # point repair caps by default
+    with pytest.raises(InputError, match="max_pattern_rows"):
+        provrepair.repair(net, spec, layer=0, max_pattern_rows=0)
 
 
 def test_avgpool_and_adaptive_avgpool_suffix():

@@ -181,15 +181,6 @@ HULLS = ("exact", "interval")
 DISJUNCTION_MODES = ("auto", "fix", "milp")
 
 
-#: A point repair adds at most this many pattern rows per round: the most violated rows bring most
-#: of the others back with them, and a few hundred dense rows re-solve warm in a fraction of the
-#: time of thousands. One run each, 2-core machine at load 3-4: zoo CNN conv2 with 2 of 32 channels,
-#: 50 points: 7.8 s with 300, 15.2 s with 1,000, 43.1 s with every violated row (12,685 rows in the
-#: LP, against about 3,300 with 300); ERAN 9x100 layers 2 and 3: 82.6 s and 72.0 s with 1,000 or
-#: fewer against 164.4 s and 92.2 s with every row; layer 5 alike (25-30 s).
-POINT_PATTERN_ROWS = 300
-
-
 @dataclass
 class PointRepairOptions:
     """The LP point repair (``repair.aprnn``) at one layer."""
@@ -234,9 +225,9 @@ class PointRepairOptions:
     # substituted out, every row over the deltas; "auto": substituted for a conv layer, the last layer and
     # the last hidden one (aprnn.PointLP._substitute)
     formulation: str = "auto"
-    # pattern rows added per round at most, the most violated first (None: every violated row; see
-    # POINT_PATTERN_ROWS)
-    max_pattern_rows: int | None = POINT_PATTERN_ROWS
+    # pattern rows added per round at most, the most violated first: a number, None (every violated
+    # row) or "auto" (300 or a tenth of the LP's rows, whichever is more: aprnn.POINT_PATTERN_ROWS)
+    max_pattern_rows: int | str | None = "auto"
     price_tol: float = 1e-9  # a column prices in below -price_tol * max(its cost, 1)
     max_columns: float = 0.05  # share of the weight columns added per round at most (the most negative first)
     start_columns: float = 0.1  # share of the weight columns in the first lazy round (ranked by output pull)
@@ -255,6 +246,10 @@ class PointRepairOptions:
             raise InputError(f"keep margin must be >= 0, got {self.keep_margin}")
         if isinstance(self.keep_batch, bool) or not isinstance(self.keep_batch, int) or self.keep_batch < 1:
             raise InputError(f"keep_batch must be a positive integer, got {self.keep_batch!r}")
+        cap = self.max_pattern_rows
+        if not (cap is None or cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1)):
+            raise InputError(f"max_pattern_rows must be a positive integer, 'auto' or None (every violated row), "
+                             f"got {cap!r}")
         _check_fields(self)
         self.selected_rows()
 
