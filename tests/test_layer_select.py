@@ -156,12 +156,29 @@ def test_rank_by_probe_repairs_subsets_and_predicts_every_candidate():
     assert known and ranking[0] == predict.order_by_prediction(info["predictions"])[0]
 
 
-def test_auto_probe_falls_back_to_a_scorer_without_reference_inputs():
+def test_auto_linear_falls_back_to_a_scorer_without_reference_inputs():
     net, spec, _ = _net_and_spec(4)
-    res = provrepair.repair(net, spec, layer="auto")
+    res = provrepair.repair(net, spec, layer="auto", heuristic="linear")
     sel = res.layer_selection
-    assert sel["heuristic"] == select.DEFAULT_HEURISTIC == "linear"
+    assert sel["heuristic"] == "linear" and res.certified
     assert sel["ranked_by"] == select.FALLBACK_HEURISTIC and sel["reference"] is None
+
+
+def test_linear_ranks_by_predicted_drawdown_on_mnist_validation_images():
+    from provrepair.data import load_dataset
+    from provrepair.zoo import load_zoo
+    net = load_zoo("mnist_mlp")
+    x, y = load_dataset("mnist", "test")
+    x = x[:200].reshape(200, -1)
+    with torch.no_grad():
+        wrong = np.flatnonzero(net(torch.tensor(x)).argmax(1).numpy() != y[:200])[:3]
+    spec = PointSpec.from_arrays(x[wrong], labels=y[wrong])
+    plan = select.candidate_plan(net, spec, time_limit=60.0)
+    ranking, info = select.rank_by_prediction(net, spec, plan, heuristic="linear", input_shape=(784,))
+    assert info["ranked_by"] == "linear" and info["reference"].startswith("mnist:val")
+    assert [p["layer"] for p in info["predictions"]] == [c["layer"] for c in plan]
+    assert all(p["predicted_drawdown_pp"] is not None for p in info["predictions"])
+    assert ranking == predict.order_by_prediction(info["predictions"])
 
 
 def test_rank_layers_refuses_the_probe_and_unknown_names():
