@@ -226,7 +226,7 @@ class PointRepairOptions:
     # the last hidden one (aprnn.PointLP._substitute)
     formulation: str = "auto"
     # pattern rows added per round at most, the most violated first: a number, None (every violated
-    # row) or "auto" (300 or a tenth of the LP's rows, whichever is more: aprnn.POINT_PATTERN_ROWS)
+    # row) or "auto" (300 or a tenth of the LP's rows or columns, whichever is more: aprnn.POINT_PATTERN_ROWS)
     max_pattern_rows: int | str | None = "auto"
     price_tol: float = 1e-9  # a column prices in below -price_tol * max(its cost, 1)
     max_columns: float = 0.05  # share of the weight columns added per round at most (the most negative first)
