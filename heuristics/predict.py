@@ -17,14 +17,17 @@ found none (infeasible, over its time limit).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
+from provrepair.models import affine_layers
 from provrepair.models.inference import accuracy
 
 __all__ = ["PROBE_EXPONENT", "TIE_PP", "linear_drawdowns", "order_by_prediction", "predict_drawdowns", "probe_indices",
@@ -155,12 +158,6 @@ LINEAR_NORM = "linf"
 def _lost(net: nn.Module, k: int, dw: np.ndarray, db: np.ndarray, shape: tuple, ref: dict, before: float) -> float:
     """Accuracy lost on the reference inputs (pp) when affine layer ``k`` changes by ``-dw``, ``-db``:
     only the modules from layer ``k`` on run, on their stored inputs ``ref["inputs"][k]``."""
-    import copy
-
-    import torch
-
-    from provrepair.models import affine_layers
-
     mi = affine_layers(net)[k]
     tail = copy.deepcopy(net[mi:]).eval()
     with torch.no_grad():
@@ -172,10 +169,6 @@ def _lost(net: nn.Module, k: int, dw: np.ndarray, db: np.ndarray, shape: tuple, 
 
 def _layer_inputs(net: nn.Module, x: np.ndarray, layers: list[int]) -> dict[int, Any]:
     """The input of each affine layer in ``layers`` for the inputs ``x`` (one forward pass)."""
-    import torch
-
-    from provrepair.models import affine_layers
-
     want = {affine_layers(net)[k]: k for k in layers}
     out, h = {}, torch.as_tensor(np.asarray(x), dtype=torch.float32)
     with torch.no_grad():
@@ -204,8 +197,6 @@ def _spread(Gw: np.ndarray, Gb: np.ndarray, lam: np.ndarray, dw: np.ndarray, db:
 def _point_jacobians(net: nn.Module, inputs: np.ndarray, params: list) -> tuple[np.ndarray, list[np.ndarray]]:
     """Outputs ``(N, C)`` (float64) and, per parameter tensor, d output / d parameter ``(N, C, numel)``
     (float32)."""
-    import torch
-
     x = torch.tensor(np.asarray(inputs), dtype=torch.float32)
     outs, jacs = [], [[] for _ in params]
     with torch.enable_grad():
@@ -255,10 +246,6 @@ def linear_drawdowns(net: nn.Module, spec, plan: list[dict], reference: tuple[np
     """Per candidate of ``plan``: the drawdown on ``reference`` (pp) of the least-change repair of
     the network linearised at the repair points (weights and bias of the layer, or of its rows
     ``rows_of(layer, count)``), times ``LINEAR_SCALE``. Seconds, not minutes: no LP is solved."""
-    import copy
-
-    from provrepair.models import affine_layers
-
     work = copy.deepcopy(net).eval()
     mods = [work[i] for i in affine_layers(work)]
     layers = sorted({c["layer"] for c in plan})

@@ -107,8 +107,8 @@ def pick_rows(net, spec, layer: int, count: int) -> tuple[int, ...]:
 
 def rank_layers(net, spec, *, heuristic: str = DEFAULT_HEURISTIC, candidates: list[int] | None = None,
                 pairs: np.ndarray | None = None, time_limit: float | None = None) -> list[int]:
-    """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``; the probe
-    ranks through ``rank_by_probe``)."""
+    """Candidate layers, best first, by ``heuristic`` (a name in ``scorers.SCORERS``; the drawdown
+    predictors rank through ``rank_by_prediction``)."""
     if heuristic in PREDICTORS:
         raise InputError(f"the {heuristic} heuristic predicts drawdowns; rank with rank_by_prediction")
     if heuristic not in SCORERS:

@@ -247,7 +247,7 @@ class PointRepairOptions:
         if isinstance(self.keep_batch, bool) or not isinstance(self.keep_batch, int) or self.keep_batch < 1:
             raise InputError(f"keep_batch must be a positive integer, got {self.keep_batch!r}")
         cap = self.max_pattern_rows
-        if not (cap is None or cap == "auto" or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1)):
+        if cap is not None and cap != "auto" and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise InputError(f"max_pattern_rows must be a positive integer, 'auto' or None (every violated row), "
                              f"got {cap!r}")
         _check_fields(self)

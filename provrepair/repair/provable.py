@@ -96,21 +96,22 @@ def _try_layers(ranking: list[int], attempt: Callable[..., RepairResult], select
     what was tried in ``result.layer_selection`` (``t0``: when the choice began). With ``retry`` (the
     budget, seconds) the first pass is ``attempt(k, first=True)`` (a capped time) and the layers that
     ran out of it are tried again, in order, while the budget lasts."""
-    tried, result = [], None
-    passes = [(ranking, True), (None, False)] if retry is not None else [(ranking, None)]
-    for layers, first in passes:
-        if layers is None:  # the second pass: the layers that ran out of time, with what is left
-            layers = [t["layer"] for t in tried if t["status"] == TIME_LIMIT]
-            if result is None or result.certified or time.perf_counter() - t0 >= retry - 1.0:
-                break
+    tried: list[dict] = []
+
+    def run(layers: list[int], **kw: bool) -> RepairResult | None:
+        result = None
         for k in layers:
-            result = attempt(k) if first is None else attempt(k, first=first)
+            result = attempt(k, **kw)
             tried.append({"layer": k, "status": result.status, "seconds": result.timings["total"]})
             if result.certified:
                 break
             say(progress)(f"layer {k}: {result.status}; falling back to the next candidate")
-        if result is not None and result.certified:
-            break
+        return result
+
+    result = run(ranking) if retry is None else run(ranking, first=True)
+    if retry is not None and result is not None and not result.certified and time.perf_counter() - t0 < retry - 1.0:
+        # the second pass: the layers that ran out of their first slice, with what is left
+        result = run([t["layer"] for t in tried if t["status"] == TIME_LIMIT], first=False) or result
     assert result is not None
     result.layer_selection = {**selection, "ranking": ranking, "tried": tried,
                               "chosen": result.layer if result.certified else None,
@@ -161,9 +162,10 @@ class PointRepairer:
             left = max(1.0, budget - (time.perf_counter() - t0))
             limit = min(left, attempt_seconds(plan[k]["seconds"])) if first and k in plan else left
             opts = dataclasses.replace(options, time_limit=limit)
-            if plan.get(k, {}).get("rows") is not None and options.selected_rows() is None:
+            sub = _rows_of(net, spec, k, plan, opts)
+            if sub is not opts:
                 say(progress)(f"layer {k}: too slow whole; repairing {plan[k]['rows']} of its rows")
-            return self._at(net, spec, n_out, k, _rows_of(net, spec, k, plan, opts), progress, keep)
+            return self._at(net, spec, n_out, k, sub, progress, keep)
 
         return _try_layers(ranking, attempt, selection, progress, t0, retry=budget)
 
