@@ -29,7 +29,7 @@ HEURISTICS = (*PREDICTORS, *SCORERS)
 # The heuristic that benchmarks/layer_selection.py found best (see benchmarks/results/layer_selection.json):
 # on its 20 tasks (>= 3 certified candidates, >= 1 pp apart) similarity picks within 0.5 pp of the
 # brute-force best on 65 % (mean regret 0.39 pp, 0.43x brute force's time), linear on 55 % (0.53 pp,
-# 0.28x as --layer auto): neither reaches 80 %; the better pick wins.
+# 0.40x): neither reaches 80 %; the better pick wins.
 DEFAULT_HEURISTIC = "similarity"
 #: What the predictors fall back to where no reference inputs fit the model.
 FALLBACK_HEURISTIC = "similarity"
