@@ -18,6 +18,7 @@ import provrepair
 from provrepair.cli import main
 from provrepair.errors import InputError, SolverLicenseError, SpecError, UnsupportedLayerError
 from provrepair.models import affine_layers, normalize_model, save_model
+from provrepair.repair.polytope import fix_disjuncts
 from provrepair.specs import Box, HPolytope, OutputProperty, PointSpec, RegionSpec, VPolytope
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -180,6 +181,29 @@ def test_disjunctions_fixed_to_one_row_make_the_assert_an_lp():
     assert result.lp["disjunctions"] == "fixed"
     assert result.lp["stages"][-1]["stage"] == "assert" and result.lp["stages"][-1]["binaries"] == 0
     _check_certified(NET, result, spec)  # certified against the original disjunctive property
+
+
+def test_fixed_rows_of_different_regions_never_contradict():
+    """Region A (y = (0, 1, .5)) must not have y_0 maximal, region B (y = (1, 0, .5)) not y_1: alone,
+    A takes y_1 > y_0 and B y_0 > y_1, which no one affine map can hold on regions whose hulls
+    meet. Chosen together, one of them takes its other row (y_2 above), as ACAS Xu N1,7 needs."""
+    lin = nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+        lin.bias.zero_()
+    net = normalize_model(nn.Sequential(lin), input_shape=(2,))
+    a = Box(np.array([-0.01, 0.99]), np.array([0.01, 1.01]))
+    b = Box(np.array([0.99, -0.01]), np.array([1.01, 0.01]))
+    e = np.eye(3)
+    not_max = lambda j: OutputProperty.unsafe([(np.stack([e[k] - e[j] for k in range(3) if k != j]), np.zeros(2))])
+    alone = [fix_disjuncts(net, [r], [not_max(j)])[0][0].disjuncts[0][0][0]
+             for r, j in ((a, 0), (b, 1))]
+    assert np.allclose(alone[0], -alone[1])  # each alone: the opposite rows
+    fixed, chosen = fix_disjuncts(net, [a, b], [not_max(0), not_max(1)])
+    rows = [f.disjuncts[0][0][0] for f in fixed]
+    assert chosen == 2 and not np.allclose(rows[0], -rows[1])
+    for r, (G, h), y in zip(rows, [f.disjuncts[0] for f in fixed], ([0, 1, 0.5], [1, 0, 0.5])):
+        assert (G @ np.array(y) - h > 0).all()  # the region's outputs meet the kept row G_r y > h_r
 
 
 def test_fixed_rows_that_cannot_hold_fall_back_to_the_milp():
@@ -403,6 +427,34 @@ def test_interval_hull_keeps_points():
     _check_certified(NET, result, boxes)
     assert result.lp["kept"] == {"points": len(x), "passed": len(x)}
     assert (_forward64(result.model, x).argmax(1) == labels).all()
+
+
+@pytest.mark.parametrize("hull,layer", [("interval", -1), ("exact", 2)])
+def test_soft_kept_points_break_only_where_the_regions_force_it(hull, layer):
+    """A kept point inside a box, held to a label the box may not have: as a hard row it makes the
+    LP infeasible; as a soft row (``keep_soft``) the repair goes through, breaks that one point
+    and keeps every other."""
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    x = np.random.default_rng(3).uniform(-1, 1, size=(200, 2))
+    far = ~np.any([np.all((x >= r.lower - 0.3) & (x <= r.upper + 0.3), axis=1) for r in boxes.regions], axis=0)
+    x = np.concatenate([x[far][:40], (boxes.regions[0].lower + boxes.regions[0].upper).reshape(1, 2) / 2])
+    labels = _forward64(NET, x).argmax(1)
+    labels[-1] = (LABEL + 1) % 3  # the box must be LABEL everywhere: this point cannot keep its label
+    keep = PointSpec.from_arrays(x, labels)
+    opts = dict(layer=layer, hull=hull, keep=keep, delta_bound=10.0)
+    hard = provrepair.repair(NET, boxes, **opts)
+    assert hard.model is None and "infeasible" in hard.message
+    soft = provrepair.repair(NET, boxes, keep_soft=1000.0, **opts)
+    _check_certified(NET, soft, boxes)
+    assert soft.lp["stages"][-1]["kept_broken"] == 1
+    assert soft.lp["kept"] == {"points": len(x), "passed": len(x) - 1}
+    assert (_forward64(soft.model, x[:-1]).argmax(1) == labels[:-1]).all()
+
+
+def test_keep_soft_is_checked():
+    boxes, _ = _wrong_boxes(NET, LABEL)
+    with pytest.raises(InputError, match="keep_soft"):
+        provrepair.repair(NET, boxes, layer=-1, hull="interval", keep_soft=0.0)
 
 
 def test_interval_hull_refuses_earlier_layers_and_milp_disjunctions():

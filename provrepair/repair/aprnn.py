@@ -66,6 +66,7 @@ class PointRepairOutcome:
     solver: dict = field(default_factory=dict)
     delta: dict = field(default_factory=dict)  # norms of the parameter change
     message: str = ""
+    soft_broken: int | None = None  # soft points (``soft=``) whose rows the repair breaks; None: none given
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,7 +133,8 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
                   layer: int, options: PointRepairOptions | None = None,
                   progress: Callable[[str], None] | None = None, *, patterns: dict | None = None,
                   disjunctions: Sequence[np.ndarray] | None = None,
-                  generators: Sequence[np.ndarray | None] | None = None) -> PointRepairOutcome:
+                  generators: Sequence[np.ndarray | None] | None = None,
+                  soft: tuple[np.ndarray, float] | None = None) -> PointRepairOutcome:
     """Repair ``net`` at affine ``layer`` so that ``A[r] @ net(inputs[point_index[r]]) <= b[r] - margin``.
 
     ``inputs`` has the model's input shape per point; rows (A, b, point_index) come from
@@ -147,13 +149,17 @@ def repair_points(net: nn.Sequential, inputs: np.ndarray, A: np.ndarray, b: np.n
     around it (see the module docstring); the caller guarantees that the layers before ``k`` are
     affine on it (the polytope repair's shift LPs do). Every row of such a point, patterns
     included, then holds on the whole zonotope. Not combinable with ``disjunctions``.
+
+    ``soft = (points, weight)``: the output rows of these plain points may be broken, each point by
+    a slack ``t_p >= 0`` shared by its rows at cost ``weight`` per unit (on the scale of the L∞
+    term): kept decisions then pull on the repair without ever making it infeasible.
     """
     opts = options or PointRepairOptions()
     opts.validate()
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     lp = PointLP(net, inputs, layer, opts, patterns=patterns, generators=generators,
-                 disjunctive=bool(disjunctions))
+                 disjunctive=bool(disjunctions), soft=soft)
     lp.build(A, b, point_index, disjunctions)
     build_time = time.perf_counter() - t_start
     backend = lp.backend
@@ -173,7 +179,8 @@ class PointLP:
 
     def __init__(self, net: nn.Sequential, inputs: np.ndarray, layer: int, opts: PointRepairOptions, *,
                  patterns: dict | None = None, generators: Sequence[np.ndarray | None] | None = None,
-                 disjunctive: bool = False, active: np.ndarray | None = None):
+                 disjunctive: bool = False, active: np.ndarray | None = None,
+                 soft: tuple[np.ndarray, float] | None = None):
         self.net, self.layer, self.opts, self.disjunctive = net, layer, opts, disjunctive
         self.held = patterns is not None  # the region repair's vertex LPs: every output row up front
         self.k = affine_index_to_module_index(net, layer)
@@ -193,6 +200,11 @@ class PointLP:
         # points whose rows the LP holds; the others (keep points, repair/keep.py) enter by add_points
         self.active = np.ones(self.n_points, dtype=bool) if active is None else np.array(active, dtype=bool)
         self._lay_out()
+        self.soft = np.zeros(self.n_points, dtype=bool)  # points whose output rows have a slack column
+        self.soft_weight = 0.0
+        self.soft_cols = np.zeros(0, dtype=np.int64)
+        if soft is not None:
+            self._set_soft(*soft)
         self.backend = None
         self.full_rows = 0
         # output rows generated lazily (``_lazy_outputs``): every row given, and which the LP has
@@ -411,8 +423,11 @@ class PointLP:
             grouped[np.concatenate([np.asarray(g, dtype=np.int64) for g in disjunctions])] = True
             _add_disjunctive_rows(self.backend, self.L, out, rhs, disjunctions, self.feats, suffix.u0.numpy(),
                                   opts.delta_bound)
-        hard = np.flatnonzero(~grouped)
+        soft = ~grouped & self.soft[out.point]
+        hard = np.flatnonzero(~grouped & ~soft)
         self.add_rows(_select_rows(out, hard), lo=-np.inf, hi=rhs[hard])
+        if soft.any():
+            self._add_soft_rows(_select_rows(out, np.flatnonzero(soft)), rhs[soft])
         self.output_pull = np.zeros((self.n_points, self.n_k))  # |d outputs / d u| per point (ranks weights)
         np.add.at(self.output_pull, out.point, np.abs(out.coef_u))
 
@@ -423,7 +438,7 @@ class PointLP:
         With every row satisfied, the relaxation's optimum is the full LP's. The region repair's
         LPs (points held to given ``patterns``, zonotopes, disjunctions) keep every row up front."""
         return (LAZY_OUTPUT_ROWS and self.opts.strategy != "full" and self.zono is None
-                and not self.disjunctive and not self.held)
+                and not self.disjunctive and not self.held and not self.soft.any())
 
     def _lazy_output_rows(self, A: np.ndarray, b: np.ndarray, point_index: np.ndarray) -> Rows:
         """Store the points' output rows and enter those that must be in the LP at once."""
@@ -617,6 +632,18 @@ class PointLP:
         out, rhs = self._output_rows(A, b, point_index)
         self.add_rows(out, lo=-np.inf, hi=rhs)
 
+    def _plain_block(self, rows: Rows) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """Rows at plain points as (block over every LP column, shift, scale): ``scale · (row - shift)``
+        is ``block @ x``; extra columns can then be put beside it."""
+        if self.substituted:
+            block, shift, scale = self._delta_rows(rows)
+        else:
+            cols, vals = _row_cols(self.L, rows)
+            scale = _row_scale(vals)
+            block, shift = self.L.matrix(cols, vals * scale[:, None]), np.zeros(rows.point.size)
+        pad = self.backend.n_vars - block.shape[1]
+        return sp.hstack([block, sp.csr_matrix((block.shape[0], pad))], format="csr"), shift, scale
+
     def add_output_deviation(self, points: np.ndarray, z0: np.ndarray, weight: float) -> None:
         """Objective term ``weight · mean |z_p - z0_p|`` over the outputs of active ``points``: one
         column ``t >= |z_pj - z0_pj|`` (two rows) per output, at the same scale as the parameter terms."""
@@ -624,19 +651,38 @@ class PointLP:
         P = np.repeat(points, n_out)
         eye = np.tile(np.eye(n_out), (points.size, 1))
         rows = self.suffix.pullback(len(self.suffix.modules), P, torch.as_tensor(eye, dtype=torch.float64))
-        if self.substituted:
-            block, shift, scale = self._delta_rows(rows)
-        else:
-            cols, vals = _row_cols(self.L, rows)
-            scale = _row_scale(vals)
-            block, shift = self.L.matrix(cols, vals * scale[:, None]), np.zeros(P.size)
-        target = (z0.ravel() - rows.const - shift) * scale  # block @ x must come within t of this
         t = self.backend.add_variables(P.size, 0.0, np.inf, cost=self.scale * weight / P.size)
+        block, shift, scale = self._plain_block(rows)
+        target = (z0.ravel() - rows.const - shift) * scale  # block @ x must come within t of this
         T = sp.csr_matrix((scale, (np.arange(P.size), t)), shape=(P.size, self.backend.n_vars))
-        block = sp.hstack([block, sp.csr_matrix((P.size, self.backend.n_vars - block.shape[1]))], format="csr")
         self.backend.add_rows(block - T, hi=target)
         self.backend.add_rows(-block - T, hi=-target)
         self.L.n_vars = self.backend.n_vars
+
+    def _set_soft(self, points: np.ndarray, weight: float) -> None:
+        points = np.asarray(points, dtype=np.int64)
+        if points.size and (points.min() < 0 or points.max() >= self.n_points):
+            raise InputError(f"soft points must index the {self.n_points} points, got {points.min()}..{points.max()}")
+        if not weight > 0:
+            raise InputError(f"the weight of soft points must be positive, got {weight}")
+        if self.boxed[points].any():
+            raise InputError("soft rows apply to plain points, not to points with generators")
+        self.soft[points] = True
+        self.soft_weight = float(weight)
+
+    def _add_soft_rows(self, rows: Rows, hi: np.ndarray) -> None:
+        """``row <= hi + t_p``: one slack column ``t_p >= 0`` per soft point, shared by its rows."""
+        pts, where = np.unique(rows.point, return_inverse=True)
+        t = np.asarray(self.backend.add_variables(pts.size, 0.0, np.inf, cost=self.scale * self.soft_weight))
+        self.L.n_vars = self.backend.n_vars
+        self.soft_cols = np.concatenate([self.soft_cols, t])
+        block, shift, scale = self._plain_block(rows)
+        T = sp.csr_matrix((scale, (np.arange(where.size), t[where])), shape=(where.size, self.backend.n_vars))
+        self.backend.add_rows(block - T, hi=(hi - shift) * scale)
+
+    def soft_broken(self, x: np.ndarray, tol: float = 1e-7) -> int:
+        """How many soft points the solution ``x`` lets break a row."""
+        return int((np.asarray(x)[self.soft_cols] > tol).sum()) if self.soft_cols.size else 0
 
     def add_violated(self, violated: dict[int, np.ndarray]) -> None:
         """Extend the LP by the pattern rows a candidate violated."""
@@ -904,7 +950,8 @@ def outcome_of(lp: PointLP, run: Generation) -> PointRepairOutcome:
         solver={"name": backend.name, "version": backend.version, "status": status,
                 "options": backend.settings()},
         delta=delta_norms(lp.deltas(run.result.x), lp.n_params) if ok else {},
-        message=_message(status, run, lp.layer, lp.opts.delta_bound))
+        message=_message(status, run, lp.layer, lp.opts.delta_bound),
+        soft_broken=lp.soft_broken(run.result.x) if ok and lp.soft.any() else None)
 
 
 def _final_status(run: Generation) -> str:

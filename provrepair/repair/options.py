@@ -314,10 +314,20 @@ class PolytopeRepairOptions(PointRepairOptions):
         "exact", "regions: exact (shift LPs make the network affine on each region, then the assert at its "
                  "vertices) or interval (the last layer only, over each region's CROWN interval at its input: "
                  "no shift LP, one small LP; try it when a shift LP fails)", choices=HULLS)
+    keep_soft: float | None = option(
+        None, "regions with kept points: let the LP break a kept point's rows at this cost per unit of output "
+              "slack (on the scale of the L-inf change) instead of failing when the regions leave it no room; "
+              "default: kept points are hard rows")
     certify_method: str = "auto"  # how the repaired regions are certified (provrepair.certify)
     # a region's vertex and generator rows come in together; aprnn caps only conv-layer LPs here
     max_pattern_rows: int | None = None
     certify_timeout: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.keep_soft is not None and not (isinstance(self.keep_soft, (int, float)) and self.keep_soft > 0):
+            raise InputError(f"keep_soft must be a positive weight or None (kept points are hard rows), "
+                             f"got {self.keep_soft!r}")
 
 
 @dataclass

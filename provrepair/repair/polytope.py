@@ -248,31 +248,53 @@ def repair_polytopes(net: nn.Sequential, regions: Sequence[Region], properties: 
 
 def fix_disjuncts(net: nn.Sequential, regions: Sequence[Region], properties: Sequence[OutputProperty],
                   samples: int = 256) -> tuple[list[OutputProperty], int]:
-    """Each region's property with every unsafe disjunct cut to its one row that the network
-    violates most at the region's worst point (vertices, or samples of a box with many corners).
+    """Each region's property with every unsafe disjunct cut to one row ``G_r y > h_r``.
 
-    Requiring ``G_r y > h_r`` for one row excludes the whole disjunct ``G y <= h``, so the fixed
-    property implies the original; it needs no binaries, so the assert is an LP and boxes can use
-    their generators. The row is the one that is already furthest on the safe side."""
-    out, chosen = [], 0
+    Requiring one row excludes the whole disjunct ``G y <= h``, so the fixed property implies the
+    original; it needs no binaries, so the assert is an LP and boxes can use their generators.
+    A region takes the row that is furthest on the safe side at its worst point (vertices, or
+    samples of a box with many corners), except that it never takes the opposite of a row another
+    region already took, where it has another: at one layer, ``y_1 > y_0`` on some regions and
+    ``y_0 > y_1`` on others can make the LP infeasible where both properties are satisfiable
+    (ACAS Xu N1,7: φ2 is held by ``y_1 > y_0`` and φ4's best row is ``y_0 > y_1``; φ4 is also
+    met by ``y_0 > y_2``). Regions with the clearest preference choose first."""
+    picks = []  # (region, disjunct, rows G, h, worst-case excess per row)
     for i, (region, prop) in enumerate(zip(regions, properties)):
         if prop.is_conjunctive:
-            out.append(prop)
             continue
         try:
             pts = region_vertices(region, max_corners=1024)
         except SpecError:
             pts = np.asarray(region.sample(samples, rng=i), dtype=np.float64)
         y = _forward_to(net, len(net), pts.reshape(len(pts), *np.shape(pts)[1:]))
-        cut = []
-        for G, h in prop.disjuncts:
+        for d, (G, h) in enumerate(prop.disjuncts):
             if G.shape[0] > 1:
-                r = int(np.argmax((y @ G.T - h).min(0)))  # best worst-case excess over the region
-                G, h = G[r:r + 1], h[r:r + 1]
-                chosen += 1
-            cut.append((G, h))
+                picks.append((i, d, G, h, (y @ G.T - h).min(0)))
+    gap = [np.diff(np.sort(e)[-2:])[0] for *_, e in picks]
+    taken: set[tuple[float, ...]] = set()  # directions of the rows chosen so far
+    choice: dict[tuple[int, int], int] = {}
+    for k in np.argsort(gap, kind="stable")[::-1]:
+        i, d, G, h, excess = picks[k]
+        dirs = [_direction(g) for g in G]
+        ok = [r for r in np.argsort(excess)[::-1] if tuple(-v for v in dirs[r]) not in taken]
+        r = int(ok[0]) if ok else int(np.argmax(excess))
+        choice[(i, d)] = r
+        taken.add(dirs[r])
+    out = []
+    for i, prop in enumerate(properties):
+        if prop.is_conjunctive:
+            out.append(prop)
+            continue
+        cut = [(G[r:r + 1], h[r:r + 1]) if (r := choice.get((i, d))) is not None else (G, h)
+               for d, (G, h) in enumerate(prop.disjuncts)]
         out.append(OutputProperty.unsafe(cut))
-    return out, chosen
+    return out, len(choice)
+
+
+def _direction(g: np.ndarray) -> tuple[float, ...]:
+    """A row's direction, rounded so that a row and its negation compare exactly."""
+    n = float(np.abs(g).max()) or 1.0
+    return tuple(np.round(g / n, 9) + 0.0)
 
 
 def _repair_once(net, regions, properties, layer, opts, say, keep) -> PolytopeRepairOutcome:
@@ -392,9 +414,9 @@ def _assert(net, current, pts: _Points, properties, layer, opts, say, keep, stag
         inputs, gens, A, b, pidx = _with_kept(keep, xk, inputs, gens, A, b, pidx, say)
     t0 = time.perf_counter()
     res = repair_points(current, inputs, A, b, pidx, layer, opts, progress=say, patterns=patterns,
-                        disjunctions=groups or None, generators=gens)
+                        disjunctions=groups or None, generators=gens, soft=_soft(keep, len(V), opts))
     stages.append({"stage": "assert", "layer": layer, "status": res.status, "size": res.lp_size,
-                   "kept_points": 0 if keep is None else len(keep[0]),
+                   "kept_points": 0 if keep is None else len(keep[0]), "kept_broken": res.soft_broken,
                    "binaries": int(sum(len(g) for g in groups)), "rounds": len(res.rounds),
                    "seconds": time.perf_counter() - t0, "delta": res.delta})
     say(f"assert layer {layer}: {res.status} in {stages[-1]['seconds']:.2f} s")
@@ -446,9 +468,11 @@ def _repair_interval(net, regions, properties, layer, opts, say, keep) -> Polyto
         hk = _forward_to(net, k_mod, _kept_inputs(keep, shape)).reshape(-1, *feat_shape)
         inputs, all_gens, A, b, pidx = _with_kept(keep, hk, inputs, all_gens, A, b, pidx, say)
     t1 = time.perf_counter()
-    res = repair_points(tail, inputs, A, b, pidx, 0, opts, progress=say, generators=all_gens)
+    res = repair_points(tail, inputs, A, b, pidx, 0, opts, progress=say, generators=all_gens,
+                        soft=_soft(keep, len(centres), opts))
     stages.append({"stage": "assert", "layer": n_aff - 1, "status": res.status, "size": res.lp_size,
-                   "kept_points": 0 if keep is None else len(keep[0]), "binaries": 0, "rounds": len(res.rounds),
+                   "kept_points": 0 if keep is None else len(keep[0]), "kept_broken": res.soft_broken,
+                   "binaries": 0, "rounds": len(res.rounds),
                    "seconds": time.perf_counter() - t1, "delta": res.delta})
     say(f"assert layer {n_aff - 1} over interval hulls: {res.status} in {stages[-1]['seconds']:.2f} s")
     n_gens = sum(len(g) for g in gens)
@@ -519,6 +543,13 @@ def _with_kept(keep, kept_points, inputs, gens, A, b, pidx, say):
     return (np.concatenate([inputs, kept_points]), None if gens is None else gens + [None] * len(kept_points),
             np.concatenate([A, Ak]), np.concatenate([b, bk]),
             np.concatenate([pidx, np.asarray(pk, dtype=np.int64) + len(inputs)]))
+
+
+def _soft(keep, n_regions: int, opts: PolytopeRepairOptions) -> tuple[np.ndarray, float] | None:
+    """The kept points (after the regions' ``n_regions`` points) as soft points, where asked."""
+    if keep is None or opts.keep_soft is None:
+        return None
+    return n_regions + np.arange(len(keep[0])), opts.keep_soft
 
 
 def _forward_shape(net: nn.Sequential, stop: int, x: np.ndarray) -> tuple[int, ...]:
