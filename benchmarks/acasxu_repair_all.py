@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=float("inf"), help="start no network after this many seconds")
     ap.add_argument("--split-depth", type=int, default=10)
     ap.add_argument("--certify-timeout", type=float, default=120.0)
+    ap.add_argument("--keep-soft", type=float, default=None,
+                    help="cost of a broken kept advisory per unit of output slack (default: PropertyRepairOptions')")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--summarize", action="store_true", help="write the results from the records under --work only")
     args = ap.parse_args()
@@ -103,6 +105,8 @@ def main() -> None:
         raise SystemExit(f"{args.bench} not found: run from a checkout with ../shared beside it, or pass --bench")
     torch.set_num_threads(1)
     options = {"split_depth": args.split_depth, "certify_timeout": args.certify_timeout}
+    if args.keep_soft is not None:
+        options["keep_soft"] = args.keep_soft
     todo = jobs(args.bench, args.only.split(",") if args.only else None, options)
     t0 = time.perf_counter()
     records = []

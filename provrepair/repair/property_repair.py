@@ -11,8 +11,12 @@ activation pattern or one tight interval hull, and most of it already holds. So:
    violated or undecided is split again, down to ``split_depth``; what is still open there is a
    *repair part*.
 3. **Repair**: every repair part of every target, in one interval-hull LP at the last affine layer
-   (``hull="interval"``), keeping the decision (argmin or argmax of the outputs) of
-   ``keep_samples`` points sampled in the domain outside the repair parts.
+   (``hull="interval"``), each part as ``2^hull_split`` pieces with a hull each (a tighter union),
+   keeping the decision (argmin or argmax of the outputs) of ``keep_samples`` points sampled in the
+   domain outside the repair parts, and the property at guard points in the parts CROWN certified.
+   Kept points are soft rows (``keep_soft``): where the hulls leave a point no room, the LP breaks
+   it rather than fail, and breaks as few as it must. A disjunctive property takes one row per
+   piece, never one that contradicts another piece's (``polytope.fix_disjuncts``).
 4. **After**: every target on its *whole* region by the independent complete check (splitting with
    its own symbolic bounds down to exact MILP leaves, from the repaired weights alone; it never
    sees the LP's hulls), and every property to preserve by the certification engine. A part that
@@ -54,10 +58,20 @@ class PropertyRepairOptions:
     max_parts: int = 4096  # repair parts at most (a cap on the LP)
     delta_bound: float = 10.0
     margin: float = 1e-3
-    keep_samples: int = 1000  # points outside the repair parts whose decision the LP keeps (0: none)
-    keep_refine: int = 2  # LPs solved again, each keeping the decisions the previous one changed on a pool
+    keep_samples: int = 3000  # points outside the repair parts whose decision the LP keeps (0: none)
+    keep_refine: int = 0  # LPs solved again, each keeping the decisions the previous one changed on a pool
     keep_pool: int = 20_000  # points sampled (outside the parts) to find those changed decisions
     keep_add: int = 1500  # changed points added per refinement at most
+    # cost per unit of output slack of a kept (keep or guard) point's rows, on the scale of the L∞
+    # change: the LP breaks as few of them as it must instead of failing (None: hard rows, dropped
+    # when the LP is infeasible with them)
+    keep_soft: float | None = 10.0
+    # each repair part enters the LP as 2^hull_split pieces, each with its own hull: the union of the
+    # pieces' hulls hugs the activations the part reaches far closer than the part's one hull, and a
+    # row held on a loose hull moves the decision far outside the part (ACAS Xu N2,2: 6 % of the
+    # domain's advisories with one hull per part)
+    hull_split: int = 2
+    max_pieces: int = 1024  # fewer splits where the parts would make more pieces than this (the LP's size)
     guard_samples: int = 2000  # points of the parts CROWN certified, held to the property by the LP (0: none)
     preserve_guard_samples: int = 500  # points of each region of a property to preserve, held to it (0: none)
     decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
@@ -77,8 +91,8 @@ class PropertyRepairOptions:
     def validate(self) -> None:
         if self.decision not in ("argmin", "argmax"):
             raise SpecError(f"decision must be argmin or argmax, got {self.decision!r}")
-        if self.split_depth < 0 or self.rounds < 1 or self.keep_samples < 0:
-            raise SpecError("split_depth and keep_samples must be >= 0 and rounds >= 1")
+        if self.split_depth < 0 or self.rounds < 1 or self.keep_samples < 0 or self.hull_split < 0:
+            raise SpecError("split_depth, keep_samples and hull_split must be >= 0 and rounds >= 1")
 
 
 @dataclass
@@ -135,6 +149,14 @@ def _bisect(box: Box, scale: np.ndarray) -> tuple[Box, Box]:
     hi1[d], lo2[d] = mid, mid
     shape = box.input_shape
     return Box(lo.reshape(shape), hi1.reshape(shape)), Box(lo2.reshape(shape), hi.reshape(shape))
+
+
+def _split(box: Box, times: int, scale: np.ndarray) -> list[Box]:
+    """``box`` bisected ``times`` times over (2^times pieces), widest input first."""
+    pieces = [box]
+    for _ in range(times):
+        pieces = [half for b in pieces for half in _bisect(b, scale)]
+    return pieces
 
 
 def partition(net: nn.Module, region: Box, prop: OutputProperty, depth: int, scale: np.ndarray,
@@ -414,17 +436,22 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
                    "guard_points": 0 if guard is None else len(guard[0])}
     sampled = keep
     keep = _merge_points(keep, guard, domain.input_shape)
-    spec = RegionSpec(tuple(boxes), tuple(p for _, _, p in parts))
-    say(f"repair LP over {len(parts)} parts at the last layer (interval hulls), keeping {result.keep['points']} points")
+    scale = np.maximum(domain.upper - domain.lower, 1e-12).reshape(-1)
+    times = next((k for k in range(opts.hull_split, 0, -1) if len(parts) << k <= opts.max_pieces), 0)
+    pieces = [(b, p) for _, box, p in parts for b in _split(box, times, scale)]
+    spec = RegionSpec(tuple(b for b, _ in pieces), tuple(p for _, p in pieces))
+    say(f"repair LP over {len(parts)} parts ({len(pieces)} pieces) at the last layer (interval hulls), "
+        f"keeping {result.keep['points']} points")
     res = _hull_lp(net, spec, opts, say, keep)
-    if res.status == "infeasible" and keep is not None and guard is not None and sampled is not None:
+    hard = opts.keep_soft is None  # soft kept points never make the LP infeasible: no retry without them
+    if hard and res.status == "infeasible" and keep is not None and guard is not None and sampled is not None:
         say("  infeasible with the keep and guard points; again with the keep points only")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
                           "note": "infeasible with the keep and guard points", "seconds": time.perf_counter() - t0})
         keep = _merge_points(sampled, None, domain.input_shape)
         result.keep.update(guard_points=0, guard_dropped="the LP was infeasible with them")
         res = _hull_lp(net, spec, opts, say, keep)
-    if res.status == "infeasible" and keep is not None:
+    if hard and res.status == "infeasible" and keep is not None:
         say("  infeasible with the keep points; again without them (fidelity is then measured, not held)")
         result.lp.append({"parts": len(parts), "status": res.status, "keep_points": len(keep.inputs),
                           "note": "infeasible with the keep points", "seconds": time.perf_counter() - t0})
@@ -432,10 +459,10 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
         result.keep = {"points": 0, "dropped": "the LP was infeasible with them", "rule": opts.decision}
         res = _hull_lp(net, spec, opts, say)
     stage = next((s for s in res.lp.get("stages", []) if s["stage"] == "assert"), {})
-    result.lp.append({"parts": len(parts), "status": res.status, "size": stage.get("size"),
+    result.lp.append({"parts": len(parts), "pieces": len(pieces), "status": res.status, "size": stage.get("size"),
                       "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
                       "parts_certified_by_crown": None if res.certificate is None else res.certificate.counts,
-                      "kept": res.lp.get("kept")})
+                      "kept": res.lp.get("kept"), "kept_broken": stage.get("kept_broken")})
     result.timings["repair"] = result.timings.get("repair", 0.0) + time.perf_counter() - t0
     say(f"  {res.status}: {res.message} ({time.perf_counter() - t0:.1f} s)")
     if res.model is None:
@@ -458,7 +485,8 @@ def _hull_lp(net: nn.Module, spec: RegionSpec, opts: PropertyRepairOptions, say:
              keep: PointSpec | None = None, time_limit: float | None = None) -> Any:
     """The interval-hull LP at the last layer over ``spec``'s parts, uncertified (``certify_method
     'none'``: the caller runs the independent complete check on the whole region)."""
-    return repair(net, spec, layer=-1, hull="interval", keep=keep, delta_bound=opts.delta_bound, margin=opts.margin,
+    return repair(net, spec, layer=-1, hull="interval", keep=keep, keep_soft=opts.keep_soft if keep else None,
+                  delta_bound=opts.delta_bound, margin=opts.margin,
                   time_limit=opts.time_limit if time_limit is None else time_limit, solver=opts.solver,
                   threads=opts.threads, certify_method="none",
                   progress=None if say is None else (lambda m: say("    " + m)))
