@@ -129,8 +129,9 @@ def _property_args(p: argparse.ArgumentParser) -> None:
                    help="a VNN-LIB file whose input bounds are the input domain (keep points and the fidelity "
                         "samples are drawn there; default: the properties' bounding box)")
     g.add_argument("--split-depth", type=int, default=10, help="bisections of a property's region at most (default 10)")
-    g.add_argument("--keep-samples", type=int, default=1000,
-                   help="points sampled in the domain outside the repaired parts whose decision the repair keeps")
+    g.add_argument("--keep-samples", type=int, default=3000,
+                   help="points sampled in the domain outside the repaired parts whose decision the repair keeps "
+                        "(soft rows: the LP breaks only those the repaired parts leave no room for; default 3000)")
     g.add_argument("--decision", choices=("argmin", "argmax"), default="argmin",
                    help="the network's decision, kept at the sampled points (ACAS Xu's advisory: argmin, the default)")
     g.add_argument("--certify-timeout", type=float, default=120.0,

@@ -77,6 +77,8 @@ def test_property_repair_certifies_the_whole_region(tmp_path, one_torch_thread):
     assert cert.certified
     assert 0 < res.fidelity["share"] < 0.2 and res.parts["repair"] >= 1  # y0 no longer the argmax where it was
     assert res.delta["linf"] > 0 and res.lp[-1]["size"]["rows"] > 0
+    # each part entered the LP as four pieces (hull_split=2), the kept points as soft rows
+    assert res.lp[0]["pieces"] == 4 * res.lp[0]["parts"] and res.lp[0]["kept_broken"] is not None
 
 
 def _cli(*argv) -> int:
