@@ -13,7 +13,8 @@ activation pattern or one tight interval hull, and most of it already holds. So:
 3. **Repair**: every repair part of every target, in one interval-hull LP at the last affine layer
    (``hull="interval"``), each part as ``2^hull_split`` pieces with a hull each (a tighter union),
    keeping the decision (argmin or argmax of the outputs) of ``keep_samples`` points sampled in the
-   domain outside the repair parts, and the property at guard points in the parts CROWN certified.
+   domain (except where a repair part's property fails: those must change), and the property at
+   guard points in the parts CROWN certified.
    Kept points are soft rows (``keep_soft``): where the hulls leave a point no room, the LP breaks
    it rather than fail, and breaks as few as it must. A disjunctive property takes one row per
    piece, never one that contradicts another piece's (``polytope.fix_disjuncts``).
@@ -205,12 +206,26 @@ def _inside_any(x: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     return inside
 
 
-def keep_points(net: nn.Module, domain: Box, parts: Sequence[Box], n: int, rule: str,
+def keep_points(net: nn.Module, domain: Box, parts: Sequence[tuple[Box, OutputProperty]], n: int, rule: str,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` points sampled in ``domain`` outside ``parts``, each held to its current decision:
-    (inputs, A (n, rows, outputs), b (n, rows)) with ``A y <= b`` required."""
+    """``n`` points sampled in ``domain``, each held to its current decision: (inputs, A (n, rows,
+    outputs), b (n, rows)) with ``A y <= b`` required. A point inside a repair part whose
+    property its output breaks must change and is not sampled; one whose output meets it is:
+    a part can be most of the domain (N1,9's φ7 is the whole of it), and its decisions there
+    are no less the network's than anywhere else."""
     pts = domain.sample(4 * n, rng)
-    return decision_rows(net, pts[~_inside_any(pts, parts)][:n], rule)
+    return decision_rows(net, pts[_may_keep(net, pts, parts)][:n], rule)
+
+
+def _may_keep(net: nn.Module, x: np.ndarray, parts: Sequence[tuple[Box, OutputProperty]]) -> np.ndarray:
+    """Per point: inside no part whose property ``net``'s output there breaks."""
+    with torch.no_grad():
+        y = net(torch.as_tensor(x, dtype=torch.float32)).double().reshape(len(x), -1).numpy()
+    ok = np.ones(len(x), dtype=bool)
+    for box, prop in parts:
+        inside = _inside_any(x, [box])
+        ok[inside] &= prop.holds(y[inside])
+    return ok
 
 
 def decision_rows(net: nn.Module, pts: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -423,8 +438,9 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
     """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
     t0 = time.perf_counter()
     boxes = [b for _, b, _ in parts]
-    keep = keep_points(net, domain, boxes, opts.keep_samples, opts.decision, rng) if opts.keep_samples else None
-    if keep is not None and not len(keep[0]):  # the parts cover the whole domain: nothing outside to keep
+    keep = keep_points(net, domain, [(b, p) for _, b, p in parts], opts.keep_samples, opts.decision, rng) \
+        if opts.keep_samples else None
+    if keep is not None and not len(keep[0]):  # the network breaks the properties on the whole domain
         keep = None
     guard = guard_points(net, certified, opts.guard_samples, rng) if opts.guard_samples and certified else None
     if opts.preserve_guard_samples:  # each preserved property's region too: a repair at the last layer is global
@@ -432,7 +448,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
             x, As, bs = guard_points(net, [region], opts.preserve_guard_samples, rng)
             guard = (x, As, bs) if guard is None else (np.concatenate([guard[0], x]), guard[1] + As, guard[2] + bs)
     result.keep = {"points": 0 if keep is None else len(keep[0]), "rule": opts.decision,
-                   "sampled_in": "the domain, outside the repair parts",
+                   "sampled_in": "the domain, except where a repair part's property fails",
                    "guard_points": 0 if guard is None else len(guard[0])}
     sampled = keep
     keep = _merge_points(keep, guard, domain.input_shape)
@@ -501,7 +517,7 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
     first = next((s.get("seconds") or 0.0 for s in res.lp.get("stages", []) if s["stage"] == "assert"), 0.0)
     limit = min(opts.time_limit, max(15.0, 3 * first))  # an LP made infeasible by a changed point can be slow
     pool = domain.sample(2 * opts.keep_pool, rng)
-    pool = pool[~_inside_any(pool, boxes)][:opts.keep_pool]
+    pool = pool[_may_keep(net, pool, list(zip(spec.regions, spec.properties)))][:opts.keep_pool]
     before = _decide(net, pool, opts.decision)
     added = 0
     for _ in range(opts.keep_refine):
