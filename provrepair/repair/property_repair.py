@@ -72,7 +72,8 @@ class PropertyRepairOptions:
     # row held on a loose hull moves the decision far outside the part (ACAS Xu N2,2: 6 % of the
     # domain's advisories with one hull per part)
     hull_split: int = 2
-    max_pieces: int = 1024  # fewer splits where the parts would make more pieces than this (the LP's size)
+    # fewer splits where the parts would make more pieces than this (N2,9: 996 pieces, a 414k-row LP of 232 s)
+    max_pieces: int = 768
     guard_samples: int = 2000  # points of the parts CROWN certified, held to the property by the LP (0: none)
     preserve_guard_samples: int = 500  # points of each region of a property to preserve, held to it (0: none)
     decision: str = "argmin"  # the network's decision: argmin (ACAS Xu's advisory) or argmax (a class)
