@@ -3,8 +3,9 @@
 Per network, its violated properties (the benchmark README's list: φ3, φ4 on N1,7 N1,8 N1,9, φ7 on
 N1,9, φ8 on N2,9, and φ2 on 39 networks, which ones being decided here by the independent check's
 "before" step: a φ2 that holds is reported as such) are repaired together with
-``repair.property_repair`` (adaptive CROWN partition, one interval-hull LP at the last layer,
-1,000 kept advisories sampled in the domain outside the repaired parts), then
+``repair.property_repair`` (adaptive CROWN partition; one interval-hull LP at the last layer over
+up to four pieces per part; 3,000 advisories sampled in the domain, outside where a part's
+property fails, kept as soft rows), then
 
 * every repaired property is certified on its **whole** region by ``certify.complete`` (input
   splitting with its own DeepPoly bounds down to exact MILP leaves, from the repaired weights);
@@ -172,9 +173,9 @@ def main() -> None:
     result = {"benchmark": "acasxu_repair_all", "summary": summary, "instances": instances,
               "options": {**options, **{k: v for k, v in asdict(PropertyRepairOptions()).items()
                                         if k not in options and k != "domain"}},
-              "machine": (f"{os.cpu_count()} cores shared with two other engineers' jobs; one process, one torch "
-                          "thread, HiGHS one thread; per network the load average at its start and end "
-                          "(records[*].load_average)"),
+              "machine": (f"{os.cpu_count()} cores; each network in one process, one torch thread, HiGHS one "
+                          "thread (runs may share the cores: see the load average at each network's start and "
+                          "end, records[*].load_average)"),
               "load_average_per_network": {r["key"]: r.get("load_average") for r in records},
               "records": records, "versions": {"torch": torch.__version__, "provrepair": provrepair.__version__}}
     write_text_atomic(args.out, json.dumps(result, indent=2, default=str) + "\n")
