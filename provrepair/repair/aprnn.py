@@ -199,10 +199,10 @@ class PointLP:
         self.u0, self.feats = self._layer_inputs(h)
         # points whose rows the LP holds; the others (keep points, repair/keep.py) enter by add_points
         self.active = np.ones(self.n_points, dtype=bool) if active is None else np.array(active, dtype=bool)
-        self._lay_out()
         self.soft = np.zeros(self.n_points, dtype=bool)  # points whose output rows have a slack column
         self.soft_weight = 0.0
         self.soft_cols = np.zeros(0, dtype=np.int64)
+        self._lay_out()
         if soft is not None:
             self._set_soft(*soft)
         self.backend = None
