@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=float("inf"), help="start no network after this many seconds")
     ap.add_argument("--split-depth", type=int, default=10)
     ap.add_argument("--keep-samples", type=int, default=None, help="kept advisories (default: the options')")
+    ap.add_argument("--keep-refine", type=int, default=None, help="refinement LPs (default: the options')")
     ap.add_argument("--max-open", type=int, default=None, help="open parts per level at most (default: the options')")
     ap.add_argument("--certify-timeout", type=float, default=120.0)
     ap.add_argument("--keep-soft", type=float, default=None,
@@ -114,6 +115,8 @@ def main() -> None:
         options["max_open"] = args.max_open
     if args.keep_samples is not None:
         options["keep_samples"] = args.keep_samples
+    if args.keep_refine is not None:
+        options["keep_refine"] = args.keep_refine
     todo = jobs(args.bench, args.only.split(",") if args.only else None, options)
     t0 = time.perf_counter()
     records = []

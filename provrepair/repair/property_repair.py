@@ -60,7 +60,11 @@ class PropertyRepairOptions:
     delta_bound: float = 10.0
     margin: float = 1e-3
     keep_samples: int = 3000  # points outside the repair parts whose decision the LP keeps (0: none)
-    keep_refine: int = 0  # LPs solved again, each keeping the decisions the previous one changed on a pool
+    # LPs solved again, each keeping the decisions the previous one changed on a pool, while more than
+    # refine_above of the pool changed. Off by default for time: one refinement took ACAS Xu N2,2 from
+    # 1.37 % to 0.55 % of changed advisories and N3,1 from 2.49 % to 1.75 %, at 70 s more each
+    keep_refine: int = 0
+    refine_above: float = 0.01
     keep_pool: int = 20_000  # points sampled (outside the parts) to find those changed decisions
     keep_add: int = 1500  # changed points added per refinement at most
     # cost per unit of output slack of a kept (keep or guard) point's rows, on the scale of the L∞
@@ -523,7 +527,7 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
     added = 0
     for _ in range(opts.keep_refine):
         changed = np.flatnonzero(_decide(res.model, pool, opts.decision) != before)
-        if not changed.size:
+        if changed.size <= opts.refine_above * len(pool):
             break
         pick = changed[rng.permutation(changed.size)[:opts.keep_add]]
         x, A, b = decision_rows(net, pool[pick], opts.decision)
