@@ -220,3 +220,25 @@ def test_a_target_that_held_is_guarded_and_its_broken_parts_repaired(tmp_path, o
     assert rec["q"]["before"]["status"] == "certified" and rec["p"]["before"]["status"] == "violated"
     assert rec["q"]["after"]["status"] == "violated"  # round 1 (its guard points dropped as infeasible)
     assert res.status == INFEASIBLE and len(res.lp) >= 2 and res.lp[-1]["parts"] > res.lp[0]["parts"]
+
+
+def test_refinement_runs_only_above_its_threshold_and_only_pays(tmp_path, one_torch_thread):
+    """keep_refine re-solves the LP keeping the decisions it changed on a pool, only while more
+    than refine_above of the pool changed, and keeps the new LP only if it changes fewer: with a
+    single kept point, the refinement's 100-odd kept points free most of the others."""
+    from provrepair.repair.property_repair import PropertyRepairOptions, load_targets, repair_properties
+
+    net = normalize_model(_tiny(), input_shape=(2,))
+    x = torch.rand(20000, 2) * 2 - 1
+    with torch.no_grad():
+        c = x[(net(x)[:, 0] - net(x)[:, 1]).argmax()].numpy()
+    targets = load_targets(net, [str(_prop_y0_below_y1(tmp_path, box=(c[0] - .2, c[0] + .2, c[1] - .2, c[1] + .2)))])
+    base = dict(split_depth=4, keep_samples=1, guard_samples=0, fidelity_samples=2000, decision="argmax",
+                keep_refine=1, keep_pool=2000, domain=Box(np.array([-1.0, -1.0]), np.array([1.0, 1.0])))
+    never = repair_properties(net, targets, (), PropertyRepairOptions(refine_above=1.0, **base))
+    tried = repair_properties(net, targets, (), PropertyRepairOptions(refine_above=0.0, **base))
+    assert never.status == tried.status == "certified"
+    assert [r.get("refine") for r in never.lp] == [None] and never.keep["refined"]["pool_changed"] > 0
+    assert tried.lp[-1]["refine"] == never.keep["refined"]["pool_changed"]  # every changed point, kept
+    assert tried.lp[-1]["pool_changed"] > tried.lp[-1]["refine"]  # ... which freed more of the others
+    assert tried.keep["refined"] == never.keep["refined"] and tried.fidelity == never.fidelity  # not taken

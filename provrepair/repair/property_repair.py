@@ -552,6 +552,11 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
         if again.model is None:
             say(f"  {again.status}: the previous repair is kept")
             break
+        worse = int((_decide(again.model, pool, opts.decision) != before).sum())
+        result.lp[-1]["pool_changed"] = worse
+        if worse >= changed.size:  # the points it kept freed others: a refinement must pay
+            say(f"  it changes {worse} pool decisions, not fewer: the previous repair is kept")
+            break
         res, keep = again, more
         added += len(pick)
     result.keep["refined"] = {"pool": len(pool), "added": added,
