@@ -473,7 +473,7 @@ def _cmd_repair_properties(args) -> int:
     opts = PropertyRepairOptions(
         split_depth=args.split_depth, keep_samples=args.keep_samples, decision=args.decision,
         domain=domain_of(net, args.domain), certify_timeout=args.certify_timeout,
-        **{k: given[k] for k in ("delta_bound", "margin", "time_limit", "solver", "threads") if k in given})
+        **{k: given[k] for k in ("delta_bound", "margin", "time_limit", "solver", "threads", "keep_soft") if k in given})
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = repair_properties(net, targets, preserve, opts, progress=say)
     model = result.model if result.status == "certified" else net if args.write_unchanged and result.ok else None

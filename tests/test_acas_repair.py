@@ -123,6 +123,25 @@ def test_cli_vnnlib_repair_outcomes(tmp_path, one_torch_thread, capsys):
     assert _cli("repair", model, "--vnnlib", prop, "--layer", "0", "--out", tmp_path / "x.onnx", "--quiet") == 2
 
 
+def test_cli_vnnlib_passes_keep_soft(tmp_path, one_torch_thread, monkeypatch):
+    import provrepair.repair.property_repair as pr
+
+    seen = []
+
+    def fake(net, targets, preserve, opts, progress=None):
+        seen.append(opts)
+        return pr.PropertyRepairResult(pr.HOLDS, None, "already holds")
+
+    monkeypatch.setattr(pr, "repair_properties", fake)
+    model = tmp_path / "net.pt"
+    torch.save(_tiny(), model)
+    args = ("repair", model, "--vnnlib", _prop_y0_below_y1(tmp_path), "--layer", "auto", "--out", tmp_path / "f.onnx",
+            "--quiet")
+    assert _cli(*args, "--keep-soft", "3") == 0 and _cli(*args) == 0
+    assert [o.keep_soft for o in seen] == [3.0, pr.PropertyRepairOptions().keep_soft]
+    assert seen[1].keep_samples == pr.PropertyRepairOptions().keep_samples  # the CLI's default is the options'
+
+
 def test_repair_batch_is_resumable(tmp_path, one_torch_thread):
     net = _tiny()
     torch.save(net, tmp_path / "net.pt")
