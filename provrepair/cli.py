@@ -129,9 +129,10 @@ def _property_args(p: argparse.ArgumentParser) -> None:
                    help="a VNN-LIB file whose input bounds are the input domain (keep points and the fidelity "
                         "samples are drawn there; default: the properties' bounding box)")
     g.add_argument("--split-depth", type=int, default=10, help="bisections of a property's region at most (default 10)")
-    g.add_argument("--keep-samples", type=int, default=3000,
-                   help="points sampled in the domain outside the repaired parts whose decision the repair keeps "
-                        "(soft rows: the LP breaks only those the repaired parts leave no room for; default 3000)")
+    g.add_argument("--keep-samples", type=int,
+                   help="points sampled in the domain (not where a repaired part's property fails) whose decision "
+                        "the repair keeps, as soft rows: the LP breaks only those the parts leave no room for "
+                        "(default: PropertyRepairOptions.keep_samples, 3000)")
     g.add_argument("--decision", choices=("argmin", "argmax"), default="argmin",
                    help="the network's decision, kept at the sampled points (ACAS Xu's advisory: argmin, the default)")
     g.add_argument("--certify-timeout", type=float, default=120.0,
@@ -471,8 +472,9 @@ def _cmd_repair_properties(args) -> int:
     preserve = load_targets(net, args.preserve)
     given = given_flags(args, args.option_names)
     opts = PropertyRepairOptions(
-        split_depth=args.split_depth, keep_samples=args.keep_samples, decision=args.decision,
-        domain=domain_of(net, args.domain), certify_timeout=args.certify_timeout,
+        split_depth=args.split_depth, decision=args.decision, domain=domain_of(net, args.domain),
+        certify_timeout=args.certify_timeout,
+        **({} if args.keep_samples is None else {"keep_samples": args.keep_samples}),
         **{k: given[k] for k in ("delta_bound", "margin", "time_limit", "solver", "threads", "keep_soft") if k in given})
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = repair_properties(net, targets, preserve, opts, progress=say)

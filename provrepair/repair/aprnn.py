@@ -682,7 +682,7 @@ class PointLP:
 
     def soft_broken(self, x: np.ndarray, tol: float = 1e-7) -> int:
         """How many soft points the solution ``x`` lets break a row."""
-        return int((np.asarray(x)[self.soft_cols] > tol).sum()) if self.soft_cols.size else 0
+        return int((np.asarray(x)[self.soft_cols] > tol).sum())
 
     def add_violated(self, violated: dict[int, np.ndarray]) -> None:
         """Extend the LP by the pattern rows a candidate violated."""

@@ -59,13 +59,13 @@ class PropertyRepairOptions:
     max_parts: int = 4096  # repair parts at most (a cap on the LP)
     delta_bound: float = 10.0
     margin: float = 1e-3
-    keep_samples: int = 3000  # points outside the repair parts whose decision the LP keeps (0: none)
+    keep_samples: int = 3000  # domain points whose decision the LP keeps (keep_points; 0: none)
     # LPs solved again, each keeping the decisions the previous one changed on a pool, while more than
     # refine_above of the pool changed. Off by default for time: one refinement took ACAS Xu N2,2 from
     # 1.37 % to 0.55 % of changed advisories and N3,1 from 2.49 % to 1.75 %, at 70 s more each
     keep_refine: int = 0
     refine_above: float = 0.01
-    keep_pool: int = 20_000  # points sampled (outside the parts) to find those changed decisions
+    keep_pool: int = 20_000  # points sampled (as keep points are) to find those changed decisions
     keep_add: int = 1500  # changed points added per refinement at most
     # cost per unit of output slack of a kept (keep or guard) point's rows, on the scale of the L∞
     # change: the LP breaks as few of them as it must instead of failing (None: hard rows, dropped
@@ -203,14 +203,6 @@ def _decide(net: nn.Module, x: np.ndarray, rule: str) -> np.ndarray:
     return (y.argmin(1) if rule == "argmin" else y.argmax(1)).numpy()
 
 
-def _inside_any(x: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-    inside = np.zeros(len(x), dtype=bool)
-    flat = x.reshape(len(x), -1)
-    for b in boxes:
-        inside |= np.all((flat >= b.lower.reshape(-1)) & (flat <= b.upper.reshape(-1)), axis=1)
-    return inside
-
-
 def keep_points(net: nn.Module, domain: Box, parts: Sequence[tuple[Box, OutputProperty]], n: int, rule: str,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` points sampled in ``domain``, each held to its current decision: (inputs, A (n, rows,
@@ -226,9 +218,9 @@ def _may_keep(net: nn.Module, x: np.ndarray, parts: Sequence[tuple[Box, OutputPr
     """Per point: inside no part whose property ``net``'s output there breaks."""
     with torch.no_grad():
         y = net(torch.as_tensor(x, dtype=torch.float32)).double().reshape(len(x), -1).numpy()
-    ok = np.ones(len(x), dtype=bool)
+    ok, flat = np.ones(len(x), dtype=bool), x.reshape(len(x), -1)
     for box, prop in parts:
-        inside = _inside_any(x, [box])
+        inside = np.all((flat >= box.lower.reshape(-1)) & (flat <= box.upper.reshape(-1)), axis=1)
         ok[inside] &= prop.holds(y[inside])
     return ok
 
@@ -442,9 +434,8 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
                   say, certified=(), held=()) -> nn.Module | None:
     """One interval-hull LP over ``parts``; records it in ``result.lp``; the model, or None on failure."""
     t0 = time.perf_counter()
-    boxes = [b for _, b, _ in parts]
-    keep = keep_points(net, domain, [(b, p) for _, b, p in parts], opts.keep_samples, opts.decision, rng) \
-        if opts.keep_samples else None
+    regions = [(b, p) for _, b, p in parts]
+    keep = keep_points(net, domain, regions, opts.keep_samples, opts.decision, rng) if opts.keep_samples else None
     if keep is not None and not len(keep[0]):  # the network breaks the properties on the whole domain
         keep = None
     guard = guard_points(net, certified, opts.guard_samples, rng) if opts.guard_samples and certified else None
@@ -497,7 +488,7 @@ def _repair_round(net, parts, opts: PropertyRepairOptions, domain: Box, rng, res
         result.message = f"the repair LP is {res.status}: {res.message}{where}"
         return None
     if keep is not None and opts.keep_refine:
-        res = _refine(net, res, spec, keep, boxes, opts, domain, rng, result, say)
+        res = _refine(net, res, spec, keep, regions, opts, domain, rng, result, say)
     result.delta = res.delta
     return res.model
 
@@ -513,20 +504,21 @@ def _hull_lp(net: nn.Module, spec: RegionSpec, opts: PropertyRepairOptions, say:
                   progress=None if say is None else (lambda m: say("    " + m)))
 
 
-def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRepairOptions, domain: Box, rng,
+def _refine(net, res, spec: RegionSpec, keep: PointSpec, regions, opts: PropertyRepairOptions, domain: Box, rng,
             result: PropertyRepairResult, say):
     """Solve the LP again keeping, in addition, the decisions that the repair changed on a pool of
-    ``keep_pool`` points sampled outside the parts (up to ``keep_add`` each time, ``keep_refine``
-    times): the sampled keep points alone leave the rest of the domain free. An LP that fails
-    leaves the previous repair in place."""
+    ``keep_pool`` points sampled where they may keep it (``_may_keep`` on the parts ``regions``; up
+    to ``keep_add`` each time, ``keep_refine`` times, while more than ``refine_above`` changed):
+    the sampled keep points alone leave the rest of the domain free. An LP that fails, or changes
+    no fewer pool decisions, leaves the previous repair in place."""
     first = next((s.get("seconds") or 0.0 for s in res.lp.get("stages", []) if s["stage"] == "assert"), 0.0)
     limit = min(opts.time_limit, max(15.0, 3 * first))  # an LP made infeasible by a changed point can be slow
     pool = domain.sample(2 * opts.keep_pool, rng)
-    pool = pool[_may_keep(net, pool, list(zip(spec.regions, spec.properties)))][:opts.keep_pool]
+    pool = pool[_may_keep(net, pool, regions)][:opts.keep_pool]
     before = _decide(net, pool, opts.decision)
+    changed = np.flatnonzero(_decide(res.model, pool, opts.decision) != before)
     added = 0
     for _ in range(opts.keep_refine):
-        changed = np.flatnonzero(_decide(res.model, pool, opts.decision) != before)
         if changed.size <= opts.refine_above * len(pool):
             break
         pick = changed[rng.permutation(changed.size)[:opts.keep_add]]
@@ -545,22 +537,21 @@ def _refine(net, res, spec: RegionSpec, keep: PointSpec, boxes, opts: PropertyRe
         say(f"  {changed.size} of {len(pool)} pool decisions changed; again keeping {len(pick)} of them")
         again = _hull_lp(net, spec, opts, None, more, time_limit=limit)
         stage = next((s for s in again.lp.get("stages", []) if s["stage"] == "assert"), {})
-        result.lp.append({"parts": len(boxes), "status": again.status, "refine": len(pick), "size": stage.get("size"),
+        result.lp.append({"parts": len(regions), "status": again.status, "refine": len(pick), "size": stage.get("size"),
                           "lp_seconds": stage.get("seconds"), "seconds": time.perf_counter() - t0,
                           "kept": again.lp.get("kept")})
         result.timings["repair"] = result.timings.get("repair", 0.0) + time.perf_counter() - t0
         if again.model is None:
             say(f"  {again.status}: the previous repair is kept")
             break
-        worse = int((_decide(again.model, pool, opts.decision) != before).sum())
-        result.lp[-1]["pool_changed"] = worse
-        if worse >= changed.size:  # the points it kept freed others: a refinement must pay
-            say(f"  it changes {worse} pool decisions, not fewer: the previous repair is kept")
+        now = np.flatnonzero(_decide(again.model, pool, opts.decision) != before)
+        result.lp[-1]["pool_changed"] = int(now.size)
+        if now.size >= changed.size:  # the points it kept freed others: a refinement must pay
+            say(f"  it changes {now.size} pool decisions, not fewer: the previous repair is kept")
             break
-        res, keep = again, more
+        res, keep, changed = again, more, now
         added += len(pick)
-    result.keep["refined"] = {"pool": len(pool), "added": added,
-                              "pool_changed": int((_decide(res.model, pool, opts.decision) != before).sum())}
+    result.keep["refined"] = {"pool": len(pool), "added": added, "pool_changed": int(changed.size)}
     return res
 
 
