@@ -109,14 +109,8 @@ def main() -> None:
         raise SystemExit(f"{args.bench} not found: run from a checkout with ../shared beside it, or pass --bench")
     torch.set_num_threads(1)
     options = {"split_depth": args.split_depth, "certify_timeout": args.certify_timeout}
-    if args.keep_soft is not None:
-        options["keep_soft"] = args.keep_soft
-    if args.max_open is not None:
-        options["max_open"] = args.max_open
-    if args.keep_samples is not None:
-        options["keep_samples"] = args.keep_samples
-    if args.keep_refine is not None:
-        options["keep_refine"] = args.keep_refine
+    options.update({k: getattr(args, k) for k in ("keep_soft", "keep_samples", "keep_refine", "max_open")
+                    if getattr(args, k) is not None})  # given: else PropertyRepairOptions' default
     todo = jobs(args.bench, args.only.split(",") if args.only else None, options)
     t0 = time.perf_counter()
     records = []
